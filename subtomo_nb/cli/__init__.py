@@ -1,0 +1,1 @@
+"""The ``subtomo`` command line (RELION flag names)."""

@@ -1,0 +1,261 @@
+"""The E-step as matrix products (design.md, "The E-step as matrix products").
+
+For particle ``p`` with CTF-premultiplied data ``X_p(k)``, CTF² sum ``W_p(k)`` and multiplicity
+``M_p(k)`` (a 3D pseudo-subtomogram, RELION-4 style), a rotation ``r`` whose reference values are
+``V_r(k) = F_ref(A_rᵀ k)`` and a translation ``t`` (pixels; content moved by ``+t``), RELION's
+squared difference over the selected Fourier points ``k`` is::
+
+    diff2(p, r, t) = sum_k |W_p V_r - X_p φ_t|² / (2 σ²(k) M_p(k))
+                   = A[p, r] - 2 B[p, t, r] + C[p]
+
+    A[p, r]    = sum_k a_p(k) |V_r(k)|²                 a_p = W_p² / (2 σ² M_p)
+    B[p, t, r] = sum_k Re(conj(V_r(k)) b_p(k) φ_t(k))    b_p = W_p X_p / (2 σ² M_p)
+    C[p]       = sum_k |X_p(k)|² / (2 σ² M_p)
+
+with ``φ_t(k) = exp(-2πi k·t / N)``; points where ``M_p ≤ multiplicity_threshold`` are left out
+(RELION: 1/M only where M > 0.1; zeroed where M < 0.01 — here both collapse to one threshold).
+``A`` is one real GEMM (P×K)·(K×R); ``B`` is one real GEMM (P·T × 2K)·(2K × R) on the stacked real
+and imaginary parts. Everything takes its array module from the inputs (numpy or cupy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from subtomo_nb._array import get_xp
+
+
+@dataclass
+class ParticleTerms:
+    """Per-particle quantities of the E-step at the selected Fourier points.
+
+    Attributes
+    ----------
+    a : (P, K) real -- ``W² / (2 σ² M)``.
+    b : (P, K) complex -- ``W X / (2 σ² M)``.
+    c : (P,) real -- ``Σ |X|² / (2 σ² M)``.
+    """
+
+    a: Any
+    b: Any
+    c: Any
+
+
+def particle_terms(
+    data: Any,
+    ctf2: Any,
+    multiplicity: Any,
+    sigma2: Any,
+    multiplicity_threshold: float = 0.01,
+) -> ParticleTerms:
+    """Precompute ``a``, ``b`` and ``c`` for a batch of particles.
+
+    Parameters
+    ----------
+    data
+        (P, K) complex: CTF-premultiplied particle transforms at the selected points (already
+        pre-shifted by any old offset).
+    ctf2
+        (P, K) real: CTF² (times dose weight²) sums ``W``.
+    multiplicity
+        (P, K) real: multiplicity ``M`` (use ones for data without multiplicity).
+    sigma2
+        (K,) or (P, K) real: noise power σ² at each point (from its resolution shell).
+    multiplicity_threshold
+        Points with ``M`` at or below this value are excluded.
+    """
+    xp = get_xp(data, ctf2, multiplicity, sigma2)
+    valid = multiplicity > multiplicity_threshold
+    inv = xp.where(valid, 1.0 / (2.0 * sigma2 * xp.where(valid, multiplicity, 1.0)), 0.0)
+    a = (ctf2 * ctf2 * inv).astype(ctf2.dtype, copy=False)
+    b = (data * (ctf2 * inv)).astype(data.dtype, copy=False)
+    c = xp.sum((data.real ** 2 + data.imag ** 2) * inv, axis=-1)
+    return ParticleTerms(a=a, b=b, c=c)
+
+
+def phase_factors(kvec: Any, shifts: Any, box: int) -> Any:
+    """``φ_t(k) = exp(-2πi k·t / N)`` for translations ``t``.
+
+    Parameters
+    ----------
+    kvec
+        (K, 3) Fourier points (x, y, z), Fourier pixels.
+    shifts
+        (T, 3) translations (x, y, z), pixels.
+    box
+        Box size N (pixels).
+
+    Returns
+    -------
+    (T, K) complex array of the same precision as ``kvec``'s float type.
+    """
+    xp = get_xp(kvec, shifts)
+    arg = (-2.0 * xp.pi / box) * (shifts @ kvec.T)
+    return xp.exp(1j * arg)
+
+
+def _stack_real(z: Any, xp: ModuleType) -> Any:
+    """Concatenate real and imaginary parts along the last axis."""
+    return xp.concatenate([z.real, z.imag], axis=-1)
+
+
+def squared_differences(terms: ParticleTerms, ref: Any, phases: Any) -> Any:
+    """All squared differences ``diff2[p, r, t]`` for a batch, by two GEMMs.
+
+    Parameters
+    ----------
+    terms
+        Output of :func:`particle_terms` (P particles, K points).
+    ref
+        (R, K) complex reference values ``V_r(k)`` at the same points.
+    phases
+        (T, K) complex translation phase factors from :func:`phase_factors`.
+
+    Returns
+    -------
+    (P, R, T) real array.
+    """
+    xp = get_xp(ref, terms.a)
+    P, K = terms.a.shape
+    T = phases.shape[0]
+    R = ref.shape[0]
+    power = ref.real ** 2 + ref.imag ** 2                       # (R, K)
+    A = terms.a @ power.T                                        # (P, R)
+    shifted = terms.b[:, None, :] * phases[None, :, :]           # (P, T, K)
+    lhs = _stack_real(shifted.reshape(P * T, K), xp)             # (P·T, 2K): [Re, Im]
+    rhs = _stack_real(ref, xp)                                   # (R, 2K):   [Re, Im]
+    B = (lhs @ rhs.T).reshape(P, T, R)                           # Re(b φ conj V) = Re·Re + Im·Im
+    return A[:, :, None] - 2.0 * B.transpose(0, 2, 1) + terms.c[:, None, None]
+
+
+@dataclass
+class Weights:
+    """Normalised posterior weights of a batch and RELION's per-particle statistics.
+
+    Attributes
+    ----------
+    w : (P, R, T) -- weights, summing to 1 per particle; zero for non-significant samples.
+    pmax : (P,) -- largest weight (rlnMaxValueProbDistribution).
+    n_significant : (P,) -- number of samples kept (rlnNrOfSignificantSamples).
+    log_likelihood : (P,) -- ``log Σ exp(-diff2 + log prior)`` relative to the best sample,
+        minus the best diff2 (rlnLogLikeliContribution).
+    best : (P,) -- flat index ``r * T + t`` of the best sample.
+    threshold : (P,) -- smallest kept weight (before renormalisation).
+    """
+
+    w: Any
+    pmax: Any
+    n_significant: Any
+    log_likelihood: Any
+    best: Any
+    threshold: Any
+
+
+def weights_from_diff2(
+    diff2: Any,
+    log_prior_rot: Any | None = None,
+    log_prior_trans: Any | None = None,
+    adaptive_fraction: float = 0.999,
+    max_significant: int | None = None,
+) -> Weights:
+    """Posterior weights ``∝ prior · exp(-diff2)`` with RELION's significance pruning.
+
+    The samples of each particle are sorted by weight and the highest ones are kept until
+    their sum exceeds ``adaptive_fraction`` of the total (optionally at most
+    ``max_significant``); the others are set to zero and the kept ones renormalised.
+
+    Parameters
+    ----------
+    diff2
+        (P, R, T) squared differences.
+    log_prior_rot
+        (R,) or (P, R) log prior of the rotations (None: uniform).
+    log_prior_trans
+        (T,) or (P, T) log prior of the translations (None: uniform).
+    adaptive_fraction
+        Cumulative weight fraction to keep (RELION's ``--adaptive_fraction``, 0.999).
+    max_significant
+        Cap on the number of kept samples per particle (RELION's ``--maxsig``).
+    """
+    xp = get_xp(diff2)
+    P, R, T = diff2.shape
+    logw = -diff2
+    if log_prior_rot is not None:
+        lpr = log_prior_rot if log_prior_rot.ndim == 2 else log_prior_rot[None, :]
+        logw = logw + lpr[:, :, None]
+    if log_prior_trans is not None:
+        lpt = log_prior_trans if log_prior_trans.ndim == 2 else log_prior_trans[None, :]
+        logw = logw + lpt[:, None, :]
+    flat = logw.reshape(P, R * T)
+    best = xp.argmax(flat, axis=1)
+    top = xp.take_along_axis(flat, best[:, None], axis=1)
+    w = xp.exp(flat - top)
+    total = xp.sum(w, axis=1, keepdims=True)
+    w = w / total
+    order = xp.argsort(-w, axis=1)
+    sorted_w = xp.take_along_axis(w, order, axis=1)
+    cum = xp.cumsum(sorted_w, axis=1)
+    # number kept: first index where the cumulative sum reaches the fraction, inclusive
+    n_keep = xp.sum(cum < adaptive_fraction, axis=1) + 1
+    n_keep = xp.minimum(n_keep, R * T)
+    if max_significant is not None:
+        n_keep = xp.minimum(n_keep, max_significant)
+    threshold = xp.take_along_axis(sorted_w, (n_keep - 1)[:, None], axis=1)[:, 0]
+    keep = w >= threshold[:, None]
+    w = xp.where(keep, w, 0.0)
+    w = w / xp.sum(w, axis=1, keepdims=True)
+    best_diff2 = xp.take_along_axis(diff2.reshape(P, R * T), best[:, None], axis=1)[:, 0]
+    log_likelihood = xp.log(total[:, 0]) - best_diff2
+    return Weights(
+        w=w.reshape(P, R, T),
+        pmax=xp.max(w, axis=1),
+        n_significant=xp.sum(keep, axis=1),
+        log_likelihood=log_likelihood,
+        best=best,
+        threshold=threshold,
+    )
+
+
+def weighted_particle_sums(
+    data: Any,
+    ctf2: Any,
+    sigma2: Any,
+    weights: Any,
+    phases: Any,
+    multiplicity: Any | None = None,
+    multiplicity_threshold: float = 0.01,
+) -> tuple[Any, Any]:
+    """Per-(particle, rotation) translation-weighted sums for the back-projection (M-step).
+
+    RELION (premultiplied 3D data): data += Σ_t w X φ_t / σ², weight += Σ_t w W / σ²
+    (no division by M). Points with multiplicity at or below the threshold contribute nothing.
+
+    Parameters
+    ----------
+    data, ctf2
+        (P, K) particle data and CTF² at the selected points.
+    sigma2
+        (K,) or (P, K) noise power.
+    weights
+        (P, R, T) posterior weights.
+    phases
+        (T, K) phase factors.
+    multiplicity
+        (P, K) multiplicity or None.
+
+    Returns
+    -------
+    values : (P, R, K) complex -- data sums to insert at rotation r.
+    wsum : (P, R, K) real -- weight sums to insert at rotation r.
+    """
+    xp = get_xp(data, weights)
+    inv = 1.0 / sigma2
+    if multiplicity is not None:
+        inv = xp.where(multiplicity > multiplicity_threshold, inv, 0.0)
+    wphase = weights.astype(phases.dtype) @ phases[None, :, :]  # (P, R, K)
+    values = wphase * (data * inv)[:, None, :]
+    wr = xp.sum(weights, axis=2)                                    # (P, R)
+    wsum = wr[:, :, None] * (ctf2 * inv)[:, None, :]
+    return values, wsum
