@@ -47,7 +47,7 @@ def optics_pixel_sizes(optics: pd.DataFrame, path: str | PathLike = "") -> dict[
     for label in PIXEL_SIZE_LABELS:
         if label in optics.columns:
             return {int(g): float(p) for g, p in zip(optics["rlnOpticsGroup"], optics[label])}
-    raise InputError(f"optics table has none of {', '.join(PIXEL_SIZE_LABELS)}", path=str(path),
+    raise InputError(what=f"optics table has none of {', '.join(PIXEL_SIZE_LABELS)}", path=str(path),
                      field="rlnImagePixelSize")
 
 
@@ -72,22 +72,22 @@ def recentre_table(
     """
     for label in ("rlnOriginXAngst", "rlnOriginYAngst", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"):
         if label not in particles.columns:
-            raise InputError("column required for re-centring is missing", path=str(path), field=label)
+            raise InputError(what="column required for re-centring is missing", path=str(path), field=label)
     angles = particles[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(dtype=np.float64)
     bad = ~np.isfinite(angles)
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise InputError("angle is not a finite number", path=str(path), row=int(row) + 1,
+        raise InputError(what="angle is not a finite number", path=str(path), row=int(row) + 1,
                          field=["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"][col])
     if isinstance(pixel_size_A, Mapping):
         if "rlnOpticsGroup" not in particles.columns:
-            raise InputError("column required to find the pixel size is missing", path=str(path),
+            raise InputError(what="column required to find the pixel size is missing", path=str(path),
                              field="rlnOpticsGroup")
         groups = particles["rlnOpticsGroup"].to_numpy()
         missing = [g for g in np.unique(groups) if int(g) not in pixel_size_A]
         if missing:
             row = int(np.flatnonzero(groups == missing[0])[0]) + 1
-            raise InputError(f"optics group {missing[0]} is not in the optics table", path=str(path),
+            raise InputError(what=f"optics group {missing[0]} is not in the optics table", path=str(path),
                              row=row, field="rlnOpticsGroup")
         pix = np.array([pixel_size_A[int(g)] for g in groups], dtype=np.float64)
     else:
@@ -126,17 +126,17 @@ def recentre_star(
     """
     in_path, out_path = Path(in_path), Path(out_path)
     if out_path.resolve() == in_path.resolve():
-        raise InputError("output would overwrite the input; choose another --o", path=str(in_path))
+        raise InputError(what="output would overwrite the input; choose another --o", path=str(in_path))
     blocks = read_star(in_path)
     name = "particles" if "particles" in blocks else next(
         (k for k, v in blocks.items() if isinstance(v, pd.DataFrame)), None)
     if name is None or not isinstance(blocks[name], pd.DataFrame):
-        raise InputError("no particles table found", path=str(in_path), field="data_particles")
+        raise InputError(what="no particles table found", path=str(in_path), field="data_particles")
     if ignore_optics:
         pix: float | dict[int, float] = float(angpix)
     else:
         if "optics" not in blocks:
-            raise InputError("no optics table (use --ignore_optics --angpix)", path=str(in_path),
+            raise InputError(what="no optics table (use --ignore_optics --angpix)", path=str(in_path),
                              field="data_optics")
         pix = optics_pixel_sizes(blocks["optics"], in_path)
     out_blocks = dict(blocks)
