@@ -1,0 +1,140 @@
+"""RELION-normalised Fourier transforms of centred boxes (numpy or cupy).
+
+Conventions (``docs/internals.md``, relion-conventions.md §0):
+
+* the real-space box is centred: the origin is voxel ``N // 2`` on every axis;
+* the forward transform is divided by the number of real-space samples,
+  ``F = rfftn(ifftshift(v)) / v.size`` -- so ``F[0, 0, 0]`` is the mean of ``v``;
+* the inverse is un-normalised, ``v = fftshift(irfftn(F) * v.size)``;
+* half transforms are in numpy's ``rfftn`` layout ``(N, N, N//2+1)`` for ``[kz, ky, kx]``
+  (frequency 0 at index 0, negative frequencies wrapped), the FFTW layout RELION uses.
+
+All functions transform the last 2 (images) or 3 (volumes) axes and are batched over any
+leading axes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from subtomo_nb._array import fft_module, get_xp
+
+__all__ = ["rfft3", "irfft3", "rfft2", "irfft2", "shift_half", "half_shape"]
+
+
+def _sizes(n: int | Sequence[int], ndim: int) -> tuple[int, ...]:
+    if isinstance(n, (int,)) or (hasattr(n, "__index__") and not hasattr(n, "__len__")):
+        return (int(n),) * ndim
+    s = tuple(int(v) for v in n)  # type: ignore[union-attr]
+    if len(s) != ndim:
+        raise ValueError(f"expected {ndim} sizes, got {s}")
+    return s
+
+
+def half_shape(n: int, ndim: int = 3) -> tuple[int, ...]:
+    """Shape of the half transform of a cubic/square box of side ``n`` (pixels)."""
+    return (n,) * (ndim - 1) + (n // 2 + 1,)
+
+
+def _rfft(v: Any, ndim: int) -> Any:
+    xp = get_xp(v)
+    fft = fft_module(xp)
+    axes = tuple(range(-ndim, 0))
+    # norm="forward": forward divided by the number of samples, inverse un-normalised (RELION)
+    return fft.rfftn(xp.fft.ifftshift(v, axes=axes), axes=axes, norm="forward")
+
+
+def _irfft(F: Any, n: int | Sequence[int], ndim: int) -> Any:
+    xp = get_xp(F)
+    fft = fft_module(xp)
+    axes = tuple(range(-ndim, 0))
+    s = _sizes(n, ndim)
+    return xp.fft.fftshift(fft.irfftn(F, s=s, axes=axes, norm="forward"), axes=axes)
+
+
+def rfft3(v: Any) -> Any:
+    """Half transform of centred volume(s) ``[..., z, y, x]``, divided by the voxel count.
+
+    Parameters
+    ----------
+    v
+        Real array ``(..., N, N, N)`` (any box sizes); float32 gives complex64.
+
+    Returns
+    -------
+    Complex array ``(..., N, N, N//2+1)``: ``rfftn(ifftshift(v)) / N**3`` over the last 3 axes.
+    """
+    return _rfft(v, 3)
+
+
+def irfft3(F: Any, n: int | Sequence[int]) -> Any:
+    """Exact inverse of :func:`rfft3`.
+
+    Parameters
+    ----------
+    F
+        Half transform(s) ``(..., N, N, N//2+1)``.
+    n
+        Real-space box size (pixels): an int for cubes or ``(nz, ny, nx)``.
+
+    Returns
+    -------
+    Real centred volume(s) ``(..., nz, ny, nx)``.
+    """
+    return _irfft(F, n, 3)
+
+
+def rfft2(img: Any) -> Any:
+    """Half transform of centred image(s) ``[..., y, x]``, divided by the pixel count.
+
+    Returns complex ``(..., N, N//2+1)`` = ``rfft2(ifftshift(img)) / N**2``.
+    """
+    return _rfft(img, 2)
+
+
+def irfft2(F: Any, n: int | Sequence[int]) -> Any:
+    """Exact inverse of :func:`rfft2`; ``n`` is the image size (int or ``(ny, nx)``)."""
+    return _irfft(F, n, 2)
+
+
+def shift_half(F: Any, shift_xyz_px: Any, n: int | None = None) -> Any:
+    """Shift the content of half transform(s) by ``t`` pixels (RELION's sign convention).
+
+    Multiplies ``F(k)`` by ``exp(-2 pi i k.t / N)``, which moves the real-space content by
+    ``+t`` (``shiftImageInFourierTransform``).
+
+    Parameters
+    ----------
+    F
+        Half transforms ``(..., N, N, N//2+1)`` (3D) or ``(..., N, N//2+1)`` (2D).
+    shift_xyz_px
+        Shifts in pixels, shape ``(..., 3)`` for 3D or ``(..., 2)`` for 2D, ordered (x, y[, z]);
+        the leading axes broadcast against the leading axes of ``F``.
+    n
+        Real-space box size; default ``F.shape[-2]``.
+
+    Returns
+    -------
+    The shifted half transforms (broadcast shape of the leading axes).
+    """
+    xp = get_xp(F)
+    t = xp.asarray(shift_xyz_px)
+    ndim = int(t.shape[-1])
+    if ndim not in (2, 3):
+        raise ValueError("shift_xyz_px must end in an axis of length 2 or 3")
+    n = int(F.shape[-2]) if n is None else int(n)
+    rdtype = xp.float32 if F.dtype == xp.complex64 else xp.float64
+    t = t.astype(rdtype)
+    k = xp.fft.fftfreq(n, 1.0 / n).astype(rdtype)
+    kx = xp.arange(F.shape[-1], dtype=rdtype)
+    lead = t.shape[:-1]
+    pad = (1,) * ndim
+    tx = t[..., 0].reshape(lead + pad)
+    ty = t[..., 1].reshape(lead + pad)
+    if ndim == 3:
+        tz = t[..., 2].reshape(lead + pad)
+        arg = kx[None, None, :] * tx + k[None, :, None] * ty + k[:, None, None] * tz
+    else:
+        arg = kx[None, :] * tx + k[:, None] * ty
+    phase = xp.exp((-2j * xp.pi / n) * arg).astype(F.dtype)
+    return F * phase

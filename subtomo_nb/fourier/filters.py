@@ -1,0 +1,130 @@
+"""Fourier filters and resampling of centred maps (RELION conventions).
+
+All functions accept a single 3D volume or 2D image (``ndim`` defaults to ``x.ndim``) or a
+batch with leading axes (pass ``ndim`` explicitly), numpy or cupy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from subtomo_nb._array import get_xp
+from subtomo_nb.fourier.fft import irfft2, irfft3, rfft2, rfft3
+from subtomo_nb.fourier.grid import radius_grid
+
+__all__ = ["low_pass", "low_pass_weights", "apply_b_factor", "fourier_crop", "fourier_pad"]
+
+
+def _nd(x: Any, ndim: int | None) -> int:
+    nd = x.ndim if ndim is None else int(ndim)
+    if nd not in (2, 3):
+        raise ValueError("ndim must be 2 or 3")
+    return nd
+
+
+def _fwd(x: Any, nd: int) -> Any:
+    return rfft3(x) if nd == 3 else rfft2(x)
+
+
+def _inv(F: Any, n: int, nd: int) -> Any:
+    return irfft3(F, n) if nd == 3 else irfft2(F, n)
+
+
+def low_pass_weights(box: int, resolution_A: float, pixel_size_A: float, edge_width_shells: float = 2.0,
+                     ndim: int = 3, xp: Any = np) -> Any:
+    """Raised-cosine low-pass transmission on the half grid (``initialLowPassFilterReferences``).
+
+    ``radius = box * pixel / resolution - w / 2``, ``radius_p = radius + w``; transmission 1 for
+    ``|k| < radius``, 0 for ``|k| > radius_p``, ``0.5 - 0.5 cos(pi (radius_p - |k|) / w)`` in
+    between (0.5 at the nominal cut-off frequency). ``|k|`` in Fourier pixels, ``w`` in shells.
+    """
+    r = radius_grid(box, ndim, xp)
+    w = float(edge_width_shells)
+    radius = box * pixel_size_A / resolution_A - w / 2.0
+    rp = radius + w
+    if w > 0:
+        soft = 0.5 - 0.5 * xp.cos(np.pi * (rp - r) / w)
+    else:
+        soft = xp.zeros_like(r)
+    return xp.where(r < radius, 1.0, xp.where(r > rp, 0.0, soft))
+
+
+def low_pass(volume: Any, resolution_A: float, pixel_size_A: float, edge_width_shells: float = 2.0,
+             ndim: int | None = None) -> Any:
+    """Low-pass filter with a raised-cosine edge (RELION's ``--ini_high`` filter).
+
+    Parameters
+    ----------
+    volume
+        Real centred map(s).
+    resolution_A
+        Cut-off resolution (Å): transmission 0.5 at shell ``box * pixel / resolution``.
+    pixel_size_A
+        Pixel size (Å).
+    edge_width_shells
+        Width of the cosine edge (Fourier pixels; RELION's ``WIDTH_FMASK_EDGE`` = 2).
+    ndim
+        Dimensionality of one map (default ``volume.ndim``).
+    """
+    xp = get_xp(volume)
+    nd = _nd(volume, ndim)
+    n = int(volume.shape[-1])
+    F = _fwd(volume, nd)
+    w = low_pass_weights(n, resolution_A, pixel_size_A, edge_width_shells, nd, xp)
+    return _inv(F * w.astype(F.real.dtype), n, nd)
+
+
+def apply_b_factor(volume: Any, b_factor_A2: float, pixel_size_A: float, ndim: int | None = None) -> Any:
+    """Multiply the transform by ``exp(-B s**2 / 4)`` up to Nyquist, 0 beyond (``applyBFactorToMap``).
+
+    ``s = |k| / (box * pixel)`` (1/Å). Positive ``B`` (Å²) blurs; negative ``B`` sharpens.
+    """
+    xp = get_xp(volume)
+    nd = _nd(volume, ndim)
+    n = int(volume.shape[-1])
+    F = _fwd(volume, nd)
+    s = radius_grid(n, nd, xp) / (n * pixel_size_A)
+    f = xp.where(s <= 1.0 / (2.0 * pixel_size_A), xp.exp(-(b_factor_A2 / 4.0) * s * s), 0.0)
+    return _inv(F * f.astype(F.real.dtype), n, nd)
+
+
+def _window_half(F: Any, n_old: int, n_new: int, nd: int) -> Any:
+    """Copy the common frequencies of half transforms of boxes ``n_old`` -> ``n_new``."""
+    xp = get_xp(F)
+    lead = F.shape[:-nd]
+    out = xp.zeros(lead + (n_new,) * (nd - 1) + (n_new // 2 + 1,), dtype=F.dtype)
+    n = min(n_old, n_new)
+    # signed frequencies present in the smaller box: -n//2 .. n - n//2 - 1
+    k = np.arange(-(n // 2), n - n // 2)
+    src = xp.asarray(k % n_old)
+    dst = xp.asarray(k % n_new)
+    nx = n // 2 + 1
+    if nd == 3:
+        out[..., dst[:, None], dst[None, :], :nx] = F[..., src[:, None], src[None, :], :nx]
+    else:
+        out[..., dst, :nx] = F[..., src, :nx]
+    return out
+
+
+def fourier_crop(x: Any, new_size: int, ndim: int | None = None) -> Any:
+    """Bin a map by Fourier cropping to ``new_size`` pixels (pixel size grows by ``N / new_size``).
+
+    Frequencies ``-n/2 .. n/2-1`` of the new box are kept (RELION's ``windowFourierTransform``);
+    with the 1/N-normalised transforms the mean value (and the value scale) is unchanged.
+    """
+    nd = _nd(x, ndim)
+    n = int(x.shape[-1])
+    if new_size > n:
+        raise ValueError("fourier_crop: new_size larger than the box; use fourier_pad")
+    return _inv(_window_half(_fwd(x, nd), n, int(new_size), nd), int(new_size), nd)
+
+
+def fourier_pad(x: Any, new_size: int, ndim: int | None = None) -> Any:
+    """Up-sample a map by zero-padding its transform to ``new_size`` pixels (mean preserved)."""
+    nd = _nd(x, ndim)
+    n = int(x.shape[-1])
+    if new_size < n:
+        raise ValueError("fourier_pad: new_size smaller than the box; use fourier_crop")
+    return _inv(_window_half(_fwd(x, nd), n, int(new_size), nd), int(new_size), nd)

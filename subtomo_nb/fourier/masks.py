@@ -1,0 +1,135 @@
+"""Soft real-space masks (RELION ``src/mask.cpp``; relion-conventions.md §6.5).
+
+Distances are measured in pixels from the box centre, voxel ``N // 2`` on every axis.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from subtomo_nb._array import get_xp
+
+__all__ = ["centred_radius", "soft_sphere", "mask_particle", "soft_edge_box_mask"]
+
+
+def centred_radius(shape: tuple[int, ...], xp: ModuleType = np, dtype: Any = np.float64) -> Any:
+    """Distance (pixels) of every voxel of a box of ``shape`` from voxel ``n // 2`` of each axis."""
+    r2 = None
+    nd = len(shape)
+    for ax, n in enumerate(shape):
+        c = xp.arange(n, dtype=dtype) - n // 2
+        c = c.reshape((1,) * ax + (n,) + (1,) * (nd - ax - 1))
+        r2 = c * c if r2 is None else r2 + c * c
+    return xp.sqrt(r2)
+
+
+def soft_sphere(box: int, radius_px: float, edge_px: float = 5.0, ndim: int = 3,
+                xp: ModuleType = np, dtype: Any = np.float64) -> Any:
+    """Soft spherical (circular) mask, RELION's solvent-flattening sphere.
+
+    ``1`` for ``d < r``; ``0`` for ``d > r + edge``; ``0.5 - 0.5 cos(pi (r + edge - d) / edge)``
+    in between (falls from 1 to 0).
+
+    Parameters
+    ----------
+    box
+        Box size (pixels).
+    radius_px
+        Radius ``r`` (pixels).
+    edge_px
+        Width of the raised-cosine edge outside ``r`` (pixels).
+    ndim
+        3 (volume) or 2 (image).
+    """
+    d = centred_radius((box,) * ndim, xp, dtype)
+    rp = radius_px + edge_px
+    if edge_px > 0:
+        soft = 0.5 - 0.5 * xp.cos(np.pi * (rp - d) / edge_px)
+    else:
+        soft = xp.zeros_like(d)
+    return xp.where(d < radius_px, 1.0, xp.where(d > rp, 0.0, soft)).astype(dtype)
+
+
+def mask_particle(volume: Any, radius_px: float, edge_px: float = 5.0,
+                  background: str | float | Any = "mean", ndim: int | None = None) -> Any:
+    """Soft-mask the outside of a particle: RELION's ``softMaskOutsideMap``.
+
+    With ``c = 0.5 + 0.5 cos(pi (r + edge - d) / edge)`` (0 at ``d = r``, 1 at ``d = r + edge``):
+    voxels with ``d < r`` are untouched, ``d > r + edge`` become the background and in between
+    ``value <- (1 - c) value + c background``.
+
+    Parameters
+    ----------
+    volume
+        Real volume ``(..., N, N, N)`` or image(s) ``(..., N, N)``; leading axes are a batch.
+    radius_px, edge_px
+        Radius ``r`` and soft-edge width (pixels).
+    background
+        ``"mean"``: the ``c``-weighted mean of the voxels with ``d >= r`` (weight 1 beyond the
+        edge), per batch element -- RELION's ``--zero_mask`` background; ``"zero"`` or a number:
+        that constant; an array broadcastable to ``volume``: e.g. a noise image.
+    ndim
+        Dimensionality of one map (default: ``volume.ndim`` if 2 or 3, else 3).
+
+    Returns
+    -------
+    Masked copy of ``volume``.
+    """
+    xp = get_xp(volume)
+    if ndim is None:
+        ndim = volume.ndim if volume.ndim in (2, 3) else 3
+    rdtype = volume.dtype if volume.dtype in (xp.float32, xp.float64) else xp.float64
+    d = centred_radius(tuple(volume.shape[-ndim:]), xp, xp.float64)
+    rp = radius_px + edge_px
+    if edge_px > 0:
+        c = 0.5 + 0.5 * xp.cos(np.pi * (rp - d) / edge_px)
+    else:
+        c = xp.ones_like(d)
+    c = xp.where(d < radius_px, 0.0, xp.where(d > rp, 1.0, c))
+    axes = tuple(range(-ndim, 0))
+    if isinstance(background, str):
+        if background == "mean":
+            s = xp.sum(c)
+            bg = xp.sum(c * volume, axis=axes, keepdims=True) / (s if float(s) > 0 else 1.0)
+        elif background == "zero":
+            bg = 0.0
+        else:
+            raise ValueError(f"unknown background {background!r}")
+    else:
+        bg = background
+    out = (1 - c) * volume + c * bg
+    return out.astype(rdtype)
+
+
+def soft_edge_box_mask(box: int, edge_px: float = 5.0, ndim: int = 3, xp: ModuleType = np,
+                       dtype: Any = np.float64) -> Any:
+    """Mask that is 1 in the box interior and tapers to 0 at the box faces.
+
+    Separable: the product over axes of ``0.5 - 0.5 cos(pi (i + 0.5) / edge)`` for pixels whose
+    centre lies within ``edge`` pixels of a face (``i`` = index distance to the nearest face,
+    0 for the outermost pixel), 1 elsewhere. Use it to taper tomogram crops or maps before
+    Fourier transforms (cf. ``--taper`` of relion_tomo_reconstruct_particle).
+
+    Parameters
+    ----------
+    box
+        Box size (pixels).
+    edge_px
+        Taper width (pixels); 0 gives all ones.
+    ndim
+        2 or 3.
+    """
+    i = xp.arange(box, dtype=dtype)
+    dist = xp.minimum(i, box - 1 - i) + 0.5
+    if edge_px > 0:
+        w1 = xp.where(dist < edge_px, 0.5 - 0.5 * xp.cos(np.pi * dist / edge_px), 1.0)
+    else:
+        w1 = xp.ones(box, dtype=dtype)
+    out = None
+    for ax in range(ndim):
+        w = w1.reshape((1,) * ax + (box,) + (1,) * (ndim - ax - 1))
+        out = w if out is None else out * w
+    return out.astype(dtype)
