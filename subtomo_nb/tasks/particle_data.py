@@ -1,0 +1,126 @@
+"""Particles as Fourier-space pseudo-subtomograms, whatever their format on disk.
+
+Every job that uses particles (reconstruct, auto-refine, initial model) sees the same thing: for
+a batch of particles, the CTF-premultiplied half transforms ``X`` (``rfft3`` normalisation), the
+CTF² sums ``W`` and the multiplicities ``M``, all ``(B, N, N, N//2+1)``. 3D pseudo-subtomograms are
+read as they are; 2D stacks are turned into pseudo-subtomograms on load by RELION's forward
+insertion (:mod:`subtomo_nb.fourier.stack2d`), using each tilt's CTF and projection from the
+tomogram set (see :func:`subtomo_nb.tasks.extract.stack2d_pseudo_subtomo`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from subtomo_nb.fourier.fft import rfft3, shift_half
+from subtomo_nb.io.errors import InputError
+from subtomo_nb.io.optimisation_set import read_optimisation_set
+from subtomo_nb.io.particles import ParticleSet, check_files, is_2d_stack, pixel_size, read_particles
+from subtomo_nb.io.star import read_star
+from subtomo_nb.io.subtomo import read_particle_subtomo
+from subtomo_nb.io.tomograms import TomogramSet, read_tomograms
+
+
+def load_particle_set(
+    path: str | os.PathLike,
+    tomograms: str | os.PathLike | None = None,
+) -> tuple[ParticleSet, TomogramSet | None]:
+    """Read particles (and, where needed, tomograms) from a particle file or optimisation set.
+
+    Parameters
+    ----------
+    path
+        Particle STAR file or optimisation set (``rlnTomoParticlesFile``, ``rlnTomoTomogramsFile``).
+    tomograms
+        Tomogram set; overrides the optimisation set's. Required for 2D stacks.
+
+    Returns
+    -------
+    (ParticleSet, TomogramSet or None)
+    """
+    path = Path(path)
+    blocks = read_star(path)
+    first = next(iter(blocks.values()), None)
+    if isinstance(first, dict) and "rlnTomoParticlesFile" in first:
+        oset = read_optimisation_set(path)
+        particles_path = oset.resolve("rlnTomoParticlesFile")
+        if particles_path is None:
+            raise InputError(what="optimisation set names no particle file", path=path,
+                             field="rlnTomoParticlesFile")
+        if tomograms is None and oset.tomograms_file:
+            tomograms = oset.resolve("rlnTomoTomogramsFile")
+        path = particles_path
+    pset = read_particles(path, require_tomo=False)
+    check_files(pset)
+    tomo_set = None
+    if tomograms is not None:
+        tomo_set = read_tomograms(tomograms)
+    elif is_2d_stack(pset):
+        raise InputError(what="2D-stack particles need the tomogram set (--tomograms or an optimisation set)",
+                         path=pset.path, field="rlnTomoTomogramsFile")
+    return pset, tomo_set
+
+
+def origins_px(pset: ParticleSet, rows: np.ndarray) -> np.ndarray:
+    """``rlnOrigin{X,Y,Z}Angst`` of ``rows`` in pixels, ``(B, 3)`` (absent columns count as 0)."""
+    tab = pset.particles.iloc[rows]
+    out = np.zeros((len(rows), 3))
+    groups = tab["rlnOpticsGroup"].to_numpy() if "rlnOpticsGroup" in tab.columns else np.ones(len(rows), int)
+    pix = np.array([pixel_size(pset, int(g)) for g in groups])
+    for i, label in enumerate(("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")):
+        if label in tab.columns:
+            out[:, i] = tab[label].to_numpy(dtype=np.float64) / pix
+    return out
+
+
+def particle_transforms(
+    pset: ParticleSet,
+    rows: np.ndarray,
+    *,
+    tomograms: TomogramSet | None = None,
+    apply_origins: bool = True,
+    dtype: type = np.float64,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Half transforms, CTF² sums and multiplicities of a batch of particles.
+
+    Parameters
+    ----------
+    pset
+        The particle set.
+    rows
+        0-based rows of ``pset.particles``.
+    tomograms
+        Tomogram set (needed for 2D stacks).
+    apply_origins
+        Shift each particle by ``+origin`` (RELION's centring, conventions §2.1).
+    dtype
+        Real precision of the output (complex of the same precision for the data).
+
+    Returns
+    -------
+    data : (B, N, N, N//2+1) complex
+    ctf2 : (B, N, N, N//2+1) real
+    multiplicity : (B, N, N, N//2+1) real, or None when the files hold none
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    cdtype = np.complex64 if np.dtype(dtype) == np.float32 else np.complex128
+    if is_2d_stack(pset):
+        if tomograms is None:
+            raise InputError(what="2D-stack particles need the tomogram set", path=pset.path,
+                             field="rlnTomoTomogramsFile")
+        from subtomo_nb.tasks.extract import stack2d_pseudo_subtomo
+
+        subs = [stack2d_pseudo_subtomo(pset, tomograms, int(i)) for i in rows]
+    else:
+        subs = [read_particle_subtomo(pset, int(i)) for i in rows]
+    data = np.stack([rfft3(np.asarray(s.data, dtype=np.float64)) for s in subs]).astype(cdtype)
+    ctf2 = np.stack([np.asarray(s.ctf2) for s in subs]).astype(dtype)
+    mult = None
+    if all(s.multiplicity is not None for s in subs):
+        mult = np.stack([np.asarray(s.multiplicity) for s in subs]).astype(dtype)
+    if apply_origins:
+        data = shift_half(data, origins_px(pset, rows)).astype(cdtype)
+    return data, ctf2, mult
