@@ -1,6 +1,6 @@
 """The phantom protein of the synthetic dataset: a chiral C6 hexamer of 3D Gaussian blobs.
 
-The hexamer is about 90 Å across and 60 Å tall, its C6 axis along the reference z axis, centred
+The hexamer is about 90 Å across (100 Å at 5 % of the peak density) and 60 Å tall, its C6 axis along the reference z axis, centred
 at the origin. Each of the six subunits has the same five blobs; the subunits' blobs spiral with
 height (chirality, so the hand is determinable) and the top and bottom differ (not D6).
 
@@ -20,10 +20,10 @@ __all__ = ["SUBUNIT_BLOBS", "SYMMETRY", "blobs", "render_map", "project_blobs_2d
 #: Blobs of subunit 0 as ``(radius Å, azimuth degrees, z Å, sigma Å, amplitude)``; the other five
 #: subunits are copies rotated by multiples of 60° about z.
 SUBUNIT_BLOBS: tuple[tuple[float, float, float, float, float], ...] = (
-    (34.0, 0.0, -16.0, 8.0, 1.00),   # base, large
-    (28.0, 16.0, 2.0, 7.0, 0.90),    # middle, turned counter-clockwise with height
-    (19.0, 34.0, 19.0, 6.5, 0.80),   # upper, turned further: a right-handed spiral
-    (40.0, -20.0, -2.0, 6.0, 0.60),  # outer arm on one side only: in-plane chirality
+    (30.0, 0.0, -16.0, 8.0, 1.00),   # base, large
+    (25.0, 16.0, 2.0, 7.0, 0.90),    # middle, turned counter-clockwise with height
+    (17.0, 34.0, 19.0, 6.5, 0.80),   # upper, turned further: a right-handed spiral
+    (35.0, -20.0, -2.0, 6.0, 0.60),  # outer arm on one side only: in-plane chirality
     (8.0, 20.0, 24.0, 6.0, 0.45),    # cap near the axis, on top only
 )
 

@@ -8,7 +8,9 @@ directory)::
     tilt_series/<TS>.mrcs          the tilt images; rlnMicrographName = "<f+1:06d>@tilt_series/<TS>.mrcs"
     particles.star                 picks as RELION 5's sphere picker (general, optics, particles)
     optimisation_set.star          rlnTomoParticlesFile, rlnTomoTomogramsFile
-    masks/mask_align_bin4.mrc      soft mask around the central hexamer (bin 4, box 32)
+    masks/mask_align_bin4.mrc      soft mask around the central hexamer (bin 4, box 32): tight
+                                   (map > 10 % of max, 2-pixel cosine edge) because the lattice
+                                   neighbours touch the central hexamer
     ground_truth/map_bin4.mrc      the phantom at 4 x tilt-series pixel, box 32 (C6 axis along z)
     ground_truth/particles_true.star  true rlnAngle* and rlnOrigin*Angst for each pick
 
@@ -55,8 +57,8 @@ TINY: dict[str, Any] = dict(
 )
 
 
-def soft_mask_from_map(volume: np.ndarray, threshold_fraction: float = 0.05, extend_px: int = 1,
-                       edge_px: float = 3.0) -> np.ndarray:
+def soft_mask_from_map(volume: np.ndarray, threshold_fraction: float = 0.1, extend_px: int = 0,
+                       edge_px: float = 2.0) -> np.ndarray:
     """Soft mask: ``volume > threshold·max``, dilated by ``extend_px`` and given a cosine edge.
 
     Parameters

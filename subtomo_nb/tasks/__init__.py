@@ -1,0 +1,1 @@
+"""Jobs' numerical bodies: extract, reconstruct particle, re-centre (no UI, no dask plumbing)."""
