@@ -23,8 +23,8 @@ __all__ = ["rfft3", "irfft3", "rfft2", "irfft2", "shift_half", "half_shape"]
 
 
 def _sizes(n: int | Sequence[int], ndim: int) -> tuple[int, ...]:
-    if isinstance(n, (int,)) or (hasattr(n, "__index__") and not hasattr(n, "__len__")):
-        return (int(n),) * ndim
+    if not hasattr(n, "__len__"):
+        return (int(n),) * ndim  # type: ignore[arg-type]
     s = tuple(int(v) for v in n)  # type: ignore[union-attr]
     if len(s) != ndim:
         raise ValueError(f"expected {ndim} sizes, got {s}")

@@ -1,0 +1,53 @@
+"""Soft masks against their formulas."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from subtomo_nb.fourier.masks import mask_particle, soft_edge_box_mask, soft_sphere
+
+
+def test_soft_sphere_values() -> None:
+    m = soft_sphere(32, 8.0, 4.0)
+    c = 16
+    assert m[c, c, c] == 1.0 and m[c, c, c + 7] == 1.0
+    np.testing.assert_allclose(m[c, c, c + 10], 0.5)  # 0.5 - 0.5 cos(pi * (12 - 10) / 4)
+    np.testing.assert_allclose(m[c, c, c + 9], 0.5 - 0.5 * np.cos(np.pi * 3 / 4))
+    assert m[c, c, c + 12] == 0.0 and m[0, 0, 0] == 0.0
+    assert soft_sphere(16, 4, 2, ndim=2).shape == (16, 16)
+
+
+def test_mask_particle_mean_background() -> None:
+    n, r, w = 16, 4.0, 3.0
+    v = np.random.default_rng(0).normal(size=(n, n, n)) + 2.0
+    out = mask_particle(v, r, w)
+    # explicit reference (RELION softMaskOutsideMap, loops over voxels)
+    c = n // 2
+    sum_bg = tot = 0.0
+    raised = np.zeros_like(v)
+    for k in range(n):
+        for i in range(n):
+            for j in range(n):
+                d = np.sqrt((k - c) ** 2 + (i - c) ** 2 + (j - c) ** 2)
+                if d < r:
+                    continue
+                rc = 1.0 if d > r + w else 0.5 + 0.5 * np.cos(np.pi * (r + w - d) / w)
+                raised[k, i, j] = rc
+                tot += rc
+                sum_bg += rc * v[k, i, j]
+    bg = sum_bg / tot
+    np.testing.assert_allclose(out, (1 - raised) * v + raised * bg, rtol=1e-12)
+    assert out[c, c, c] == v[c, c, c]
+    np.testing.assert_allclose(out[0, 0, 0], bg)
+    np.testing.assert_allclose(mask_particle(v, r, w, background=0.0)[0, 0, 0], 0.0)
+    # batched 2D images get their own background
+    imgs = np.stack([np.full((n, n), 1.0), np.full((n, n), 3.0)])
+    np.testing.assert_allclose(mask_particle(imgs, r, w, ndim=2)[:, 0, 0], [1.0, 3.0])
+
+
+def test_soft_edge_box_mask() -> None:
+    m = soft_edge_box_mask(20, 4.0)
+    assert m[10, 10, 10] == 1.0 and m[10, 10, 4] == 1.0
+    np.testing.assert_allclose(m[10, 10, 0], 0.5 - 0.5 * np.cos(np.pi * 0.5 / 4))
+    np.testing.assert_allclose(m[10, 10, 19], m[10, 10, 0])
+    np.testing.assert_allclose(m[0, 0, 0], m[10, 10, 0] ** 3)
