@@ -37,7 +37,7 @@ from subtomo_nb._array import get_xp
 from subtomo_nb.fourier.fft import rfft3
 from subtomo_nb.fourier.grid import freq_grid, half_points, round_half_away
 
-__all__ = ["Projector", "padded_size", "gridding_sinc2", "trilinear_gather_half"]
+__all__ = ["Projector", "padded_size", "gridding_sinc2", "trilinear_gather_half", "centred_extension"]
 
 
 def padded_size(box: int, pad: float) -> int:
@@ -67,6 +67,52 @@ def gridding_sinc2(box: int, padded: int, ndim: int = 3, xp: Any = np, dtype: An
     return s * s
 
 
+def _index_dtype(xp: Any, size: int) -> Any:
+    """int32 indices where the flat array allows it (half the memory traffic of int64)."""
+    return xp.int32 if size < 2 ** 31 - 1 else xp.int64
+
+
+def _lerp_(a: Any, b: Any, f: Any, xp: Any) -> Any:
+    """``a + f * (b - a)`` computed in place in ``b`` (same rounding as the expression)."""
+    if xp is np:
+        np.subtract(b, a, out=b)
+        np.multiply(b, f, out=b)
+        np.add(b, a, out=b)
+        return b
+    return a + f * (b - a)
+
+
+def _conj_where(out: Any, neg: Any, xp: Any) -> Any:
+    """Complex-conjugate ``out`` where ``neg`` (in place for numpy)."""
+    if not xp.iscomplexobj(out):
+        return out
+    if xp is np:
+        np.conjugate(out, out=out, where=neg)
+        return out
+    return xp.where(neg, xp.conj(out), out)
+
+
+def _friedel_split(x: Any, y: Any, z: Any, xp: Any) -> tuple[Any, Any, Any, Any]:
+    """Map points with ``x < 0`` to ``-k``; return ``(neg, x, y, z)`` (new arrays)."""
+    neg = x < 0
+    if xp is np:
+        x = np.negative(x, where=neg, out=x.copy())
+        y = np.negative(y, where=neg, out=y.copy())
+        z = np.negative(z, where=neg, out=z.copy())
+        return neg, x, y, z
+    return neg, xp.where(neg, -x, x), xp.where(neg, -y, y), xp.where(neg, -z, z)
+
+
+def _floor_frac(c: Any, xp: Any, idt: Any) -> tuple[Any, Any]:
+    """Integer floor (``idt``) and fractional part ``c - floor(c)`` of a coordinate array."""
+    f0 = xp.floor(c)
+    i0 = f0.astype(idt)
+    if xp is np:
+        np.subtract(c, f0, out=f0)
+        return i0, f0
+    return i0, c - f0
+
+
 def trilinear_gather_half(flat: Any, m: int, width: int, pos: Any) -> Any:
     """Trilinear interpolation of a padded half array at (padded) positions.
 
@@ -87,39 +133,122 @@ def trilinear_gather_half(flat: Any, m: int, width: int, pos: Any) -> Any:
     Returns
     -------
     Interpolated values ``(...)`` with the dtype of ``flat``.
+
+    Notes
+    -----
+    Interpolates along x, then y, then z (``a + f (b - a)``), with 32-bit indices where the
+    array allows it and in-place arithmetic on numpy; :class:`Projector` uses a faster variant
+    on a centred, periodically extended copy (:func:`_gather_centred`) with identical results.
     """
     xp = get_xp(flat, pos)
-    x, y, z = pos[..., 0], pos[..., 1], pos[..., 2]
-    neg = x < 0
-    sgn = xp.where(neg, -1, 1).astype(pos.dtype)
-    x, y, z = x * sgn, y * sgn, z * sgn
-    x0f, y0f, z0f = xp.floor(x), xp.floor(y), xp.floor(z)
-    fx, fy, fz = x - x0f, y - y0f, z - z0f
-    x0 = x0f.astype(xp.int64)
-    y0 = y0f.astype(xp.int64)
-    z0 = z0f.astype(xp.int64)
+    idt = _index_dtype(xp, int(flat.size))
+    neg, x, y, z = _friedel_split(pos[..., 0], pos[..., 1], pos[..., 2], xp)
+    x0, fx = _floor_frac(x, xp, idt)
+    y0, fy = _floor_frac(y, xp, idt)
+    z0, fz = _floor_frac(z, xp, idt)
     y0w, y1w = y0 % m, (y0 + 1) % m
     z0w, z1w = z0 % m, (z0 + 1) % m
-    r00 = (z0w * m + y0w) * width
-    r01 = (z0w * m + y1w) * width
-    r10 = (z1w * m + y0w) * width
-    r11 = (z1w * m + y1w) * width
+    z0w *= m
+    z1w *= m
 
-    def lerp_x(row: Any) -> Any:
-        a = xp.take(flat, row + x0)
-        b = xp.take(flat, row + x0 + 1)
-        return a + fx * (b - a)
+    def lerp_x(zr: Any, yr: Any) -> Any:
+        row = (zr + yr) * width + x0
+        a = xp.take(flat, row)
+        row += 1
+        return _lerp_(a, xp.take(flat, row), fx, xp)
 
-    c00 = lerp_x(r00)
-    c01 = lerp_x(r01)
-    c10 = lerp_x(r10)
-    c11 = lerp_x(r11)
-    c0 = c00 + fy * (c01 - c00)
-    c1 = c10 + fy * (c11 - c10)
-    out = c0 + fz * (c1 - c0)
-    if xp.iscomplexobj(out):
-        out = xp.where(neg, xp.conj(out), out)
-    return out
+    c00 = lerp_x(z0w, y0w)
+    c01 = lerp_x(z0w, y1w)
+    c10 = lerp_x(z1w, y0w)
+    c11 = lerp_x(z1w, y1w)
+    c0 = _lerp_(c00, c01, fy, xp)
+    c1 = _lerp_(c10, c11, fy, xp)
+    out = _lerp_(c0, c1, fz, xp)
+    return _conj_where(out, neg, xp)
+
+
+def centred_extension(half: Any, width: int | None = None) -> Any:
+    """Centred, periodically extended copy of a wrapped half array (for fast gathers).
+
+    Parameters
+    ----------
+    half
+        Half array ``(m, m, m//2+1)`` ``[z, y, x]`` in wrapped (FFT) layout (padded pixels).
+    width
+        Size of the x axis of the result (default ``m//2 + 2``: one zero column for the
+        ``x0 + 1`` neighbour).
+
+    Returns
+    -------
+    ``(m+1, m+1, width)`` array ``E`` with ``E[i, j, x] = half[(i - m//2) % m, (j - m//2) % m, x]``
+    (zero beyond ``half``'s x range): frequency ``(x, y, z)`` is at ``[z + m//2, y + m//2, x]``
+    for ``-m//2 <= y, z <= m//2``, so the eight trilinear corners of any point lie at fixed
+    offsets from one base index.
+    """
+    xp = get_xp(half)
+    m = int(half.shape[0])
+    width = m // 2 + 2 if width is None else int(width)
+    idx = (xp.arange(m + 1) - m // 2) % m
+    ext = xp.zeros((m + 1, m + 1, width), dtype=half.dtype)
+    ext[..., : half.shape[-1]] = half[idx][:, idx]
+    return ext
+
+
+def _gather_centred(ext_flat: Any, m: int, width: int, x: Any, y: Any, z: Any) -> Any:
+    """Trilinear interpolation on :func:`centred_extension` data (same results as
+    :func:`trilinear_gather_half` on the wrapped array).
+
+    Parameters
+    ----------
+    ext_flat
+        Flattened ``(m+1, m+1, width)`` centred extension.
+    m, width
+        Padded size and x width.
+    x, y, z
+        Coordinates in padded grid units (arrays of one shape; not modified). Any ``y``, ``z``
+        wrap periodically; ``x`` (after the Friedel flip) is clipped to the stored range, so
+        callers zero points beyond the stored radius.
+
+    Returns
+    -------
+    Interpolated values with the shape of ``x`` and the dtype of ``ext_flat``.
+    """
+    xp = get_xp(ext_flat, x)
+    idt = _index_dtype(xp, int(ext_flat.size))
+    neg, x, y, z = _friedel_split(x, y, z, xp)
+    x0, fx = _floor_frac(x, xp, idt)
+    y0, fy = _floor_frac(y, xp, idt)
+    z0, fz = _floor_frac(z, xp, idt)
+    h = m // 2
+    # base = ((z0 + h) % m * (m+1) + (y0 + h) % m) * width + min(x0, width - 2)
+    z0 += h
+    z0 %= m
+    y0 += h
+    y0 %= m
+    z0 *= m + 1
+    z0 += y0
+    z0 *= width
+    if xp is np:
+        np.minimum(x0, width - 2, out=x0)
+    else:
+        x0 = xp.minimum(x0, width - 2)
+    base = z0
+    base += x0
+    sy = width
+    sz = (m + 1) * width
+
+    def lerp_x(off: int) -> Any:
+        a = xp.take(ext_flat, base + off)
+        return _lerp_(a, xp.take(ext_flat, base + (off + 1)), fx, xp)
+
+    c00 = lerp_x(0)
+    c01 = lerp_x(sy)
+    c10 = lerp_x(sz)
+    c11 = lerp_x(sz + sy)
+    c0 = _lerp_(c00, c01, fy, xp)
+    c1 = _lerp_(c10, c11, fy, xp)
+    out = _lerp_(c0, c1, fz, xp)
+    return _conj_where(out, neg, xp)
 
 
 class Projector:
@@ -177,11 +306,10 @@ class Projector:
         inside = r2 <= max_r2
         F = xp.where(inside, F, 0).astype(self.cdtype)
         self.data = F
-        # flat copy with one extra zero column in x for the x0 + 1 neighbour
+        # centred, periodically extended copy with one extra zero column in x (x0 + 1
+        # neighbour): the 8 trilinear corners sit at fixed offsets of one base index
         self._width = m // 2 + 2
-        ext = xp.zeros((m, m, self._width), dtype=self.cdtype)
-        ext[..., : m // 2 + 1] = F
-        self._flat = ext.reshape(-1)
+        self._ext_flat = centred_extension(F, self._width).reshape(-1)
         # RELION's power spectrum of the reference: mean |F|^2 / 2 per shell round(r_pad / pad)
         ires = round_half_away(xp.sqrt(r2.astype(xp.float64)) / self.pad)
         ires = xp.broadcast_to(ires, F.shape)
@@ -208,11 +336,22 @@ class Projector:
         for ``x < 0``; zero where ``|k| > r_max``.
         """
         xp = self.xp
-        p = xp.asarray(points).astype(self.rdtype)
-        inside = xp.sum(p * p, axis=-1) <= self.r_max ** 2
-        pos = xp.where(inside[..., None], p * self.pad, 0)
-        val = trilinear_gather_half(self._flat, self.padded, self._width, pos)
-        return xp.where(inside, val, 0).astype(self.cdtype)
+        p = xp.asarray(points).astype(self.rdtype, copy=False)
+        return self._interpolate_xyz(p[..., 0], p[..., 1], p[..., 2])
+
+    def _interpolate_xyz(self, x: Any, y: Any, z: Any) -> Any:
+        """:meth:`interpolate` on separate coordinate arrays (Fourier pixels, ``rdtype``).
+
+        Points beyond ``r_max`` are zero; ``x``, ``y``, ``z`` are not modified.
+        """
+        xp = self.xp
+        inside = x * x + y * y + z * z <= self.r_max ** 2
+        val = _gather_centred(self._ext_flat, self.padded, self._width,
+                              x * self.pad, y * self.pad, z * self.pad)
+        if xp is np:
+            np.copyto(val, 0, where=~inside)
+            return val.astype(self.cdtype, copy=False)
+        return xp.where(inside, val, 0).astype(self.cdtype, copy=False)
 
     def sample(self, A: Any, points: Any) -> Any:
         """``F_ref(A.T k)`` for a stack of rotations and a set of Fourier points.
@@ -232,11 +371,12 @@ class Projector:
         A = xp.asarray(A).astype(self.rdtype)
         single = A.ndim == 2
         A = A.reshape((-1, 3, 3))
-        k = xp.asarray(points).astype(self.rdtype)
+        k = xp.asarray(points).astype(self.rdtype, copy=False)
         # (A.T k)_i = sum_j A_ji k_j ; batched over rotations
         kk = k.reshape(-1, 3)
         ref = xp.matmul(kk[None, :, :], A)  # (R, K, 3): row k times A = (A.T k).T
-        out = self.interpolate(ref).reshape((A.shape[0],) + k.shape[:-1])
+        out = self._interpolate_xyz(ref[..., 0], ref[..., 1], ref[..., 2])
+        out = out.reshape((A.shape[0],) + k.shape[:-1])
         return out[0] if single else out
 
     def rotate3d(self, A: Any, size: int | None = None) -> Any:
