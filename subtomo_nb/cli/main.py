@@ -29,18 +29,18 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
-    from subtomo_nb.simulate import simulate_project
+    from subtomo_nb.simulate import simulate_project, simulate_tiny_project
 
     kwargs: dict = {"seed": args.seed}
-    if args.tiny:
-        kwargs["preset"] = "tiny"
     if args.noise_free:
         kwargs["snr"] = None
     elif args.snr is not None:
         kwargs["snr"] = args.snr
-    paths = simulate_project(args.o, **kwargs)
-    for key, value in paths.items():
-        print(f"{key}: {value}")
+    paths = (simulate_tiny_project if args.tiny else simulate_project)(args.o, **kwargs)
+    for key in ("project_dir", "tomograms", "particles", "optimisation_set", "mask", "map",
+                "particles_true", "n_particles"):
+        print(f"{key}: {paths[key]}")
+    print(f"time (s): {paths['seconds']:.1f}")
     return 0
 
 

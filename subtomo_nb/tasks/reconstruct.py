@@ -53,6 +53,28 @@ class ReconstructResult:
     fsc_path: Path | None
 
 
+def common_box_and_pixel(pset: ParticleSet) -> tuple[int, float]:
+    """Box (pixels) and pixel size (Å) shared by all optics groups of a particle set.
+
+    Raises
+    ------
+    InputError
+        If the optics groups differ in box or pixel size (one map needs one grid).
+    """
+    groups = [int(g) for g in pset.optics["rlnOpticsGroup"]]
+    boxes = {g: box_size(pset, g) for g in groups}
+    pixels = {g: pixel_size(pset, g) for g in groups}
+    g0 = groups[0]
+    for i, g in enumerate(groups):
+        if boxes[g] != boxes[g0]:
+            raise InputError(what=f"optics group {g} has box {boxes[g]}, group {g0} has {boxes[g0]}",
+                             path=pset.path, row=i + 1, field="rlnImageSize")
+        if abs(pixels[g] - pixels[g0]) > 1e-4 * pixels[g0]:
+            raise InputError(what=f"optics group {g} has pixel size {pixels[g]}, group {g0} has {pixels[g0]}",
+                             path=pset.path, row=i + 1, field="rlnImagePixelSize")
+    return boxes[g0], pixels[g0]
+
+
 def _batch_backprojection(pset: ParticleSet, rows: np.ndarray, box: int, pad: int, ctf: bool,
                           tomograms: object) -> tuple[np.ndarray, np.ndarray]:
     """Back-project particles ``rows`` into a fresh padded grid; returns (data, weight)."""
@@ -136,8 +158,7 @@ def reconstruct_particles(
     """
     out_map = Path(out_map)
     pset, tomo_set = load_particle_set(star_path, tomograms)
-    box = box_size(pset)
-    pix = pixel_size(pset)
+    box, pix = common_box_and_pixel(pset)
     ops = point_group(sym)
     tab = pset.particles
     if "rlnRandomSubset" in tab.columns:
