@@ -1,0 +1,163 @@
+"""Progress events of a running job and the log that records them.
+
+A run function receives a ``progress`` callable and calls it with :class:`Progress` events
+(iteration, current resolution, FSC curve, angular/translational accuracies, timings, a
+message). :class:`ProgressLog` appends each event as one line to the job's ``run.out`` (what
+RELION's GUI shows) and as one JSON line to ``progress.jsonl`` (what notebooks re-read to plot
+FSC curves and resolution against iteration), then forwards it to an optional callback (a live
+widget, a progress bar).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Progress", "ProgressLog", "ProgressCallback", "read_progress", "RUN_OUT", "RUN_ERR", "PROGRESS_JSONL"]
+
+RUN_OUT = "run.out"
+RUN_ERR = "run.err"
+PROGRESS_JSONL = "progress.jsonl"
+
+
+@dataclass
+class Progress:
+    """One progress event.
+
+    Attributes
+    ----------
+    message : str
+        Free text ("E-step half 1", "converged", ...).
+    iteration : int or None
+        Iteration number (RELION's ``_itNNN``).
+    resolution_A : float or None
+        Current (gold-standard) resolution in Å.
+    fsc : sequence of float or None
+        FSC per Fourier shell (shell 0 first).
+    fsc_resolution_A : sequence of float or None
+        Resolution (Å) of each FSC shell, for plotting.
+    accuracy_rot_deg : float or None
+        Estimated angular accuracy (RELION's ``rlnAccuracyRotations``).
+    accuracy_trans_A : float or None
+        Estimated translational accuracy in Å (``rlnAccuracyTranslationsAngst``).
+    timings : mapping of str to float or None
+        Seconds spent per step (``{"E-step": 12.3, "M-step": 1.1}``).
+    fraction : float or None
+        Fraction of the job done (0-1), for progress bars.
+    time : float
+        Wall-clock time of the event (``time.time()``).
+    """
+
+    message: str = ""
+    iteration: int | None = None
+    resolution_A: float | None = None
+    fsc: Sequence[float] | None = None
+    fsc_resolution_A: Sequence[float] | None = None
+    accuracy_rot_deg: float | None = None
+    accuracy_trans_A: float | None = None
+    timings: Mapping[str, float] | None = None
+    fraction: float | None = None
+    time: float = field(default_factory=time.time)
+
+    def format(self) -> str:
+        """The event as one human-readable ``run.out`` line."""
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.time))
+        parts = []
+        if self.iteration is not None:
+            parts.append(f"iteration {self.iteration}")
+        if self.resolution_A is not None:
+            parts.append(f"resolution {self.resolution_A:.2f} A")
+        if self.accuracy_rot_deg is not None:
+            parts.append(f"accuracy rotations {self.accuracy_rot_deg:.3g} deg")
+        if self.accuracy_trans_A is not None:
+            parts.append(f"accuracy translations {self.accuracy_trans_A:.3g} A")
+        if self.fsc is not None:
+            parts.append(f"FSC over {len(self.fsc)} shells")
+        if self.timings:
+            parts.append(", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items()))
+        if self.fraction is not None:
+            parts.append(f"{100 * self.fraction:.0f}% done")
+        if self.message:
+            parts.append(self.message)
+        return f"[{stamp}] " + " | ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-safe dict (arrays as lists, NaN as null)."""
+        def clean(x: Any) -> Any:
+            if isinstance(x, float) and not math.isfinite(x):
+                return None
+            if isinstance(x, Mapping):
+                return {str(k): clean(v) for k, v in x.items()}
+            if isinstance(x, (list, tuple)):
+                return [clean(i) for i in x]
+            if hasattr(x, "tolist"):
+                return clean(x.tolist())
+            return x
+
+        return clean(asdict(self))
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Progress:
+        """The event back from :meth:`to_json` (unknown keys ignored)."""
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+
+#: What run functions receive: call it with a :class:`Progress` (or a plain message string).
+ProgressCallback = Callable[[Progress], None]
+
+
+class ProgressLog:
+    """Append progress events to a job directory's ``run.out`` and ``progress.jsonl``.
+
+    Thread-safe: dask callbacks may report from several threads.
+
+    Parameters
+    ----------
+    job_dir : str or os.PathLike
+        The job directory.
+    forward : callable, optional
+        Called with every event after it is written (e.g. a notebook widget's update).
+    """
+
+    def __init__(self, job_dir: str | Path, forward: ProgressCallback | None = None) -> None:
+        self.job_dir = Path(job_dir)
+        self.forward = forward
+        self._lock = threading.Lock()
+
+    def write(self, text: str, *, err: bool = False) -> None:
+        """Append raw text lines to ``run.out`` (or ``run.err``)."""
+        with self._lock, open(self.job_dir / (RUN_ERR if err else RUN_OUT), "a") as fh:
+            fh.write(text if text.endswith("\n") else text + "\n")
+
+    def __call__(self, event: Progress | str) -> None:
+        if isinstance(event, str):
+            event = Progress(message=event)
+        line = event.format()
+        record = json.dumps(event.to_json())
+        with self._lock:
+            with open(self.job_dir / RUN_OUT, "a") as fh:
+                fh.write(line + "\n")
+            with open(self.job_dir / PROGRESS_JSONL, "a") as fh:
+                fh.write(record + "\n")
+        if self.forward is not None:
+            self.forward(event)
+
+
+def read_progress(job_dir: str | Path) -> list[Progress]:
+    """All progress events a job recorded (from ``progress.jsonl``), oldest first."""
+    path = Path(job_dir) / PROGRESS_JSONL
+    if not path.is_file():
+        return []
+    events = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            events.append(Progress.from_json(json.loads(line)))
+    return events

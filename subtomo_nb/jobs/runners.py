@@ -1,0 +1,102 @@
+"""Run functions of the jobs whose numerical body is in :mod:`subtomo_nb.tasks`.
+
+Each has the job run signature ``run(values, job_dir, *, project_dir, progress, client=None)``
+(see :func:`subtomo_nb.jobs.jobdir.run_job`): ``values`` complete and typed, file names relative
+to ``project_dir``; everything is written inside ``job_dir`` under RELION's output names. The
+task modules are imported only when a job runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .progress import Progress, ProgressCallback
+
+__all__ = ["run_extract", "run_reconstruct", "run_recentre", "input_path"]
+
+
+def input_path(name: str, project_dir: str | os.PathLike) -> Path:
+    """Absolute path of a project-relative input file name (``$VARS`` expanded)."""
+    p = Path(os.path.expandvars(str(name)))
+    return p if p.is_absolute() else Path(project_dir) / p
+
+
+def _inputs(values: Mapping[str, Any], project_dir: Path) -> tuple[Path, Path | None]:
+    """(optimisation set or particle file, tomogram set or None) of a tomo job's I/O tab."""
+    if values["use_direct_entries"]:
+        tomo = values.get("in_tomograms") or ""
+        return input_path(values["in_particles"], project_dir), (input_path(tomo, project_dir) if tomo else None)
+    return input_path(values["in_optimisation"], project_dir), None
+
+
+def run_extract(
+    values: Mapping[str, Any],
+    job_dir: Path,
+    *,
+    project_dir: Path,
+    progress: ProgressCallback,
+    client: Any = None,
+) -> dict[str, Path]:
+    """Extract subtomos into ``job_dir`` (``particles.star``, ``optimisation_set.star``, ``Subtomograms/``)."""
+    from subtomo_nb.tasks.extract import extract_subtomos
+
+    source, tomograms = _inputs(values, project_dir)
+    progress(Progress(message=f"extracting from {source.name}", fraction=0.0))
+    out = extract_subtomos(source, tomograms, job_dir, binning=values["binning"], box=values["box_size"],
+                           crop=values["crop_size"], max_dose=values["max_dose"], min_frames=values["min_frames"],
+                           stack2d=values["do_stack2d"], float16=values["do_float16"],
+                           n_workers=max(1, values["nr_threads"]))
+    progress(Progress(message=f"wrote {Path(out).name}", fraction=1.0))
+    return {"particles": Path(out), "optimisation_set": Path(job_dir) / "optimisation_set.star"}
+
+
+def run_reconstruct(
+    values: Mapping[str, Any],
+    job_dir: Path,
+    *,
+    project_dir: Path,
+    progress: ProgressCallback,
+    client: Any = None,
+) -> dict[str, Path]:
+    """Reconstruct particle into ``job_dir/merged.mrc`` (half maps and FSC beside it)."""
+    from subtomo_nb.tasks.reconstruct import reconstruct_particles
+
+    source, tomograms = _inputs(values, project_dir)
+    ignored = [f"{k}={values[k]}" for k, default in (("binning", 1.0), ("crop_size", -1), ("snr", 0.0))
+               if values[k] != default]
+    if ignored:
+        progress(Progress(message="averaging at the particles' own box and binning; not applied: "
+                          + ", ".join(ignored)))
+    result = reconstruct_particles(source, Path(job_dir) / "merged.mrc", sym=values["sym_name"],
+                                   ctf=values["do_ctf"], pad=values["pad"],
+                                   n_workers=max(1, values["nr_threads"]), tomograms=tomograms)
+    fsc = None if result.fsc is None else [float(x) for x in result.fsc]
+    progress(Progress(message=f"wrote {result.merged_path.name}", resolution_A=result.resolution_A, fsc=fsc,
+                      fraction=1.0))
+    out = {"merged": result.merged_path}
+    if result.half_paths is not None:
+        out["half1"], out["half2"] = result.half_paths
+    return out
+
+
+def run_recentre(
+    values: Mapping[str, Any],
+    job_dir: Path,
+    *,
+    project_dir: Path,
+    progress: ProgressCallback,
+    client: Any = None,
+) -> dict[str, Path]:
+    """``relion_star_handler --center`` into ``job_dir/particles.star``."""
+    from subtomo_nb.tasks.recentre import recentre_star
+
+    src = input_path(values["fn_in"], project_dir)
+    centre = (values["center_x"], values["center_y"], values["center_z"])
+    progress(Progress(message=f"re-centring {src.name} on ({centre[0]:g}, {centre[1]:g}, {centre[2]:g}) px"))
+    out = recentre_star(src, Path(job_dir) / "particles.star", centre,
+                        ignore_optics=values["do_ignore_optics"], angpix=values["angpix"])
+    progress(Progress(message=f"wrote {out.name}", fraction=1.0))
+    return {"particles": out}
