@@ -1,0 +1,5 @@
+"""Notebook widgets (ipywidgets). No Qt or napari here: they work on machines with no display.
+
+* :mod:`subtomo_nb.widgets.offset` -- map/mask offset over orthogonal slices, Estimate/Apply
+  (the fallback of :func:`subtomo_nb.viewer.align_mask`).
+"""
