@@ -144,8 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``subtomo`` argument parser."""
     parser = argparse.ArgumentParser(prog="subtomo", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_simulate, _add_extract, _add_reconstruct, _add_star_handler, _add_tutorial):
-        add(sub)
+    _add_simulate(sub)
+    # job types come from the registry, so the CLI and the notebook forms cannot disagree
+    from subtomo_nb.jobs import build_argparser
+
+    for name, func in (("extract", _run_extract), ("reconstruct", _run_reconstruct),
+                       ("recentre", _run_star_handler)):
+        build_argparser(name, sub).set_defaults(func=func)
+    _add_tutorial(sub)
     return parser
 
 
