@@ -37,7 +37,8 @@ from subtomo_nb._array import get_xp
 from subtomo_nb.fourier.fft import rfft3
 from subtomo_nb.fourier.grid import freq_grid, half_points, round_half_away
 
-__all__ = ["Projector", "padded_size", "gridding_sinc2", "trilinear_gather_half", "centred_extension"]
+__all__ = ["Projector", "padded_size", "gridding_sinc2", "trilinear_gather_half", "centred_extension",
+           "trilinear_gather_centred"]
 
 
 def padded_size(box: int, pad: float) -> int:
@@ -138,7 +139,8 @@ def trilinear_gather_half(flat: Any, m: int, width: int, pos: Any) -> Any:
     -----
     Interpolates along x, then y, then z (``a + f (b - a)``), with 32-bit indices where the
     array allows it and in-place arithmetic on numpy; :class:`Projector` uses a faster variant
-    on a centred, periodically extended copy (:func:`_gather_centred`) with identical results.
+    on a centred, periodically extended copy (:func:`trilinear_gather_centred`) with identical
+    results.
     """
     xp = get_xp(flat, pos)
     idt = _index_dtype(xp, int(flat.size))
@@ -194,9 +196,12 @@ def centred_extension(half: Any, width: int | None = None) -> Any:
     return ext
 
 
-def _gather_centred(ext_flat: Any, m: int, width: int, x: Any, y: Any, z: Any) -> Any:
-    """Trilinear interpolation on :func:`centred_extension` data (same results as
-    :func:`trilinear_gather_half` on the wrapped array).
+def trilinear_gather_centred(ext_flat: Any, m: int, width: int, x: Any, y: Any, z: Any) -> Any:
+    """Trilinear interpolation on :func:`centred_extension` data.
+
+    Same results as :func:`trilinear_gather_half` on the wrapped array (same operations in
+    the same order), about twice as fast: one base index per point and the eight corners at
+    fixed offsets, 32-bit indices, in-place arithmetic.
 
     Parameters
     ----------
@@ -346,7 +351,7 @@ class Projector:
         """
         xp = self.xp
         inside = x * x + y * y + z * z <= self.r_max ** 2
-        val = _gather_centred(self._ext_flat, self.padded, self._width,
+        val = trilinear_gather_centred(self._ext_flat, self.padded, self._width,
                               x * self.pad, y * self.pad, z * self.pad)
         if xp is np:
             np.copyto(val, 0, where=~inside)
