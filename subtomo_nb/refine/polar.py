@@ -488,7 +488,14 @@ def polar_particle_terms(
     return PolarParticleTerms(a=a, b=b, c=c, shifts=xp.asarray(shifts, dtype=rdt), core=core, grid=grid)
 
 
-def _correlate(lhs_spec: Any, ref_spec_conj: Any, grid: PolarGrid, zphase: Any = None,
+def _group_rhs(ref_spec_conj: Any, grid: PolarGrid) -> list[Any]:
+    """Per frequency group, the contiguous ``(columns, rings from start, D)`` reference block."""
+    xp = get_xp(ref_spec_conj)
+    return [xp.ascontiguousarray(ref_spec_conj[xp.asarray(cols)][:, start:, :])
+            for cols, start in grid.frequency_groups()]
+
+
+def _correlate(lhs_spec: Any, rhs_groups: list[Any], grid: PolarGrid, zphase: Any = None,
                t_index: Any = None) -> Any:
     """``Σ_rings Σ_f lhs[f, b, ring] conj(G)[f, ring, d] e^{-2πi f m / n_psi}`` for all m.
 
@@ -496,8 +503,8 @@ def _correlate(lhs_spec: Any, ref_spec_conj: Any, grid: PolarGrid, zphase: Any =
     ----------
     lhs_spec
         ``(F, B, U, n_rings)`` particle spectra (B particles, U shift variants).
-    ref_spec_conj
-        ``(F, n_rings, D)`` conjugated reference spectra.
+    rhs_groups
+        :func:`_group_rhs` of the ``(F, n_rings, D)`` conjugated reference spectra.
     grid
         The polar grid.
     zphase
@@ -509,26 +516,26 @@ def _correlate(lhs_spec: Any, ref_spec_conj: Any, grid: PolarGrid, zphase: Any =
     -------
     ``(n_psi, B, T, D)`` complex.
     """
-    xp = get_xp(lhs_spec, ref_spec_conj)
+    xp = get_xp(lhs_spec, rhs_groups[0])
     fft = fft_module(xp)
     F, B, U, R = lhs_spec.shape
-    D = ref_spec_conj.shape[-1]
+    D = rhs_groups[0].shape[-1]
     T = U if zphase is None else zphase.shape[0]
-    out = xp.empty((F, B * T, D), dtype=xp.result_type(lhs_spec.dtype, ref_spec_conj.dtype))
-    for cols, start in grid.frequency_groups():
+    out = xp.empty((F, B * T, D), dtype=xp.result_type(lhs_spec.dtype, rhs_groups[0].dtype))
+    for (cols, start), rhs in zip(grid.frequency_groups(), rhs_groups):
         c = xp.asarray(cols)
         lhs = lhs_spec[c][..., start:]                                   # (c, B, U, R_s)
         if zphase is not None:
             lhs = lhs[:, :, t_index, :] * zphase[None, None, :, start:]  # (c, B, T, R_s)
         lhs = lhs.reshape(len(cols), B * T, R - start)
-        out[c] = xp.matmul(lhs, ref_spec_conj[c][:, start:, :])
+        out[c] = xp.matmul(lhs, rhs)
     folded = out.reshape(F // grid.n_psi, grid.n_psi, B * T, D).sum(axis=0)
     return fft.fft(folded, axis=0).reshape(grid.n_psi, B, T, D)
 
 
 def polar_squared_differences(terms: PolarParticleTerms, reference: PolarReference,
                               batch_size: int | None = None,
-                              max_batch_bytes: float = 2.0 ** 27) -> Any:
+                              max_batch_bytes: float = 2.0 ** 29) -> Any:
     """RELION's ``diff2`` for all directions × psi × translations via correlations along θ.
 
     Parameters
@@ -551,7 +558,6 @@ def polar_squared_differences(terms: PolarParticleTerms, reference: PolarReferen
     grid = terms.grid
     ref = reference.rings
     xp = get_xp(ref, terms.a)
-    fft = fft_module(xp)
     P, K = terms.a.shape
     D = ref.shape[0]
     if ref.shape[-1] != K or K != grid.n_points:
@@ -563,9 +569,9 @@ def polar_squared_differences(terms: PolarParticleTerms, reference: PolarReferen
     inv_nt = xp.asarray(1.0 / grid.n_theta[grid.ring_of_point], dtype=rdt)
 
     # reference spectra (conjugated, (F, rings, D)), data and power
-    g_conj = xp.ascontiguousarray(xp.conj(grid.theta_spectra(ref)).transpose(0, 2, 1))
+    g_conj = _group_rhs(xp.conj(grid.theta_spectra(ref)).transpose(0, 2, 1), grid)
     power = (ref.real ** 2 + ref.imag ** 2).astype(rdt)
-    p_conj = xp.ascontiguousarray(xp.conj(grid.theta_spectra(power)).transpose(0, 2, 1))
+    p_conj = _group_rhs(xp.conj(grid.theta_spectra(power)).transpose(0, 2, 1), grid)
 
     # translations: distinct in-plane parts (FFT per particle and in-plane shift), z per ring
     t = xp.asarray(terms.shifts, dtype=rdt).reshape(-1, 3)
@@ -581,7 +587,7 @@ def polar_squared_differences(terms: PolarParticleTerms, reference: PolarReferen
     U = phase_xy.shape[0]
 
     if batch_size is None:
-        per = grid.n_freq * grid.n_rings * (U + T) * np.dtype(cdt).itemsize * 2
+        per = grid.n_freq * grid.n_rings * (U + T) * np.dtype(cdt).itemsize
         batch_size = int(max(1, min(P, max_batch_bytes // max(per, 1))))
     out = xp.empty((P, D, grid.n_psi, T), dtype=rdt)
     for p0 in range(0, P, batch_size):
