@@ -1,0 +1,332 @@
+"""E-step of one batch of particles of one half-set: coarse pass, adaptive oversampling, sums.
+
+For a batch the work is (relion-conventions.md §6.6, §6.9; design.md):
+
+1. Coarse pass on the coarse grid and the coarse image size: priors for the whole batch in one
+   call, the union of reachable orientations, reference values for them (one interpolation), and
+   ``diff2`` by two GEMMs (:mod:`subtomo_nb.refine.estep`).
+2. Significant coarse samples (cumulative weight 0.999) and their oversampled children (4
+   directions × 2 psi × 8 translations for oversampling 1), padded to a common size across the
+   batch and scored by batched matrix products at the full current image size.
+3. Posterior weights, RELION's per-particle statistics, and the M-step sums: translation-weighted
+   data and CTF² for back-projection, and per-shell noise power for sigma2.
+
+Nothing here loops over particles or orientations in Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from subtomo_nb.fourier.backprojector import BackProjector
+from subtomo_nb.fourier.grid import freq_grid, half_points, shell_index
+from subtomo_nb.fourier.projector import Projector
+from subtomo_nb.geometry.euler import euler_to_matrix
+from subtomo_nb.geometry.healpix import oversampled_children, psi_step
+from subtomo_nb.geometry.translations import oversampled_translations
+from subtomo_nb.refine.estep import particle_terms, phase_factors, squared_differences, weights_from_diff2
+from subtomo_nb.refine.sampling import Sampling, batch_rotations, log_orientation_prior, log_translation_prior
+
+#: Multiplicity below which a voxel carries no data (RELION's --subtomo_multi_thr).
+MULTIPLICITY_THRESHOLD = 0.01
+#: Rotations scored per GEMM chunk in the coarse pass (bounds memory).
+ROTATION_CHUNK = 256
+#: Largest (particles × fine orientations × Fourier points) of one fine-pass chunk.
+FINE_BUDGET = 6_000_000
+
+
+@dataclass
+class FourierSelection:
+    """Non-redundant half-transform points with ``0 < |k| <= radius`` (each Friedel pair once).
+
+    Attributes
+    ----------
+    index : flat indices into the ``(N, N, N//2+1)`` half array.
+    points : ``(K, 3)`` frequencies (x, y, z), Fourier pixels.
+    shell : ``(K,)`` integer shells ``round(|k|)``.
+    """
+
+    index: np.ndarray
+    points: np.ndarray
+    shell: np.ndarray
+
+    @classmethod
+    def make(cls, box: int, radius: float) -> "FourierSelection":
+        kx, ky, kz = (np.broadcast_to(g, (box, box, box // 2 + 1)) for g in freq_grid(box, 3))
+        sh = shell_index(box, 3)
+        r2 = kx * kx + ky * ky + kz * kz
+        redundant = (kx == 0) & ((ky < 0) | ((ky == 0) & (kz < 0)))
+        keep = (r2 > 0) & (r2 <= radius * radius) & ~redundant
+        idx = np.flatnonzero(keep.ravel())
+        pts = half_points(box, 3).reshape(-1, 3)[idx]
+        return cls(idx, pts.astype(np.float64), sh.ravel()[idx])
+
+
+@dataclass
+class BatchResult:
+    """E-step results of one batch (P particles).
+
+    Attributes
+    ----------
+    rot, tilt, psi : (P,) best fine orientation (degrees).
+    shift_px : (P, 3) best translation relative to the offsets the data were centred with.
+    pmax, n_significant, log_likelihood : (P,) RELION's rlnMaxValueProbDistribution,
+        rlnNrOfSignificantSamples, rlnLogLikeliContribution.
+    sigma2_num, sigma2_den : (n_shells,) noise power sums per shell (numerator Σ w |W V − X φ|²,
+        denominator 2 Σ M).
+    """
+
+    rot: np.ndarray
+    tilt: np.ndarray
+    psi: np.ndarray
+    shift_px: np.ndarray
+    pmax: np.ndarray
+    n_significant: np.ndarray
+    log_likelihood: np.ndarray
+    sigma2_num: np.ndarray
+    sigma2_den: np.ndarray
+
+
+def _gather(arr: np.ndarray, sel: FourierSelection) -> np.ndarray:
+    return arr.reshape(arr.shape[0], -1)[:, sel.index]
+
+
+def reference_values(projector: Projector, rot: np.ndarray, tilt: np.ndarray, psi: np.ndarray,
+                     points: np.ndarray) -> np.ndarray:
+    """``V_r(k) = F_ref(A_rᵀ k)`` for orientations ``(R,)`` at points ``(K, 3)`` → ``(R, K)``."""
+    A = euler_to_matrix(rot, tilt, psi)
+    out = np.empty((len(rot), len(points)), dtype=projector.cdtype)
+    for s in range(0, len(rot), ROTATION_CHUNK):
+        out[s:s + ROTATION_CHUNK] = projector.sample(A[s:s + ROTATION_CHUNK], points)
+    return out
+
+
+def expectation_batch(
+    projector: Projector,
+    data: np.ndarray,
+    ctf2: np.ndarray,
+    multiplicity: np.ndarray | None,
+    sigma2: np.ndarray,
+    sampling: Sampling,
+    prior_angles: np.ndarray,
+    *,
+    pixel_size_A: float,
+    coarse_radius: float,
+    fine_radius: float,
+    sigma_offset_A: float,
+    backprojector: BackProjector | None = None,
+    adaptive_fraction: float = 0.999,
+    firstiter_cc: bool = False,
+    coarse_cache: dict | None = None,
+) -> BatchResult:
+    """Score, weight and accumulate one batch of particles.
+
+    Parameters
+    ----------
+    projector
+        Projector of the half-set's current reference.
+    data, ctf2, multiplicity
+        ``(P, N, N, N//2+1)`` particle transforms (already shifted by their current offsets),
+        CTF² sums and multiplicities (None: ones).
+    sigma2
+        ``(N//2+1,)`` noise power per shell.
+    sampling
+        Coarse sampling of this iteration.
+    prior_angles
+        ``(P, 3)`` current (or prior) rot, tilt, psi (degrees): centres of the angular priors.
+    pixel_size_A
+        Pixel size (Å).
+    coarse_radius, fine_radius
+        Fourier radii (pixels) of the coarse and fine passes (coarse and current image size / 2).
+    sigma_offset_A
+        Width of the translation prior (Å).
+    backprojector
+        Where the weighted sums go (None: E-step only).
+    adaptive_fraction
+        RELION's significance fraction (0.999).
+    firstiter_cc
+        Score by normalised cross-correlation and keep only the best sample (RELION's
+        ``--firstiter_cc`` first iteration).
+    coarse_cache
+        Dict reused across the batches of one iteration and half-set: holds the reference values
+        of global searches, which are the same for every batch.
+    """
+    P, N = data.shape[0], data.shape[1]
+    mult = np.ones(ctf2.shape, dtype=ctf2.dtype) if multiplicity is None else multiplicity
+    sig2_shell = np.maximum(np.asarray(sigma2, dtype=np.float64), 1e-30)
+    cdt = np.complex64 if data.dtype == np.complex64 else np.complex128
+    rdt = np.float32 if cdt == np.complex64 else np.float64
+
+    # ---------------- coarse pass
+    sel_c = FourierSelection.make(N, coarse_radius)
+    Xc, Wc, Mc = _gather(data, sel_c), _gather(ctf2, sel_c), _gather(mult, sel_c)
+    s2c = sig2_shell[sel_c.shell].astype(rdt)
+    rot_g, tilt_g, psi_g, pix_g = sampling.coarse_grid()
+    logp = log_orientation_prior(sampling, rot_g, tilt_g, psi_g, *prior_angles.T)
+    ridx = batch_rotations(logp)
+    key = ("coarse", sampling.healpix_order, sampling.sym, coarse_radius)
+    if coarse_cache is not None and len(ridx) == len(rot_g):  # global search: same for all batches
+        if key not in coarse_cache:
+            coarse_cache[key] = reference_values(projector, rot_g, tilt_g, psi_g, sel_c.points)
+        Vc = coarse_cache[key]
+    else:
+        Vc = reference_values(projector, rot_g[ridx], tilt_g[ridx], psi_g[ridx], sel_c.points)
+    shifts_c = sampling.translations_px(pixel_size_A)
+    lpt_c = log_translation_prior(shifts_c, sigma_offset_A, pixel_size_A)
+    phi_c = phase_factors(sel_c.points.astype(rdt), shifts_c.astype(rdt), N)
+    if firstiter_cc:
+        terms = particle_terms(Xc, Wc, Mc, np.full_like(s2c, 0.5), MULTIPLICITY_THRESHOLD)
+    else:
+        terms = particle_terms(Xc, Wc, Mc, s2c, MULTIPLICITY_THRESHOLD)
+    d2 = np.empty((P, len(ridx), len(shifts_c)))
+    for s in range(0, len(ridx), ROTATION_CHUNK):
+        d2[:, s:s + ROTATION_CHUNK] = squared_differences(terms, Vc[s:s + ROTATION_CHUNK], phi_c)
+    if firstiter_cc:
+        d2 = _cc_scores(terms, Vc, phi_c, d2)
+    lp = logp[:, ridx]
+    d2 = np.where(np.isfinite(lp)[:, :, None], d2, np.inf)
+    wc = weights_from_diff2(d2, lp, lpt_c, adaptive_fraction=1.0 if firstiter_cc else adaptive_fraction,
+                            max_significant=1 if firstiter_cc else None)
+
+    # ---------------- fine pass, in chunks of particles that fit the memory budget
+    sig = wc.w > 0                                                     # (P, Rc, Tc)
+    sel_f = FourierSelection.make(N, fine_radius)
+    per_particle = (sig.any(axis=2).sum(axis=1) + sig.any(axis=1).sum(axis=1)) * 8 * len(sel_f.index)
+    results = []
+    start = 0
+    while start < P:
+        stop = start + 1
+        while stop < P and per_particle[start:stop + 1].max() * (stop + 1 - start) <= FINE_BUDGET:
+            stop += 1
+        part = slice(start, stop)
+        results.append(_fine_pass(
+            projector, data[part], ctf2[part], mult[part], sig2_shell, sampling, sig[part], lp[part],
+            ridx, pix_g, psi_g, shifts_c, sel_f, pixel_size_A=pixel_size_A, sigma_offset_A=sigma_offset_A,
+            backprojector=backprojector, adaptive_fraction=adaptive_fraction, firstiter_cc=firstiter_cc,
+            cdt=cdt, rdt=rdt))
+        start = stop
+    return BatchResult(
+        rot=np.concatenate([r.rot for r in results]), tilt=np.concatenate([r.tilt for r in results]),
+        psi=np.concatenate([r.psi for r in results]), shift_px=np.concatenate([r.shift_px for r in results]),
+        pmax=np.concatenate([r.pmax for r in results]),
+        n_significant=np.concatenate([r.n_significant for r in results]),
+        log_likelihood=np.concatenate([r.log_likelihood for r in results]),
+        sigma2_num=sum(r.sigma2_num for r in results), sigma2_den=sum(r.sigma2_den for r in results),
+    )
+
+
+def _fine_pass(projector: Projector, data: np.ndarray, ctf2: np.ndarray, mult: np.ndarray,
+               sig2_shell: np.ndarray, sampling: Sampling, sig: np.ndarray, lp: np.ndarray,
+               ridx: np.ndarray, pix_g: np.ndarray, psi_g: np.ndarray, shifts_c: np.ndarray,
+               sel_f: "FourierSelection", *, pixel_size_A: float, sigma_offset_A: float,
+               backprojector: BackProjector | None, adaptive_fraction: float, firstiter_cc: bool,
+               cdt: type, rdt: type) -> BatchResult:
+    """Oversampled children of the significant coarse samples of a few particles, scored and summed."""
+    P, N = data.shape[0], data.shape[1]
+    sig_r = sig.any(axis=2)                                            # (P, Rc)
+    sig_t = sig.any(axis=1)                                            # (P, Tc)
+    nr = sig_r.sum(axis=1)
+    nt = sig_t.sum(axis=1)
+    Rmax, Tmax = int(nr.max()), int(nt.max())
+    # padded per-particle lists of significant coarse rotations / translations (index -1 = none)
+    r_list = _padded_indices(sig_r, Rmax)                              # (P, Rmax)
+    t_list = _padded_indices(sig_t, Tmax)                              # (P, Tmax)
+    o = sampling.oversampling
+    cr = ridx[np.maximum(r_list, 0)]
+    frot, ftilt, fpsi = oversampled_children(pix_g[cr], psi_g[cr], sampling.healpix_order, o,
+                                             psi_step(sampling.healpix_order))   # (P, Rmax, 8)
+    nchild_r = frot.shape[-1]
+    ft_px = oversampled_translations(shifts_c, sampling.offset_step_A, pixel_size_A, o)  # (Tc, 8, 3)
+    nchild_t = ft_px.shape[1]
+    fshift = ft_px[np.maximum(t_list, 0)]                              # (P, Tmax, 8, 3)
+    # which fine (r, t) pairs derive from a significant coarse pair
+    pair_ok = np.take_along_axis(
+        np.take_along_axis(sig, np.maximum(r_list, 0)[:, :, None], axis=1), np.maximum(t_list, 0)[:, None, :], axis=2)
+    pair_ok &= (r_list >= 0)[:, :, None] & (t_list >= 0)[:, None, :]   # (P, Rmax, Tmax)
+    Rf, Tf = Rmax * nchild_r, Tmax * nchild_t
+    frot, ftilt, fpsi = (a.reshape(P, Rf) for a in (frot, ftilt, fpsi))
+    fshift = fshift.reshape(P, Tf, 3)
+    valid = np.repeat(np.repeat(pair_ok, nchild_r, axis=1), nchild_t, axis=2)  # (P, Rf, Tf)
+    # priors of the fine samples: their coarse parent's orientation prior, their own offset prior
+    lp_parent = np.take_along_axis(lp, np.maximum(r_list, 0), axis=1)  # (P, Rmax)
+    lp_f = np.repeat(lp_parent, nchild_r, axis=1)
+    lpt_f = _log_translation_prior_batch(fshift, sigma_offset_A, pixel_size_A)
+
+    Xf, Wf, Mf = _gather(data, sel_f), _gather(ctf2, sel_f), _gather(mult, sel_f)
+    s2f = sig2_shell[sel_f.shell].astype(rdt)
+    Af = euler_to_matrix(frot, ftilt, fpsi)                            # (P, Rf, 3, 3)
+    Vf = projector.sample(Af.reshape(-1, 3, 3), sel_f.points).reshape(P, Rf, -1)
+    kf = sel_f.points.astype(rdt)
+    phi_f = np.exp((-2j * np.pi / N) * np.einsum("ptj,kj->ptk", fshift.astype(rdt), kf)).astype(cdt)  # (P, Tf, K)
+    terms_f = particle_terms(Xf, Wf, Mf, np.full_like(s2f, 0.5) if firstiter_cc else s2f, MULTIPLICITY_THRESHOLD)
+    power = Vf.real ** 2 + Vf.imag ** 2
+    Aterm = np.einsum("pk,prk->pr", terms_f.a, power)
+    bphi = terms_f.b[:, None, :] * phi_f                               # (P, Tf, K)
+    lhs = np.concatenate([bphi.real, bphi.imag], axis=-1)              # (P, Tf, 2K)
+    rhs = np.concatenate([Vf.real, Vf.imag], axis=-1)                  # (P, Rf, 2K)
+    Bterm = np.matmul(lhs, rhs.transpose(0, 2, 1))                     # (P, Tf, Rf)
+    d2f = Aterm[:, :, None] - 2.0 * Bterm.transpose(0, 2, 1) + terms_f.c[:, None, None]
+    if firstiter_cc:
+        norm_v = np.sqrt(np.maximum(Aterm, 1e-30))
+        norm_x = np.sqrt(np.maximum(terms_f.c, 1e-30))
+        d2f = -Bterm.transpose(0, 2, 1) / (norm_v[:, :, None] * norm_x[:, None, None])
+    lp_f = np.where(np.isfinite(lp_f), lp_f, -np.inf)
+    d2f = np.where(valid & np.isfinite(lp_f)[:, :, None], d2f, np.inf)
+    wf = weights_from_diff2(d2f, lp_f, lpt_f, adaptive_fraction=1.0 if firstiter_cc else adaptive_fraction,
+                            max_significant=1 if firstiter_cc else None)
+    best_r, best_t = np.divmod(wf.best, Tf)
+    pidx = np.arange(P)
+
+    # ---------------- M-step sums
+    w = wf.w                                                           # (P, Rf, Tf)
+    inv = np.where(Mf > MULTIPLICITY_THRESHOLD, 1.0 / s2f, 0.0).astype(rdt)
+    Y = np.matmul(w.astype(cdt), phi_f)                                # (P, Rf, K): Σ_t w φ_t
+    wr = w.sum(axis=2)                                                 # (P, Rf)
+    if backprojector is not None:
+        keep = wr > 0
+        vals = (Y * (Xf * inv)[:, None, :])[keep]
+        wts = (wr[:, :, None] * (Wf * inv)[:, None, :])[keep]
+        backprojector.insert(Af[keep], vals, wts, sel_f.points)
+    # noise power per shell: Σ_rt w |W V - X φ|² = W² Σ_r wr |V|² - 2 Re(W X Σ_r conj(V) Y) + |X|²
+    valid_k = Mf > MULTIPLICITY_THRESHOLD
+    U1 = np.einsum("pr,prk->pk", wr, power)
+    U2 = np.einsum("prk,prk->pk", np.conj(Vf), Y)
+    resid = Wf ** 2 * U1 - 2.0 * np.real(Wf * Xf * U2) + (Xf.real ** 2 + Xf.imag ** 2)
+    nsh = N // 2 + 1
+    num = np.bincount(np.broadcast_to(sel_f.shell, resid.shape)[valid_k], weights=resid[valid_k], minlength=nsh)[:nsh]
+    den = 2.0 * np.bincount(np.broadcast_to(sel_f.shell, Mf.shape)[valid_k], weights=Mf[valid_k], minlength=nsh)[:nsh]
+    return BatchResult(
+        rot=frot[pidx, best_r], tilt=ftilt[pidx, best_r], psi=fpsi[pidx, best_r],
+        shift_px=fshift[pidx, best_t], pmax=np.asarray(wf.pmax), n_significant=np.asarray(wf.n_significant),
+        log_likelihood=np.asarray(wf.log_likelihood), sigma2_num=num, sigma2_den=den,
+    )
+
+
+def _cc_scores(terms: Any, V: np.ndarray, phi: np.ndarray, d2: np.ndarray) -> np.ndarray:
+    """Negative normalised cross-correlation in the place of diff2 (``--firstiter_cc``).
+
+    With ``sigma2 = 1/2`` the terms are ``a = W²/M``, ``b = W X/M``, ``c = Σ|X|²/M``; the
+    correlation of ``W V`` with ``X φ_t`` is ``B / sqrt(A c)`` and ``B = (A + c - d2) / 2``.
+    """
+    power = V.real ** 2 + V.imag ** 2
+    A = terms.a @ power.T                                              # (P, R)
+    B = 0.5 * (A[:, :, None] + terms.c[:, None, None] - d2)
+    cc = B / np.sqrt(np.maximum(A, 1e-30)[:, :, None] * np.maximum(terms.c, 1e-30)[:, None, None])
+    return -cc
+
+
+def _padded_indices(mask: np.ndarray, width: int) -> np.ndarray:
+    """Per row, the indices where ``mask`` is True, left-aligned and padded with −1 to ``width``."""
+    P, n = mask.shape
+    order = np.argsort(~mask, axis=1, kind="stable")[:, :width]
+    ok = np.take_along_axis(mask, order, axis=1)
+    return np.where(ok, order, -1)
+
+
+def _log_translation_prior_batch(shifts: np.ndarray, sigma_offset_A: float, pixel_size_A: float) -> np.ndarray:
+    """Gaussian log prior of per-particle translations ``(P, T, 3)`` px → ``(P, T)`` (unnormalised)."""
+    d2 = np.sum((shifts * pixel_size_A) ** 2, axis=-1)
+    return -0.5 * d2 / max(sigma_offset_A, 1e-6) ** 2
