@@ -535,7 +535,7 @@ def _correlate(lhs_spec: Any, rhs_groups: list[Any], grid: PolarGrid, zphase: An
 
 def polar_squared_differences(terms: PolarParticleTerms, reference: PolarReference,
                               batch_size: int | None = None,
-                              max_batch_bytes: float = 2.0 ** 29) -> Any:
+                              max_batch_bytes: float = 2.0 ** 27) -> Any:
     """RELION's ``diff2`` for all directions × psi × translations via correlations along θ.
 
     Parameters
