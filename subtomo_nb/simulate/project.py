@@ -124,7 +124,7 @@ def simulate_project(
     n_tomograms: int = 3,
     tomogram_size: tuple[int, int, int] = (960, 960, 440),
     pixel_size_A: float = 2.7,
-    n_virions: int | tuple[int, int] = (2, 3),
+    n_virions: int | tuple[int, int] = 3,
     radius_range_A: tuple[float, float] = (400.0, 550.0),
     spacing_A: float = 95.0,
     margin_A: float = 180.0,
@@ -161,7 +161,8 @@ def simulate_project(
     pixel_size_A
         ``rlnTomoTiltSeriesPixelSize`` (Å).
     n_virions
-        Virions per tomogram, or an inclusive ``(min, max)`` range.
+        Virions per tomogram, or an inclusive ``(min, max)`` range; fewer are placed when they
+        do not fit (the default 3 gives 2 or 3 and ~2800 particles in 3 tomograms).
     radius_range_A
         Virion radius range (Å, snapped to a lattice radius).
     spacing_A

@@ -127,10 +127,18 @@ def extract_tilt_patches(stack: np.ndarray, frames: np.ndarray, centres_xy: np.n
     c = np.asarray(centres_xy, dtype=np.float64)
     r = np.rint(c)
     start = r.astype(np.int64) - s0 // 2
-    off = np.arange(s0)
-    ix = np.clip(start[:, 0:1] + off[None, :], 0, W - 1)
-    iy = np.clip(start[:, 1:2] + off[None, :], 0, H - 1)
-    patches = stack[np.asarray(frames)[:, None, None], iy[:, :, None], ix[:, None, :]].astype(np.float32)
+    frames = np.asarray(frames, dtype=np.int64)
+    inside = (start >= 0).all(axis=1) & (start[:, 0] + s0 <= W) & (start[:, 1] + s0 <= H)
+    if inside.all() and s0 <= min(H, W):
+        # whole rows copied from a strided view of all s0 x s0 windows (no per-pixel indices)
+        win = np.lib.stride_tricks.sliding_window_view(stack, (s0, s0), axis=(1, 2))
+        patches = win[frames, start[:, 1], start[:, 0]]
+    else:  # RELION clamps pixel indices at the image border
+        off = np.arange(s0)
+        ix = np.clip(start[:, 0:1] + off[None, :], 0, W - 1)
+        iy = np.clip(start[:, 1:2] + off[None, :], 0, H - 1)
+        patches = stack[frames[:, None, None], iy[:, :, None], ix[:, None, :]]
+    patches = patches.astype(np.float32, copy=False)
     if s0 != box:
         patches = fourier_crop(patches, box, ndim=2).astype(np.float32) / np.float32(binning)
     X = rfft2(patches)
@@ -192,6 +200,12 @@ def load_tilt_stack(tset: TomogramSet, name: str) -> np.ndarray:
     if "rlnMicrographName" not in table.columns:
         raise InputError(tset.path, f"tilt series {name!r} names no images (rlnMicrographName)",
                          field="rlnMicrographName")
+    mics = [split_image_name(m) for m in table["rlnMicrographName"].astype(str).tolist()]
+    if len({fn for _, fn in mics}) == 1 and [i for i, _ in mics] == list(range(1, len(mics) + 1)):
+        data, _ = read_map(resolve_relative(proj, mics[0][1]))  # one stack, frames in order
+        data = data.reshape((-1,) + data.shape[-2:])
+        if data.shape[0] == len(mics):
+            return data
     cache: dict[str, np.ndarray] = {}
     frames = []
     for i, mic in enumerate(table["rlnMicrographName"].astype(str).tolist()):
@@ -418,7 +432,7 @@ def extract_subtomos(
     out_rel = _relative_to(out, project)
     image_names = np.empty(len(parts), dtype=object)
     ctf_names = np.empty(len(parts), dtype=object)
-    pool = ThreadPoolExecutor(max_workers=max(1, int(n_workers)))
+    pool = ThreadPoolExecutor(max_workers=int(n_workers)) if int(n_workers) > 1 else None
     try:
         for name in tset.names:
             sel = np.flatnonzero(names == name)
@@ -462,13 +476,18 @@ def extract_subtomos(
             jobs = []
             for a in range(0, len(idx), n_chunk):
                 b = slice(a, a + n_chunk)
-                jobs.append(pool.submit(_process_chunk, stack, P, table, trow, pos[b], A[b], vis[b], roots[b],
-                                        box=box, crop=crop, binning=binning, stack2d=stack2d,
-                                        float16=float16, bfactor_per_dose=bpd))
+                args = (stack, P, table, trow, pos[b], A[b], vis[b], roots[b])
+                kw = dict(box=box, crop=crop, binning=binning, stack2d=stack2d, float16=float16,
+                          bfactor_per_dose=bpd)
+                if pool is None:
+                    _process_chunk(*args, **kw)
+                else:
+                    jobs.append(pool.submit(_process_chunk, *args, **kw))
             for j in jobs:
                 j.result()
     finally:
-        pool.shutdown(wait=True)
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     res = parts.loc[keep].copy()
     for k, label in enumerate(_CENTRED):
