@@ -43,7 +43,7 @@ from subtomo_nb.simulate.tilt_series import render_tilt_series, tilt_scheme, til
 __all__ = ["simulate_project", "simulate_tiny_project", "TINY", "DEFAULT_SNR", "soft_mask_from_map"]
 
 #: Default signal-to-noise ratio (variance ratio) of the first-acquired tilt image.
-DEFAULT_SNR = 0.05
+DEFAULT_SNR = 2e-4
 
 #: Parameters of the tiny preset (tests): one small tomogram, one small virion, 9 tilts.
 TINY: dict[str, Any] = dict(
