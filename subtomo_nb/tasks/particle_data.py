@@ -82,6 +82,7 @@ def particle_transforms(
     *,
     tomograms: TomogramSet | None = None,
     apply_origins: bool = True,
+    origins: np.ndarray | None = None,
     dtype: type = np.float64,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Half transforms, CTF² sums and multiplicities of a batch of particles.
@@ -96,6 +97,8 @@ def particle_transforms(
         Tomogram set (needed for 2D stacks).
     apply_origins
         Shift each particle by ``+origin`` (RELION's centring, conventions §2.1).
+    origins
+        ``(B, 3)`` origins in pixels to use instead of the table's (a refinement's current ones).
     dtype
         Real precision of the output (complex of the same precision for the data).
 
@@ -122,5 +125,6 @@ def particle_transforms(
     if all(s.multiplicity is not None for s in subs):
         mult = np.stack([np.asarray(s.multiplicity) for s in subs]).astype(dtype)
     if apply_origins:
-        data = shift_half(data, origins_px(pset, rows)).astype(cdtype)
+        shift = origins_px(pset, rows) if origins is None else np.asarray(origins, dtype=np.float64)
+        data = shift_half(data, shift).astype(cdtype)
     return data, ctf2, mult
