@@ -51,15 +51,16 @@ from subtomo_nb.geometry.euler import euler_to_matrix
 from subtomo_nb.geometry.tilt_series import projection_matrices
 from subtomo_nb.io._paths import find_project_dir, resolve_relative, split_image_name
 from subtomo_nb.io.errors import InputError
-from subtomo_nb.io.mrc import read_map
+from subtomo_nb.io.mrc import read_header, read_map
 from subtomo_nb.io.optimisation_set import OptimisationSet, read_optimisation_set, write_optimisation_set
-from subtomo_nb.io.particles import ParticleSet, write_particles
+from subtomo_nb.io.particles import ParticleSet, pixel_size, visible_frames, write_particles
 from subtomo_nb.io.star import read_star
-from subtomo_nb.io.subtomo import PseudoSubtomo, write_pseudo_subtomo, write_stack2d
+from subtomo_nb.io.subtomo import PseudoSubtomo, read_particle_stack2d, write_pseudo_subtomo, write_stack2d
 from subtomo_nb.io.tomograms import TomogramSet, read_tomograms
 
 __all__ = ["extract_subtomos", "load_tilt_stack", "extract_tilt_patches", "crop_circle", "particle_positions",
-           "DOSE_CUTOFF_FRACTION", "CIRCLE_FALLOFF_PX"]
+           "tilt_ctf_weights", "tilt_image_size", "stack2d_pseudo_subtomo", "DOSE_CUTOFF_FRACTION",
+           "CIRCLE_FALLOFF_PX"]
 
 #: Frequencies whose dose weight falls below this are ignored (RELION ``--cutoff_fract``).
 DOSE_CUTOFF_FRACTION = 0.01
@@ -222,6 +223,87 @@ def load_tilt_stack(tset: TomogramSet, name: str) -> np.ndarray:
     return np.stack(frames).astype(np.float32, copy=False)
 
 
+def tilt_ctf_weights(tomo_row: pd.Series, table: pd.DataFrame, P: np.ndarray, pos: np.ndarray,
+                     pidx: np.ndarray, fidx: np.ndarray, box: int, bin_pix: float,
+                     bfactor_per_dose: float = 0.0) -> np.ndarray:
+    """CTF × dose weight ``c_f`` of each observation (particle ``pidx``, tilt ``fidx``).
+
+    The defocus is the tilt's, changed by ``hand · TS pixel · slope · depth`` with the particle's
+    depth along the tilt's beam (RELION's ``Tomogram::getCtf``); frequencies where the dose weight
+    falls below :data:`DOSE_CUTOFF_FRACTION` are zeroed. Returns ``(n_obs, box, box//2+1)`` float32
+    on the half grid of a ``box`` image with ``bin_pix`` Å pixels.
+    """
+    pix = float(tomo_row["rlnTomoTiltSeriesPixelSize"])
+    hand = float(tomo_row["rlnTomoHand"]) if "rlnTomoHand" in tomo_row.index else -1.0
+    slope = float(tomo_row["rlnTomoDefocusSlope"]) if "rlnTomoDefocusSlope" in tomo_row.index else 1.0
+    size = np.array([float(tomo_row[k]) for k in ("rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ")])
+    ph = np.concatenate([pos, np.ones((len(pos), 1))], axis=1)
+    depth_p = np.einsum("fj,pj->pf", P[:, 2, :], ph)               # (p, F)
+    cz = P[:, 2, :] @ np.append(size / 2.0, 1.0)                   # depth of the tomogram centre
+    depth = depth_p[pidx, fidx] - cz[fidx]
+    dz = hand * pix * slope * depth
+    col = lambda name, default: (table[name].to_numpy(np.float64) if name in table.columns  # noqa: E731
+                                 else np.full(len(table), default))
+    du, dv, da = col("rlnDefocusU", 0.0), col("rlnDefocusV", 0.0), col("rlnDefocusAngle", 0.0)
+    phase, bfac, scale = col("rlnPhaseShift", 0.0), col("rlnCtfBfactor", 0.0), col("rlnCtfScalefactor", 1.0)
+    dose = col("rlnMicrographPreExposure", 0.0)
+    ctf = ctf_2d(box, bin_pix, float(tomo_row["rlnVoltage"]), float(tomo_row["rlnSphericalAberration"]),
+                 float(tomo_row["rlnAmplitudeContrast"]), du[fidx] + dz, dv[fidx] + dz, da[fidx],
+                 phase[fidx], bfac[fidx], scale[fidx], dtype=np.float32)
+    dw = dose_weight_2d(box, bin_pix, dose[fidx], bfactor_per_dose=bfactor_per_dose, dtype=np.float32)
+    return np.where(dw >= DOSE_CUTOFF_FRACTION, ctf * dw, np.float32(0.0))
+
+
+def tilt_image_size(tset: TomogramSet, name: str) -> tuple[int, int]:
+    """``(W, H)`` of a tomogram's tilt images, from the MRC header (no image data read)."""
+    row = tset.row(name)
+    if "rlnTomoTiltSeriesName" in row.index and str(row["rlnTomoTiltSeriesName"]).strip():
+        fn = str(row["rlnTomoTiltSeriesName"]).strip().removesuffix(":mrc")
+    else:
+        fn = split_image_name(str(tset.tilt_table(name)["rlnMicrographName"].iloc[0]))[1]
+    shape = read_header(resolve_relative(tset.project_dir, fn)).shape
+    return int(shape[-1]), int(shape[-2])
+
+
+def stack2d_pseudo_subtomo(pset: ParticleSet, tset: TomogramSet, index: int) -> PseudoSubtomo:
+    """A 2D-stack particle as a 3D pseudo-subtomogram (what extraction with ``--no_stack2d`` writes).
+
+    The stack's visible tilt images (CTF-premultiplied, real space) are inserted into a 3D half
+    transform with RELION's forward insertion (:func:`~subtomo_nb.fourier.stack2d.stack_to_pseudo_subtomo`),
+    with each tilt's projection ``P_f · A_subtomo`` and CTF² × dose² weight.
+
+    Parameters
+    ----------
+    pset
+        Particle set of 2D stacks (``rlnTomoVisibleFrames``).
+    tset
+        Its tomogram set.
+    index
+        0-based particle row.
+    """
+    row = pset.particles.iloc[[index]]
+    name = str(row["rlnTomoName"].iloc[0])
+    trow, table = tset.row(name), tset.tilt_table(name)
+    pix = float(trow["rlnTomoTiltSeriesPixelSize"])
+    size = np.array([float(trow[k]) for k in ("rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ")])
+    P = projection_matrices(table, size, pix, tilt_image_size(tset, name))
+    pos, A = particle_positions(row, trow)
+    frames = np.flatnonzero(visible_frames(pset, index))
+    imgs = read_particle_stack2d(pset, index).astype(np.float32)
+    if len(frames) != imgs.shape[0]:
+        raise InputError(pset.path, f"{len(frames)} visible frames but {imgs.shape[0]} images in the stack",
+                         row=index + 1, field="rlnTomoVisibleFrames")
+    crop = imgs.shape[-1]
+    group = int(row["rlnOpticsGroup"].iloc[0])
+    bpd = float(trow["rlnCtfBfactorPerElectronDose"]) if "rlnCtfBfactorPerElectronDose" in trow.index else 0.0
+    c = tilt_ctf_weights(trow, table, P, pos, np.zeros(len(frames), dtype=np.int64), frames, crop,
+                         pixel_size(pset, group), bpd)
+    rows = np.einsum("fij,jk->fik", P[frames, :3, :3], A[0])[:, :2, :]
+    data, ctf2, mult = stack_to_pseudo_subtomo(rfft2(imgs), c * c, rows, crop, data_scale=1.0 / crop)
+    return PseudoSubtomo(data=data.astype(np.float32), ctf2=ctf2.astype(np.float32),
+                         multiplicity=mult.astype(np.float32))
+
+
 # --------------------------------------------------------------------------------------------
 # Inputs and outputs
 # --------------------------------------------------------------------------------------------
@@ -308,27 +390,12 @@ def _process_chunk(stack: np.ndarray, P: np.ndarray, table: pd.DataFrame, tomo_r
     """Extract and write the particles of one chunk (all arrays restricted to the chunk)."""
     pix = float(tomo_row["rlnTomoTiltSeriesPixelSize"])
     bin_pix = pix * binning
-    hand = float(tomo_row["rlnTomoHand"]) if "rlnTomoHand" in tomo_row.index else -1.0
-    slope = float(tomo_row["rlnTomoDefocusSlope"]) if "rlnTomoDefocusSlope" in tomo_row.index else 1.0
-    size = np.array([float(tomo_row[k]) for k in ("rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ")])
     pidx, fidx = np.nonzero(vis)
     ph = np.concatenate([pos, np.ones((len(pos), 1))], axis=1)
     q = np.einsum("fij,pj->pfi", P[:, :3, :], ph)  # (p, F, 3)
-    cz = (P[:, 2, :] @ np.append(size / 2.0, 1.0))  # depth of the tomogram centre per frame
     qs = q[pidx, fidx]
-    depth = qs[:, 2] - cz[fidx]
-    dz = hand * pix * slope * depth
-    col = lambda name, default: (table[name].to_numpy(np.float64) if name in table.columns  # noqa: E731
-                                 else np.full(len(table), default))
-    du, dv, da = col("rlnDefocusU", 0.0), col("rlnDefocusV", 0.0), col("rlnDefocusAngle", 0.0)
-    phase, bfac, scale = col("rlnPhaseShift", 0.0), col("rlnCtfBfactor", 0.0), col("rlnCtfScalefactor", 1.0)
-    dose = col("rlnMicrographPreExposure", 0.0)
     X = extract_tilt_patches(stack, fidx, qs[:, :2], box, binning)
-    ctf = ctf_2d(box, bin_pix, float(tomo_row["rlnVoltage"]), float(tomo_row["rlnSphericalAberration"]),
-                 float(tomo_row["rlnAmplitudeContrast"]), du[fidx] + dz, dv[fidx] + dz, da[fidx],
-                 phase[fidx], bfac[fidx], scale[fidx], dtype=np.float32)
-    dw = dose_weight_2d(box, bin_pix, dose[fidx], bfactor_per_dose=bfactor_per_dose, dtype=np.float32)
-    c = np.where(dw >= DOSE_CUTOFF_FRACTION, ctf * dw, np.float32(0.0))
+    c = tilt_ctf_weights(tomo_row, table, P, pos, pidx, fidx, box, bin_pix, bfactor_per_dose)
     X = X * (-c)
     W = c * c
     boundary = (box - crop) // 2
