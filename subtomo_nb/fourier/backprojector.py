@@ -65,52 +65,61 @@ def trilinear_scatter_half(n: int, pos: Any, values: Any, reals: Sequence[Any] =
     xp = get_xp(pos, values)
     shp = pos.shape[:-1]
     p = pos.reshape(-1, 3)
-    npt = p.shape[0]
     neg = p[:, 0] < 0
     p = xp.where(neg[:, None], -p, p)
     f0 = xp.floor(p)
     frac = p - f0
     base = f0.astype(xp.int64)
-    corners = xp.asarray(_CORNERS)  # (8, 3)
-    g = base[:, None, :] + corners[None, :, :]  # (P, 8, 3)
-    w = xp.prod(xp.where(corners[None, :, :] == 1, frac[:, None, :], 1 - frac[:, None, :]), axis=-1)
+    # the 8 trilinear coefficients, built from the per-axis factors (no (P, 8, 3) temporaries)
+    fx, fy, fz = frac[:, 0], frac[:, 1], frac[:, 2]
+    wx = (1 - fx, fx)
+    wy = (1 - fy, fy)
+    wz = (1 - fz, fz)
+    w = xp.stack([wx[c[0]] * wy[c[1]] * wz[c[2]] for c in _CORNERS], axis=1)  # (P, 8)
     if mask is not None:
         w = w * xp.broadcast_to(xp.asarray(mask), shp).reshape(-1)[:, None].astype(w.dtype)
+    corners = xp.asarray(_CORNERS)  # (8, 3)
+    gx = base[:, 0:1] + corners[None, :, 0]
+    gy = base[:, 1:2] + corners[None, :, 1]
+    gz = base[:, 2:3] + corners[None, :, 2]
     nh = n // 2 + 1
     lo, hi = -(n // 2), n - n // 2  # allowed y, z in [lo, hi)
-    gx, gy, gz = g[..., 0], g[..., 1], g[..., 2]
     ok = (gx < nh) & (gy >= lo) & (gy < hi) & (gz >= lo) & (gz < hi)
     w = xp.where(ok, w, 0)
     gx = xp.where(ok, gx, 0)
-    idx = ((gz % n) * n + (gy % n)) * nh + gx
+    gyw, gzw = gy % n, gz % n
+    idx = ((gzw * n) + gyw) * nh + gx
     size = n * n * nh
-    pieces_idx = [idx.ravel()]
-    pieces_w = [w.ravel()]
-    conj_flag = [xp.broadcast_to(neg[:, None], idx.shape).ravel()]
+    flat_idx = idx.ravel()
     if mirror_x0:
-        on0 = ok & (gx == 0) & (w != 0)
-        midx = (((-gz) % n) * n + ((-gy) % n)) * nh
-        sel = xp.nonzero(on0.ravel())[0]
-        pieces_idx.append(midx.ravel()[sel])
-        pieces_w.append(w.ravel()[sel])
-        conj_flag.append(~xp.broadcast_to(neg[:, None], idx.shape).ravel()[sel])
-        point_of = xp.concatenate([xp.repeat(xp.arange(npt), 8), xp.repeat(xp.arange(npt), 8)[sel]])
+        sel = xp.nonzero((ok & (gx == 0) & (w != 0)).ravel())[0]
+        midx = ((((-gz) % n) * n + ((-gy) % n)) * nh).ravel()[sel]
+        all_idx = xp.concatenate([flat_idx, midx])
     else:
-        point_of = xp.repeat(xp.arange(npt), 8)
-    all_idx = xp.concatenate(pieces_idx)
-    all_w = xp.concatenate(pieces_w).astype(xp.float64)
-    all_conj = xp.concatenate(conj_flag)
+        sel = None
+        all_idx = flat_idx
+
+    def scatter(wv: Any, conj_mirror: bool) -> Any:
+        """bincount of (P, 8) weighted values, plus their mirrored x = 0 copies."""
+        flat = wv.ravel()
+        if sel is not None:
+            extra = flat[sel]
+            flat = xp.concatenate([flat, xp.conj(extra) if conj_mirror else extra])
+        return flat
+
     data = None
     if values is not None:
-        v = xp.broadcast_to(values, shp).reshape(-1)[point_of]
-        v = xp.where(all_conj, xp.conj(v), v)
-        re = xp.bincount(all_idx, weights=all_w * v.real, minlength=size)
-        im = xp.bincount(all_idx, weights=all_w * v.imag, minlength=size)
+        v = xp.broadcast_to(values, shp).reshape(-1)
+        v = xp.where(neg, xp.conj(v), v)
+        wv = scatter(w * v[:, None], True)
+        re = xp.bincount(all_idx, weights=wv.real.astype(xp.float64), minlength=size)
+        im = xp.bincount(all_idx, weights=wv.imag.astype(xp.float64), minlength=size)
         data = (re + 1j * im).reshape(n, n, nh)
     outs = []
     for r in reals:
-        rv = xp.broadcast_to(xp.asarray(r), shp).reshape(-1)[point_of].astype(xp.float64)
-        outs.append(xp.bincount(all_idx, weights=all_w * rv, minlength=size).reshape(n, n, nh))
+        rv = xp.broadcast_to(xp.asarray(r), shp).reshape(-1)
+        wr = scatter(w * rv[:, None], False).astype(xp.float64)
+        outs.append(xp.bincount(all_idx, weights=wr, minlength=size).reshape(n, n, nh))
     return data, outs
 
 
