@@ -4,7 +4,7 @@ Job directories follow RELION's layout inside the project::
 
     <project>/                       simulated project (tomograms.star, particles.star, ground_truth/, masks/)
     <project>/Extract/job002/        3D pseudo-subtomograms at bin 4 (box 32)
-    <project>/ReconstructParticleTomo/job003/
+    <project>/Reconstruct/job003/        (RELION 5's process name for Reconstruct particle)
                                      particles with the true orientations and random half-sets,
                                      merged.mrc, merged_half1/2.mrc, merged_fsc.star
 
@@ -108,7 +108,7 @@ def run_tutorial(project_dir: str | os.PathLike = "tutorial", *, seed: int = 0, 
                                  stack2d=False, n_workers=n_workers)
     t_ext = time.perf_counter() - t1
     t2 = time.perf_counter()
-    rec_dir = project / "ReconstructParticleTomo" / "job003"
+    rec_dir = project / "Reconstruct" / "job003"
     true_star = particles_with_truth(extracted, sim["particles_true"], rec_dir / "particles_true.star", seed=seed)
     oset = OptimisationSet({"rlnTomoParticlesFile": str(true_star), "rlnTomoTomogramsFile": str(sim["tomograms"])})
     write_optimisation_set(rec_dir / "optimisation_set.star", oset)
