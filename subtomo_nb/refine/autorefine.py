@@ -40,7 +40,7 @@ from subtomo_nb.geometry.healpix import angular_step
 from subtomo_nb.geometry.symmetry import point_group
 from subtomo_nb.io.errors import InputError
 from subtomo_nb.io.mrc import read_map, write_map
-from subtomo_nb.refine.expectation import expectation_batch
+from subtomo_nb.refine.expectation import expectation_batch, flush_rotation_sums
 from subtomo_nb.refine.outputs import write_iteration
 from subtomo_nb.refine.sampling import Sampling
 from subtomo_nb.tasks.particle_data import load_particle_set, particle_transforms
@@ -380,6 +380,7 @@ class AutoRefine:
             num += res.sigma2_num
             den += res.sigma2_den
             self.progress({"kind": "batch", "iteration": s.iteration, "done": start + len(idx), "of": len(rows)})
+        flush_rotation_sums(cache)
         if not cc:
             new = np.where(den > 0, num / np.maximum(den, 1e-30), half.sigma2)
             half.sigma2 = np.where(new > 0, new, half.sigma2)

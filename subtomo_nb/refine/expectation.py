@@ -206,7 +206,7 @@ def expectation_batch(
             projector, data[part], ctf2[part], mult[part], sig2_shell, sampling, sig[part], lp[part],
             ridx, pix_g, psi_g, shifts_c, sel_f, pixel_size_A=pixel_size_A, sigma_offset_A=sigma_offset_A,
             backprojector=backprojector, adaptive_fraction=adaptive_fraction, firstiter_cc=firstiter_cc,
-            cdt=cdt, rdt=rdt))
+            cdt=cdt, rdt=rdt, rotation_sums=_rotation_sums(coarse_cache, backprojector, sel_f, len(rot_g), cdt, rdt)))
         start = stop
     return BatchResult(
         rot=np.concatenate([r.rot for r in results]), tilt=np.concatenate([r.tilt for r in results]),
@@ -223,7 +223,7 @@ def _fine_pass(projector: Projector, data: np.ndarray, ctf2: np.ndarray, mult: n
                ridx: np.ndarray, pix_g: np.ndarray, psi_g: np.ndarray, shifts_c: np.ndarray,
                sel_f: "FourierSelection", *, pixel_size_A: float, sigma_offset_A: float,
                backprojector: BackProjector | None, adaptive_fraction: float, firstiter_cc: bool,
-               cdt: type, rdt: type) -> BatchResult:
+               cdt: type, rdt: type, rotation_sums: "RotationSums | None" = None) -> BatchResult:
     """Oversampled children of the significant coarse samples of a few particles, scored and summed."""
     P, N = data.shape[0], data.shape[1]
     sig_r = sig.any(axis=2)                                            # (P, Rc)
@@ -286,10 +286,20 @@ def _fine_pass(projector: Projector, data: np.ndarray, ctf2: np.ndarray, mult: n
     Y = np.matmul(w.astype(cdt), phi_f)                                # (P, Rf, K): Σ_t w φ_t
     wr = w.sum(axis=2)                                                 # (P, Rf)
     if backprojector is not None:
+        # samples that share a fine orientation (same coarse parent and child) are summed in the
+        # particle frame first, so each distinct orientation is back-projected once
         keep = wr > 0
-        vals = (Y * (Xf * inv)[:, None, :])[keep]
-        wts = (wr[:, :, None] * (Wf * inv)[:, None, :])[keep]
-        backprojector.insert(Af[keep], vals, wts, sel_f.points)
+        fine_id = (cr[:, :, None] * nchild_r + np.arange(nchild_r)).reshape(P, Rf)[keep]
+        uniq, inverse = np.unique(fine_id, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(inverse[order]) != 0])
+        vals = np.add.reduceat((Y * (Xf * inv)[:, None, :])[keep][order], starts, axis=0)
+        wts = np.add.reduceat((wr[:, :, None] * (Wf * inv)[:, None, :])[keep][order], starts, axis=0)
+        A_u = Af[keep][order[starts]]
+        if rotation_sums is not None:
+            rotation_sums.add(uniq, A_u, vals, wts)
+        else:
+            backprojector.insert(A_u, vals, wts, sel_f.points)
     # noise power per shell: Σ_rt w |W V - X φ|² = W² Σ_r wr |V|² - 2 Re(W X Σ_r conj(V) Y) + |X|²
     valid_k = Mf > MULTIPLICITY_THRESHOLD
     U1 = np.einsum("pr,prk->pk", wr, power)
@@ -303,6 +313,61 @@ def _fine_pass(projector: Projector, data: np.ndarray, ctf2: np.ndarray, mult: n
         shift_px=fshift[pidx, best_t], pmax=np.asarray(wf.pmax), n_significant=np.asarray(wf.n_significant),
         log_likelihood=np.asarray(wf.log_likelihood), sigma2_num=num, sigma2_den=den,
     )
+
+
+class RotationSums:
+    """Particle-frame sums per fine orientation, back-projected once (:meth:`flush`).
+
+    Used while the orientation ids (coarse orientation × 8 children) are few enough for dense
+    ``(n_ids, K)`` arrays: many particles of a half-set then share orientations (global searches),
+    and the scatter into the 3D grid, the costly step, is done once per orientation instead of
+    once per particle and orientation.
+    """
+
+    def __init__(self, backprojector: BackProjector, sel: "FourierSelection", n_ids: int, cdt: type, rdt: type) -> None:
+        self.bp, self.sel = backprojector, sel
+        self.values = np.zeros((n_ids, len(sel.index)), dtype=cdt)
+        self.weights = np.zeros((n_ids, len(sel.index)), dtype=rdt)
+        self.A = np.zeros((n_ids, 3, 3))
+        self.used = np.zeros(n_ids, dtype=bool)
+
+    def add(self, ids: np.ndarray, A: np.ndarray, values: np.ndarray, weights: np.ndarray) -> None:
+        self.values[ids] += values
+        self.weights[ids] += weights
+        self.A[ids] = A
+        self.used[ids] = True
+
+    def flush(self) -> None:
+        """Back-project every orientation that received data, then reset."""
+        ids = np.flatnonzero(self.used)
+        for s in range(0, len(ids), ROTATION_CHUNK):
+            sl = ids[s:s + ROTATION_CHUNK]
+            self.bp.insert(self.A[sl], self.values[sl], self.weights[sl], self.sel.points)
+        self.values[:] = 0
+        self.weights[:] = 0
+        self.used[:] = False
+
+
+#: Largest number of fine-orientation ids kept as dense particle-frame sums.
+MAX_ROTATION_SUM_IDS = 12_000
+
+
+def _rotation_sums(cache: dict | None, bp: BackProjector | None, sel: "FourierSelection", n_coarse: int,
+                   cdt: type, rdt: type) -> RotationSums | None:
+    """The per-iteration :class:`RotationSums` held in ``cache`` (None where not worthwhile)."""
+    if cache is None or bp is None or n_coarse * 8 > MAX_ROTATION_SUM_IDS:
+        return None
+    key = ("rotation_sums", n_coarse, len(sel.index), id(bp))
+    if key not in cache:
+        cache[key] = RotationSums(bp, sel, n_coarse * 8, cdt, rdt)
+    return cache[key]
+
+
+def flush_rotation_sums(cache: dict | None) -> None:
+    """Back-project the orientation sums accumulated in ``cache`` (call after the last batch)."""
+    for key, value in list((cache or {}).items()):
+        if isinstance(value, RotationSums):
+            value.flush()
 
 
 def _cc_scores(terms: Any, V: np.ndarray, phi: np.ndarray, d2: np.ndarray) -> np.ndarray:

@@ -87,3 +87,28 @@ def test_backprojected_sums_reconstruct_the_reference(reference):
     rec = bp.reconstruct()
     f = np.asarray(fsc(rec, vol))
     assert f[1:9].min() > 0.9, np.round(f, 3)
+
+
+def test_orientation_sums_back_project_like_direct_insertion(reference):
+    from subtomo_nb.refine.expectation import flush_rotation_sums
+
+    vol, proj = reference
+    rng = np.random.default_rng(2)
+    P = 8
+    ang = np.stack([rng.uniform(-180, 180, P), np.degrees(np.arccos(rng.uniform(-1, 1, P))),
+                    rng.uniform(-180, 180, P)], axis=1)
+    data = proj.rotate3d(euler_to_matrix(*ang.T), N).astype(np.complex64)
+    data += (rng.normal(size=data.shape) + 1j * rng.normal(size=data.shape)).astype(np.complex64) * 0.3 * np.abs(data).mean()
+    ctf2 = np.ones(data.shape, np.float32)
+    s = Sampling(healpix_order=1, offset_range_A=1 * PIX, offset_step_A=1 * PIX, sym="C6")
+    sigma2 = _noise_power(data) * 20 + 1e-12  # broad posteriors: many shared orientations
+    kw = dict(pixel_size_A=PIX, coarse_radius=6, fine_radius=8, sigma_offset_A=20.0)
+    direct, grouped = BackProjector(N, pad=2, dtype=np.float32), BackProjector(N, pad=2, dtype=np.float32)
+    r1 = expectation_batch(proj, data, ctf2, None, sigma2, s, ang, backprojector=direct, **kw)
+    cache: dict = {}
+    r2 = expectation_batch(proj, data, ctf2, None, sigma2, s, ang, backprojector=grouped, coarse_cache=cache, **kw)
+    flush_rotation_sums(cache)
+    assert np.mean(r1.n_significant) > 8
+    np.testing.assert_allclose(grouped.weight, direct.weight, rtol=1e-4, atol=1e-5 * np.abs(direct.weight).max())
+    np.testing.assert_allclose(grouped.data, direct.data, rtol=1e-4, atol=1e-5 * np.abs(direct.data).max())
+    np.testing.assert_array_equal(r1.rot, r2.rot)
