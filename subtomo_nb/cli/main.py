@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 
 from subtomo_nb.io.errors import InputError
@@ -122,6 +123,23 @@ def _run_star_handler(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_refine(args: argparse.Namespace) -> int:
+    """``subtomo refine``: relion_refine --auto_refine with RELION's flags; writes run.out beside run_*."""
+    from subtomo_nb.jobs import values_from_args
+    from subtomo_nb.jobs.progress import ProgressLog
+    from subtomo_nb.refine.autorefine import run_refine_job
+
+    out = Path(args.o)
+    job_dir = out.parent if out.name.startswith("run") else out
+    job_dir.mkdir(parents=True, exist_ok=True)
+    values = values_from_args("refine3d", args)
+    log = ProgressLog(job_dir, forward=lambda event: print(event.format(), flush=True))
+    outputs = run_refine_job(values, job_dir, project_dir=Path.cwd(), progress=log)
+    for key, value in outputs.items():
+        print(f"{key}: {value}")
+    return 0
+
+
 def _add_tutorial(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tutorial", help="run the synthetic tutorial end to end and report the resolution")
     p.add_argument("--o", default="tutorial", help="project directory")
@@ -149,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     from subtomo_nb.jobs import build_argparser
 
     for name, func in (("extract", _run_extract), ("reconstruct", _run_reconstruct),
-                       ("recentre", _run_star_handler)):
+                       ("recentre", _run_star_handler), ("refine3d", _run_refine)):
         build_argparser(name, sub).set_defaults(func=func)
     _add_tutorial(sub)
     return parser

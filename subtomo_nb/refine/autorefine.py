@@ -504,3 +504,58 @@ class AutoRefine:
         while not self.iterate():
             pass
         return self.state.history[-1]
+
+
+def options_from_job_values(values: dict, job_dir: Path, project_dir: Path) -> RefineOptions:
+    """:class:`RefineOptions` from the 3D auto-refine job form (``subtomo_nb.jobs`` registry keys).
+
+    RELION's mappings (relion-conventions.md §10.1): "Ref. map is on absolute greyscale? No" ⇒
+    ``--firstiter_cc``; the sampling choices ⇒ HEALPix orders (index + 1 − oversampling); the
+    form's offset step is the fine one (× 2 for ``--offset_step``); "Use finer angular sampling
+    faster?" ⇒ ``--auto_ignore_angles --auto_resol_angles``; "Skip padding?" ⇒ ``--pad 1``.
+    """
+    from subtomo_nb.jobs.registry import SAMPLING_CHOICES
+
+    def path(name: str) -> Path | None:
+        if not name:
+            return None
+        p = Path(os.path.expandvars(str(name)))
+        return p if p.is_absolute() else Path(project_dir) / p
+
+    if values.get("use_direct_entries"):
+        particles, tomograms = path(values["in_particles"]), path(values.get("in_tomograms", ""))
+    else:
+        particles, tomograms = path(values["in_optimisation"]), None
+    return RefineOptions(
+        particles=particles, reference=path(values["fn_ref"]), output_root=Path(job_dir) / "run",
+        tomograms=tomograms, solvent_mask=path(values.get("fn_mask", "")),
+        firstiter_cc=not values.get("ref_correct_greyscale", False), ini_high=float(values.get("ini_high", 60.0)),
+        sym=str(values.get("sym_name", "C1")), ctf=bool(values.get("do_ctf_correction", True)),
+        particle_diameter=float(values.get("particle_diameter", 200.0)), zero_mask=bool(values.get("do_zero_mask", True)),
+        pad=1 if values.get("do_pad1") else 2,
+        healpix_order=SAMPLING_CHOICES.index(values.get("sampling", "7.5 degrees")) + 1 - 1,
+        auto_local_healpix_order=SAMPLING_CHOICES.index(values.get("auto_local_sampling", "1.8 degrees")) + 1 - 1,
+        offset_range_px=float(values.get("offset_range", 5.0)), offset_step_px=2.0 * float(values.get("offset_step", 1.0)),
+        sigma_tilt=float(values.get("sigma_tilt", -1.0)),
+        auto_ignore_angles=bool(values.get("auto_faster", False)), auto_resol_angles=bool(values.get("auto_faster", False)),
+    )
+
+
+def run_refine_job(values: dict, job_dir: Path, *, project_dir: Path, progress, client=None) -> dict[str, Path]:
+    """Job-registry run function of 3D auto-refine: iterate to convergence inside ``job_dir``."""
+    from subtomo_nb.jobs.progress import Progress
+
+    opts = options_from_job_values(values, Path(job_dir), Path(project_dir))
+
+    def relay(event: dict) -> None:
+        if event.get("kind") == "iteration":
+            progress(Progress(message=f"iteration {event['iteration']}: {event['resolution_A']:.2f} Å, "
+                              f"HEALPix order {event['healpix_order']}",
+                              iteration=int(event["iteration"]), resolution_A=float(event["resolution_A"]),
+                              fsc=[float(x) for x in event["fsc"]], accuracy_rot_deg=float(event["acc_rot"]),
+                              accuracy_trans_A=float(event["acc_trans_A"]), timings={"iteration": event["seconds"]}))
+
+    AutoRefine(opts, progress=relay).run()
+    root = Path(job_dir)
+    return {"map": root / "run_class001.mrc", "data": root / "run_data.star",
+            "optimisation_set": root / "run_optimisation_set.star"}
