@@ -1,0 +1,32 @@
+"""Execution layer: the dask client and the per-half-set E-step graphs (design.md, "Execution with dask").
+
+The numerical core (``fourier``, ``refine``, ...) never imports this package; it drives them.
+
+* :func:`get_client` / :func:`close_if_owned` -- the user's client, or a local (CUDA) cluster.
+* :class:`ParticleBatches` -- particles loaded once per job by tasks, kept on the workers.
+* :func:`run_half_estep` / :func:`run_halves_estep` -- one iteration's E-step of one / both
+  half-sets, reproducible to the bit whatever the scheduling (and after a worker's death).
+"""
+
+from subtomo_nb.parallel.client import close_if_owned, cuda_cluster_available, get_client, gpu_count
+from subtomo_nb.parallel.estep import (
+    HalfEStep,
+    ParticleBatches,
+    run_half_estep,
+    run_halves_estep,
+    submit_half_estep,
+    tree_sum_order,
+)
+
+__all__ = [
+    "get_client",
+    "close_if_owned",
+    "cuda_cluster_available",
+    "gpu_count",
+    "ParticleBatches",
+    "HalfEStep",
+    "submit_half_estep",
+    "run_half_estep",
+    "run_halves_estep",
+    "tree_sum_order",
+]

@@ -1,0 +1,156 @@
+"""The distributed E-step against the serial loop it replaces, and against a worker's death."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from subtomo_nb.fourier.backprojector import BackProjector
+from subtomo_nb.fourier.projector import Projector
+from subtomo_nb.parallel import run_half_estep, submit_half_estep, tree_sum_order
+from subtomo_nb.parallel.estep import crop_half, crop_radius, uncrop_half
+from subtomo_nb.refine.expectation import expectation_batch, flush_rotation_sums
+from subtomo_nb.tasks.particle_data import particle_transforms
+
+distributed = pytest.importorskip("distributed")
+
+#: BatchResult fields that are discrete (must agree exactly) and continuous (float rounding).
+DISCRETE = ("rot", "tilt", "psi", "shift_px", "n_significant")
+CONTINUOUS = ("pmax", "log_likelihood", "sigma2_num", "sigma2_den")
+
+
+def _serial_half(s: dict, half: int, batch_rows: list[np.ndarray]):
+    """What AutoRefine._expectation does: one projector, a running back-projector sum, batch by batch."""
+    k = s["kwargs"]
+    dt = s["dtype"]
+    proj = Projector(s["references"][half].astype(dt), pad=k["pad"])
+    bp = BackProjector(32, pad=k["pad"], r_max=k["r_max"], dtype=dt)
+    cache: dict = {}
+    results = []
+    for idx in batch_rows:
+        data, ctf2, mult = particle_transforms(s["pset"], idx, dtype=dt, origins=k["origins_px"][idx])
+        results.append(expectation_batch(
+            proj, data, ctf2, mult, s["sigma2"][half], k["sampling"], k["prior_angles"][idx],
+            pixel_size_A=k["pixel_size_A"], coarse_radius=k["coarse_radius"], fine_radius=k["fine_radius"],
+            sigma_offset_A=k["sigma_offset_A"], backprojector=bp, firstiter_cc=k["firstiter_cc"],
+            coarse_cache=cache))
+    flush_rotation_sums(cache)
+    return bp, results
+
+
+def _assert_bitwise(a, b) -> None:
+    (bp_a, res_a), (bp_b, res_b) = a, b
+    np.testing.assert_array_equal(bp_a.data, bp_b.data)
+    np.testing.assert_array_equal(bp_a.weight, bp_b.weight)
+    assert len(res_a) == len(res_b)
+    for ra, rb in zip(res_a, res_b):
+        for f in DISCRETE + CONTINUOUS:
+            np.testing.assert_array_equal(getattr(ra, f), getattr(rb, f), err_msg=f)
+
+
+def test_tree_order_is_fixed():
+    assert tree_sum_order(1) == []
+    assert tree_sum_order(2) == [[(0, 1)]]
+    assert tree_sum_order(5) == [[(0, 1), (2, 3)], [(0, 1)], [(0, 1)]]
+    assert tree_sum_order(6) == [[(0, 1), (2, 3), (4, 5)], [(0, 1)], [(0, 1)]]
+
+
+def test_crop_keeps_every_inserted_voxel():
+    rng = np.random.default_rng(0)
+    for r_max, pad in ((8.0, 2), (5.0, 2), (16.0, 2), (7.0, 1.5)):
+        bp = BackProjector(32, pad=pad, r_max=r_max)
+        pts = rng.uniform(-r_max, r_max, size=(400, 3))
+        pts = pts[np.linalg.norm(pts, axis=1) <= r_max]
+        A = np.linalg.qr(rng.normal(size=(5, 3, 3)))[0]
+        vals = rng.normal(size=(5, len(pts))) + 1j * rng.normal(size=(5, len(pts)))
+        bp.insert(A, vals, np.abs(vals), pts)
+        r = crop_radius(bp.padded, bp.r_max, bp.pad)
+        for arr in (bp.data, bp.weight):
+            block = crop_half(arr, r)
+            assert block.size <= arr.size
+            np.testing.assert_array_equal(uncrop_half(block, bp.padded), arr)
+
+
+def test_matches_serial_estep(cluster_client, batches, undisturbed, estep_setup):
+    """(a) Each half on 2 workers == the serial loop over the same batches (to float32 rounding).
+
+    Tolerances: the sums are float32 (as AutoRefine's) and are added in another order. The serial
+    loop sums every batch's particle-frame contributions per orientation in float32 and scatters
+    them once (``flush_rotation_sums``); each cluster task scatters its own batch into a partial
+    back-projector and the partials are added by a binary tree. Both are float32 sums of
+    O(10-100) terms per voxel, so they differ by up to ~n * eps32 ~ 1e-5 of the largest value
+    (measured: 2e-6 on data, 8e-6 on weight). Besides, the workers' BLAS is single-threaded and
+    this process's may not be, which moves the float32 GEMMs (dot products of ~1e3 terms) by
+    ~1e-6 relative. Hence ``atol = 5e-5 * max|.|`` on data and weight, ``rtol = 2e-4`` on the
+    per-particle likelihood statistics (differences of GEMM results; measured <= 3e-5), and
+    exact equality of the discrete results (best orientation, translation, number of
+    significant samples).
+    """
+    s = estep_setup
+    for half in (0, 1):
+        bp_par, res_par = undisturbed[half]
+        assert np.array_equal(batches.rows(half), s["halves"][half])
+        t0 = time.perf_counter()
+        bp_ser, res_ser = _serial_half(s, half, batches.batches[half])
+        t_ser = time.perf_counter() - t0
+        assert bp_par.data.shape == bp_ser.data.shape and bp_par.data.dtype == bp_ser.data.dtype
+        assert bp_ser.weight.max() > 0 and bp_par.weight.max() > 0
+        for name in ("data", "weight"):
+            a, b = getattr(bp_par, name), getattr(bp_ser, name)
+            scale = np.abs(b).max()
+            err = np.abs(a - b).max()
+            assert err <= 5e-5 * scale, (half, name, err / scale)
+            print(f"half {half + 1} {name}: max |parallel - serial| / max = {err / scale:.2e}")
+        assert len(res_par) == len(res_ser) == len(batches.batches[half])
+        for rp, rs in zip(res_par, res_ser):
+            for f in DISCRETE:
+                np.testing.assert_array_equal(getattr(rp, f), getattr(rs, f), err_msg=f)
+            for f in CONTINUOUS:
+                a, b = getattr(rp, f), getattr(rs, f)
+                np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-4 * np.abs(b).max(), err_msg=f)
+        print(f"half {half + 1}: serial E-step in the test process {t_ser:.2f} s")
+    # the halves used their own references: their sums differ
+    assert not np.allclose(undisturbed[0][0].data, undisturbed[1][0].data)
+
+
+def test_single_half_and_rerun_are_bitwise_identical(cluster_client, batches, undisturbed, estep_setup):
+    """run_half_estep alone == the same half from run_halves_estep, to the bit; and times it."""
+    s = estep_setup
+    calls: list = []
+    t0 = time.perf_counter()
+    again = run_half_estep(cluster_client, batches, 0, s["references"][0], sigma2=s["sigma2"][0],
+                           progress=lambda done, total: calls.append((done, total)), **s["kwargs"])
+    print(f"\nhalf 1 E-step on 2 workers: {time.perf_counter() - t0:.2f} s")
+    _assert_bitwise(again, undisturbed[0])
+    n = len(batches.batches[0])
+    assert calls == [(i, n) for i in range(1, n + 1)]
+
+
+def test_worker_death_mid_iteration(cluster_client, batches, undisturbed, estep_setup):
+    """(b) Kill a worker while the E-steps run: dask recomputes what it held; results identical."""
+    s = estep_setup
+    jobs = [submit_half_estep(cluster_client, batches, h, s["references"][h], sigma2=s["sigma2"][h], **s["kwargs"])
+            for h in (0, 1)]
+    futs = [f for j in jobs for f in j.futures]
+    deadline = time.monotonic() + 60
+    while sum(f.done() for f in futs) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    n_done = sum(f.done() for f in futs)
+    # kill a worker that is computing something now (else any): os._exit, no clean shutdown
+    processing = cluster_client.processing()
+    victim = max(processing, key=lambda w: len(processing[w]))
+    n_running = len(processing[victim])
+    held = [k for k, ws in cluster_client.who_has().items() if victim in ws]
+    cluster_client.run(os._exit, 1, workers=[victim], on_error="ignore")   # the reply never comes
+    disturbed = [j.result() for j in jobs]
+    for j in jobs:
+        j.release()
+    assert 2 <= n_done < len(futs), "the kill did not happen mid-iteration"
+    assert n_running > 0 or held, "the killed worker had neither tasks nor data"
+    print(f"\nkilled {victim} after {n_done}/{len(futs)} batches ({n_running} tasks assigned, "
+          f"{len(held)} keys held); workers now {sorted(cluster_client.scheduler_info()['workers'])}")
+    for h in (0, 1):
+        _assert_bitwise(disturbed[h], undisturbed[h])
