@@ -120,6 +120,21 @@ def _worker_projector(stream: str, ref_key: str, reference: np.ndarray, pad: flo
         return entry[1], entry[2]
 
 
+def _forget_streams(prefix: str) -> int:
+    """Drop this worker's cached projectors of the streams starting with ``prefix``; returns how many."""
+    with _PROJECTOR_LOCK:
+        gone = [k for k in _PROJECTORS if k.startswith(prefix)]
+        for k in gone:
+            del _PROJECTORS[k]
+    return len(gone)
+
+
+def _cached_streams() -> list[str]:
+    """The streams this worker holds a projector for (diagnostics and tests)."""
+    with _PROJECTOR_LOCK:
+        return sorted(_PROJECTORS)
+
+
 def crop_radius(padded: int, r_max: float, pad: float) -> int:
     """Half-width (padded voxels) of the corner block that holds every voxel an insertion reaches.
 
@@ -319,13 +334,15 @@ class ParticleBatches:
                 f.result()
 
     def release(self) -> None:
-        """Drop the futures: the workers free the batches."""
+        """Drop the futures and the workers' cached projectors of this job: the workers free them."""
         for half in self.futures:
             for f in half:
                 f.release()
         self._source.release()
         self.futures = [[] for _ in self.halves]
         self.batches = [[] for _ in self.halves]
+        if self.client.status == "running":
+            self.client.run(_forget_streams, f"{self.token}-", on_error="ignore")
 
 
 @contextlib.contextmanager

@@ -10,8 +10,8 @@ import pytest
 
 from subtomo_nb.fourier.backprojector import BackProjector
 from subtomo_nb.fourier.projector import Projector
-from subtomo_nb.parallel import run_half_estep, submit_half_estep, tree_sum_order
-from subtomo_nb.parallel.estep import crop_half, crop_radius, uncrop_half
+from subtomo_nb.parallel import ParticleBatches, run_half_estep, submit_half_estep, tree_sum_order
+from subtomo_nb.parallel.estep import _cached_streams, crop_half, crop_radius, uncrop_half
 from subtomo_nb.refine.expectation import expectation_batch, flush_rotation_sums
 from subtomo_nb.tasks.particle_data import particle_transforms
 
@@ -154,3 +154,18 @@ def test_worker_death_mid_iteration(cluster_client, batches, undisturbed, estep_
           f"{len(held)} keys held); workers now {sorted(cluster_client.scheduler_info()['workers'])}")
     for h in (0, 1):
         _assert_bitwise(disturbed[h], undisturbed[h])
+
+
+def test_in_memory_particle_set_and_release(cluster_client, estep_setup):
+    """A ParticleSet object works as the source (as AutoRefine holds one); release() frees the workers' caches."""
+    s = estep_setup
+    rows = s["halves"][0][:3]
+    pb = ParticleBatches(cluster_client, s["pset"], [rows], batch_size=2, dtype=s["dtype"], name="mem")
+    assert [len(b) for b in pb.batches[0]] == [2, 1]
+    bp, res = run_half_estep(cluster_client, pb, 0, s["references"][0], sigma2=s["sigma2"][0], **s["kwargs"])
+    assert [len(r.rot) for r in res] == [2, 1] and bp.weight.max() > 0
+    held = cluster_client.run(_cached_streams)
+    assert any(k.startswith(pb.token) for ks in held.values() for k in ks)
+    pb.release()
+    held = cluster_client.run(_cached_streams)
+    assert not any(k.startswith(pb.token) for ks in held.values() for k in ks)
