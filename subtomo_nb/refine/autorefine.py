@@ -237,8 +237,11 @@ def _estimate_accuracy(projector: Projector, pset, rows, angles, offsets_px, sig
 class AutoRefine:
     """A running 3D auto-refine (one object per job; :meth:`run` iterates to convergence)."""
 
-    def __init__(self, opts: RefineOptions, progress: Callable[[dict], None] | None = None) -> None:
+    def __init__(self, opts: RefineOptions, progress: Callable[[dict], None] | None = None,
+                 client: object | None = None) -> None:
         self.opts = opts
+        self.client = client  # a dask client (subtomo_nb.parallel.get_client), or None: serial
+        self._batches = None  # ParticleBatches, made on the first parallel iteration
         self.progress = progress or (lambda event: None)
         self.root = Path(opts.output_root)
         self.root.parent.mkdir(parents=True, exist_ok=True)
@@ -345,32 +348,74 @@ class AutoRefine:
             self.opts.auto_ignore_angles or s.nr_iter_wo_hidden_changes >= 1)
 
     # ------------------------------------------------------------------ one iteration
-    def _expectation(self, half: HalfModel, final: bool) -> BackProjector:
+    def _expectation_args(self, final: bool) -> dict:
+        """Arguments of the batch E-step shared by every batch of this iteration."""
+        s, o = self.state, self.opts
+        fine_r = (self.box // 2) if final else s.current_size / 2
+        return dict(pixel_size_A=self.pix, coarse_radius=min(self._coarse_radius(), fine_r), fine_radius=fine_r,
+                    sigma_offset_A=s.sigma_offset_A, firstiter_cc=o.firstiter_cc and s.iteration == 1)
+
+    def _prior_angles(self) -> np.ndarray:
+        """Centres of the angular priors: current angles, with the tilt prior where one is used."""
+        prior = self.angles.copy()
+        if self.state.sampling.sigma_tilt > 0 and not self.state.sampling.is_local:
+            prior[:, 1] = self.tilt_prior
+        return prior
+
+    def _r_max(self, final: bool) -> int:
+        return self.box // 2 if final else self.state.current_size // 2
+
+    def _expectation(self, half: HalfModel, final: bool) -> tuple[BackProjector, list]:
+        """Serial E-step of one half-set: (back-projector, [(rows, BatchResult)] in batch order)."""
         s, o = self.state, self.opts
         proj = Projector(half.reference.astype(self.dtype), pad=o.pad)
-        bp = BackProjector(self.box, pad=o.pad, r_max=s.current_size // 2 if not final else self.box // 2,
-                           dtype=self.dtype)
-        cc = o.firstiter_cc and s.iteration == 1
-        fine_r = (self.box // 2) if final else s.current_size / 2
+        bp = BackProjector(self.box, pad=o.pad, r_max=self._r_max(final), dtype=self.dtype)
+        kw = self._expectation_args(final)
+        prior = self._prior_angles()
         cache: dict = {}
-        num = np.zeros(self.box // 2 + 1)
-        den = np.zeros(self.box // 2 + 1)
-        rows = half.rows
-        old_angles = self.angles[rows].copy()
-        old_offsets = self.offsets_A[rows].copy()
-        for start in range(0, len(rows), o.batch_size):
-            idx = rows[start:start + o.batch_size]
+        out = []
+        for start in range(0, len(half.rows), o.batch_size):
+            idx = half.rows[start:start + o.batch_size]
             data, ctf2, mult = particle_transforms(self.pset, idx, tomograms=self.tomograms, dtype=self.dtype,
                                                    origins=self.offsets_A[idx] / self.pix)
             if not o.ctf:
                 ctf2 = (mult > 0.01).astype(self.dtype) if mult is not None else np.ones_like(ctf2)
-            prior = self.angles[idx].copy()
-            if s.sampling.sigma_tilt > 0 and not s.sampling.is_local:
-                prior[:, 1] = self.tilt_prior[idx]
-            res = expectation_batch(proj, data, ctf2, mult, half.sigma2, s.sampling, prior,
-                                    pixel_size_A=self.pix, coarse_radius=min(self._coarse_radius(), fine_r),
-                                    fine_radius=fine_r, sigma_offset_A=s.sigma_offset_A, backprojector=bp,
-                                    firstiter_cc=cc, coarse_cache=cache)
+            res = expectation_batch(proj, data, ctf2, mult, half.sigma2, s.sampling, prior[idx],
+                                    backprojector=bp, coarse_cache=cache, **kw)
+            out.append((idx, res))
+            self.progress({"kind": "batch", "iteration": s.iteration, "done": start + len(idx), "of": len(half.rows)})
+        flush_rotation_sums(cache)
+        return bp, out
+
+    def _expectation_parallel(self, final: bool) -> list[tuple[BackProjector, list]]:
+        """Both half-sets' E-steps on the dask client (one graph per half-set, no shared data)."""
+        from subtomo_nb.parallel import ParticleBatches, run_halves_estep
+
+        s, o = self.state, self.opts
+        if self._batches is None:
+            self._batches = ParticleBatches(self.client, self.pset, [h.rows for h in self.halves],
+                                            tomograms=self.tomograms, batch_size=o.batch_size,
+                                            dtype=self.dtype, name="refine")
+        kw = self._expectation_args(final)
+        out = run_halves_estep(self.client, self._batches, [h.reference for h in self.halves],
+                               sigma2=[h.sigma2 for h in self.halves], sampling=s.sampling,
+                               prior_angles=self._prior_angles(), origins_px=self.offsets_A / self.pix,
+                               pad=o.pad, r_max=self._r_max(final), dtype=self.dtype, ctf=o.ctf, **kw)
+        halves = []
+        for i, (bp, results) in enumerate(out):
+            rows = self._batches.rows(i)
+            bounds = np.cumsum([0] + [len(r.pmax) for r in results])
+            halves.append((bp, [(rows[a:b], r) for a, b, r in zip(bounds[:-1], bounds[1:], results)]))
+        return halves
+
+    def _apply_results(self, half: HalfModel, batches: list, firstiter_cc: bool) -> None:
+        """New poses, statistics, noise power and hidden-variable changes of one half-set."""
+        rows = np.concatenate([idx for idx, _ in batches])
+        old_angles = self.angles[rows].copy()
+        old_offsets = self.offsets_A[rows].copy()
+        num = np.zeros(self.box // 2 + 1)
+        den = np.zeros(self.box // 2 + 1)
+        for idx, res in batches:
             self.angles[idx] = np.stack([res.rot, res.tilt, res.psi], axis=1)
             # the data were centred by +origin; the best translation t moves the centre further
             self.offsets_A[idx] = self.offsets_A[idx] + res.shift_px * self.pix
@@ -379,18 +424,14 @@ class AutoRefine:
             self.stats.loc[idx, "rlnNrOfSignificantSamples"] = res.n_significant
             num += res.sigma2_num
             den += res.sigma2_den
-            self.progress({"kind": "batch", "iteration": s.iteration, "done": start + len(idx), "of": len(rows)})
-        flush_rotation_sums(cache)
-        if not cc:
+        if not firstiter_cc:
             new = np.where(den > 0, num / np.maximum(den, 1e-30), half.sigma2)
             half.sigma2 = np.where(new > 0, new, half.sigma2)
-        # hidden-variable changes of this half (angles modulo symmetry, offsets)
         A_old = euler_to_matrix(*old_angles.T)
         A_new = euler_to_matrix(*self.angles[rows].T)
         dang = np.min([angular_distance(A_new, A_old @ S.T) for S in self.ops], axis=0)
         doff = np.linalg.norm(self.offsets_A[rows] - old_offsets, axis=1)
         self._changes.append((dang, doff))
-        return bp
 
     def iterate(self) -> bool:
         """Run one iteration; returns True when this was the final (converged) one."""
@@ -406,7 +447,14 @@ class AutoRefine:
                 final = s.has_converged = True
         self._update_sizes()
         self._changes: list = []
-        bps = [self._expectation(h, final) for h in self.halves]
+        if self.client is not None:
+            estep = self._expectation_parallel(final)
+        else:
+            estep = [self._expectation(h, final) for h in self.halves]
+        cc = o.firstiter_cc and s.iteration == 1
+        for h, (_, batches) in zip(self.halves, estep):
+            self._apply_results(h, batches, cc)
+        bps = [bp for bp, _ in estep]
         for bp in bps:
             bp.symmetrise(self.ops)
         join_shell = _shell_of_resolution(max(o.low_resol_join_halves, s.current_resolution), self.box, self.pix)
@@ -501,8 +549,12 @@ class AutoRefine:
     def run(self) -> dict:
         """Iterate until convergence; returns the final iteration's summary."""
         write_iteration(self, final=False, initial=True)
-        while not self.iterate():
-            pass
+        try:
+            while not self.iterate():
+                pass
+        finally:
+            if self._batches is not None:
+                self._batches.release()
         return self.state.history[-1]
 
 
@@ -555,7 +607,7 @@ def run_refine_job(values: dict, job_dir: Path, *, project_dir: Path, progress, 
                               fsc=[float(x) for x in event["fsc"]], accuracy_rot_deg=float(event["acc_rot"]),
                               accuracy_trans_A=float(event["acc_trans_A"]), timings={"iteration": event["seconds"]}))
 
-    AutoRefine(opts, progress=relay).run()
+    AutoRefine(opts, progress=relay, client=client).run()
     root = Path(job_dir)
     return {"map": root / "run_class001.mrc", "data": root / "run_data.star",
             "optimisation_set": root / "run_optimisation_set.star"}

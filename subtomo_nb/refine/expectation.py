@@ -152,7 +152,9 @@ def expectation_batch(
         ``--firstiter_cc`` first iteration).
     coarse_cache
         Dict reused across the batches of one iteration and half-set: holds the reference values
-        of global searches, which are the same for every batch.
+        of global searches, which are the same for every batch, and (when ``backprojector`` is
+        given) the particle-frame sums per fine orientation. **Call** :func:`flush_rotation_sums`
+        on it after the last batch: only then are those sums back-projected.
     """
     P, N = data.shape[0], data.shape[1]
     mult = np.ones(ctf2.shape, dtype=ctf2.dtype) if multiplicity is None else multiplicity
