@@ -31,8 +31,8 @@ import pandas as pd
 from subtomo_nb.fourier.backprojector import BackProjector
 from subtomo_nb.fourier.filters import low_pass
 from subtomo_nb.fourier.fsc import fsc as fsc_curve
-from subtomo_nb.fourier.fsc import fsc_true_from_half, resolution
-from subtomo_nb.fourier.grid import shell_index
+from subtomo_nb.fourier.fsc import resolution
+from subtomo_nb.fourier.grid import radius_grid, shell_index
 from subtomo_nb.fourier.masks import soft_sphere
 from subtomo_nb.fourier.projector import Projector
 from subtomo_nb.geometry.euler import angular_distance, euler_to_matrix
@@ -177,11 +177,7 @@ def _particle_radius_px(opts: RefineOptions, box: int, pix: float) -> float:
 
 def _join_low_resolution(bps: list[BackProjector], shell: int) -> list[BackProjector]:
     """Copies of the half back-projectors with data and weight averaged for |k| <= shell (§6.2)."""
-    m = bps[0].padded
-    kz = np.fft.fftfreq(m, 1.0 / m)
-    kx = np.arange(m // 2 + 1)
-    r2 = kz[:, None, None] ** 2 + kz[None, :, None] ** 2 + kx[None, None, :] ** 2
-    low = r2 <= (shell * bps[0].pad) ** 2
+    low = radius_grid(bps[0].padded) <= shell * bps[0].pad
     out = []
     for bp in bps:
         c = BackProjector(bp.box, pad=bp.pad, r_max=bp.r_max, dtype=bp.rdtype)

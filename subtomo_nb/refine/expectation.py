@@ -255,7 +255,7 @@ def _fine_pass(projector: Projector, data: np.ndarray, ctf2: np.ndarray, mult: n
     # priors of the fine samples: their coarse parent's orientation prior, their own offset prior
     lp_parent = np.take_along_axis(lp, np.maximum(r_list, 0), axis=1)  # (P, Rmax)
     lp_f = np.repeat(lp_parent, nchild_r, axis=1)
-    lpt_f = _log_translation_prior_batch(fshift, sigma_offset_A, pixel_size_A)
+    lpt_f = log_translation_prior(fshift, sigma_offset_A, pixel_size_A)
 
     Xf, Wf, Mf = _gather(data, sel_f), _gather(ctf2, sel_f), _gather(mult, sel_f)
     s2f = sig2_shell[sel_f.shell].astype(rdt)
@@ -391,9 +391,3 @@ def _padded_indices(mask: np.ndarray, width: int) -> np.ndarray:
     order = np.argsort(~mask, axis=1, kind="stable")[:, :width]
     ok = np.take_along_axis(mask, order, axis=1)
     return np.where(ok, order, -1)
-
-
-def _log_translation_prior_batch(shifts: np.ndarray, sigma_offset_A: float, pixel_size_A: float) -> np.ndarray:
-    """Gaussian log prior of per-particle translations ``(P, T, 3)`` px → ``(P, T)`` (unnormalised)."""
-    d2 = np.sum((shifts * pixel_size_A) ** 2, axis=-1)
-    return -0.5 * d2 / max(sigma_offset_A, 1e-6) ** 2

@@ -148,10 +148,14 @@ def batch_rotations(logp: np.ndarray) -> np.ndarray:
 
 
 def log_translation_prior(shifts_px: np.ndarray, sigma_offset_A: float, pixel_size_A: float) -> np.ndarray:
-    """Gaussian log prior ``(T,)`` of translations (pixels) around the current offset, normalised."""
-    d2 = np.sum((shifts_px * pixel_size_A) ** 2, axis=-1)
+    """Gaussian log prior of translations (pixels) around the current offset.
+
+    ``shifts_px`` is ``(..., T, 3)``; the result ``(..., T)`` is normalised over the ``T`` axis.
+    """
+    d2 = np.sum((np.asarray(shifts_px) * pixel_size_A) ** 2, axis=-1)
     lp = -0.5 * d2 / max(sigma_offset_A, 1e-6) ** 2
-    return lp - np.log(np.exp(lp - lp.max()).sum()) - lp.max()
+    top = lp.max(axis=-1, keepdims=True)
+    return lp - np.log(np.exp(lp - top).sum(axis=-1, keepdims=True)) - top
 
 
 def default_psi_step(order: int) -> float:

@@ -25,15 +25,9 @@ import pandas as pd
 
 from subtomo_nb.geometry.euler import euler_to_matrix
 from subtomo_nb.io.errors import InputError
+from subtomo_nb.io.particles import PIXEL_SIZE_LABELS  # RELION's ObservationModel order
 from subtomo_nb.io.star import read_star, write_star
 
-#: Pixel-size labels of an optics group, in the order RELION's ObservationModel tries them.
-PIXEL_SIZE_LABELS = (
-    "rlnImagePixelSize",
-    "rlnMicrographPixelSize",
-    "rlnMicrographOriginalPixelSize",
-    "rlnTomoTiltSeriesPixelSize",
-)
 
 
 def optics_pixel_sizes(optics: pd.DataFrame, path: str | PathLike = "") -> dict[int, float]:
