@@ -2,4 +2,5 @@
 
 * :mod:`subtomo_nb.widgets.offset` -- map/mask offset over orthogonal slices, Estimate/Apply
   (the fallback of :func:`subtomo_nb.viewer.align_mask`).
+* :mod:`subtomo_nb.widgets.forms` -- :class:`~subtomo_nb.widgets.forms.JobForm`, RELION's job windows from the registry.
 """
