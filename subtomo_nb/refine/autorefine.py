@@ -39,7 +39,7 @@ from subtomo_nb.geometry.euler import angular_distance, euler_to_matrix
 from subtomo_nb.geometry.healpix import angular_step
 from subtomo_nb.geometry.symmetry import point_group
 from subtomo_nb.io.errors import InputError
-from subtomo_nb.io.mrc import read_map, write_map
+from subtomo_nb.io.mrc import read_map
 from subtomo_nb.refine.expectation import expectation_batch, flush_rotation_sums
 from subtomo_nb.refine.outputs import write_iteration
 from subtomo_nb.refine.sampling import Sampling

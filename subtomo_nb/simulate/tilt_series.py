@@ -20,7 +20,6 @@ RELION's extraction):
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from subtomo_nb.fourier.fsc import fsc, resolution
 from subtomo_nb.io.errors import InputError

@@ -117,8 +117,7 @@ def test_add_equals_joint_insertion(slices_bp) -> None:
 
 
 def test_wiener_regularisation_and_ssnr(slices_bp) -> None:
-    b, _, _, bp = slices_bp
-    truth = b.volume()
+    _, _, _, bp = slices_bp
     plain = bp.reconstruct()
     # huge tau2: the regularisation vanishes
     np.testing.assert_allclose(bp.reconstruct(tau2=np.full(N // 2 + 1, 1e12)), plain, atol=1e-9)

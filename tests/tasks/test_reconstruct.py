@@ -5,12 +5,11 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
-import pandas as pd
 
 from subtomo_nb.cli.main import main
 from subtomo_nb.fourier.fsc import fsc, resolution
 from subtomo_nb.io.mrc import read_map
-from subtomo_nb.io.star import read_star, write_star
+from subtomo_nb.io.star import read_star
 from tests._shared import relion_reference
 
 
