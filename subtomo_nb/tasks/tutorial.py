@@ -121,7 +121,7 @@ def run_tutorial(project_dir: str | os.PathLike = "tutorial", *, seed: int = 0, 
     return {
         "project": project,
         "particles": int(len(read_star(true_star)["particles"])),
-        "pixel size (Å)": pix,
+        "pixel size (Å)": round(float(pix), 4),
         "merged map": result.merged_path,
         "half maps": " ".join(str(p) for p in result.half_paths),
         "gold-standard resolution, FSC 0.143 (Å)": round(float(result.resolution_A), 2),
