@@ -370,8 +370,14 @@ class AutoRefine:
         prior = self._prior_angles()
         cache: dict = {}
         out = []
-        for start in range(0, len(half.rows), o.batch_size):
-            idx = half.rows[start:start + o.batch_size]
+        rows = half.rows
+        if s.sampling.is_local:
+            # local searches: batch particles with similar directions, so that the union of their
+            # neighbourhoods (what a batch scores as one matrix product) stays small
+            rot, tilt = self.angles[rows, 0], self.angles[rows, 1]
+            rows = rows[np.lexsort((rot, np.round(tilt / (3 * s.sampling.coarse_step))))]
+        for start in range(0, len(rows), o.batch_size):
+            idx = rows[start:start + o.batch_size]
             data, ctf2, mult = particle_transforms(self.pset, idx, tomograms=self.tomograms, dtype=self.dtype,
                                                    origins=self.offsets_A[idx] / self.pix)
             if not o.ctf:
@@ -379,7 +385,7 @@ class AutoRefine:
             res = expectation_batch(proj, data, ctf2, mult, half.sigma2, s.sampling, prior[idx],
                                     backprojector=bp, coarse_cache=cache, **kw)
             out.append((idx, res))
-            self.progress({"kind": "batch", "iteration": s.iteration, "done": start + len(idx), "of": len(half.rows)})
+            self.progress({"kind": "batch", "iteration": s.iteration, "done": start + len(idx), "of": len(rows)})
         flush_rotation_sums(cache)
         return bp, out
 
