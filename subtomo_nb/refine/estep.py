@@ -218,6 +218,25 @@ def weights_from_diff2(
     )
 
 
+def translation_sums(weights: Any, phases: Any) -> Any:
+    """``Y[p, r, k] = Σ_t w[p, r, t] φ_t(k)``: the translation-weighted phase of each orientation.
+
+    Parameters
+    ----------
+    weights
+        (P, R, T) posterior weights.
+    phases
+        (T, K) phase factors shared by the batch, or (P, T, K) per particle.
+
+    Returns
+    -------
+    (P, R, K) complex, one batched matrix product.
+    """
+    if phases.ndim == 2:
+        phases = phases[None, :, :]
+    return weights.astype(phases.dtype) @ phases
+
+
 def weighted_particle_sums(
     data: Any,
     ctf2: Any,
@@ -254,8 +273,7 @@ def weighted_particle_sums(
     inv = 1.0 / sigma2
     if multiplicity is not None:
         inv = xp.where(multiplicity > multiplicity_threshold, inv, 0.0)
-    wphase = weights.astype(phases.dtype) @ phases[None, :, :]  # (P, R, K)
-    values = wphase * (data * inv)[:, None, :]
+    values = translation_sums(weights, phases) * (data * inv)[:, None, :]
     wr = xp.sum(weights, axis=2)                                    # (P, R)
     wsum = wr[:, :, None] * (ctf2 * inv)[:, None, :]
     return values, wsum

@@ -27,7 +27,13 @@ from subtomo_nb.fourier.projector import Projector
 from subtomo_nb.geometry.euler import euler_to_matrix
 from subtomo_nb.geometry.healpix import oversampled_children, psi_step
 from subtomo_nb.geometry.translations import oversampled_translations
-from subtomo_nb.refine.estep import particle_terms, phase_factors, squared_differences, weights_from_diff2
+from subtomo_nb.refine.estep import (
+    particle_terms,
+    phase_factors,
+    squared_differences,
+    translation_sums,
+    weights_from_diff2,
+)
 from subtomo_nb.refine.sampling import Sampling, batch_rotations, log_orientation_prior, log_translation_prior
 
 #: Multiplicity below which a voxel carries no data (RELION's --subtomo_multi_thr).
@@ -285,7 +291,7 @@ def _fine_pass(projector: Projector, data: np.ndarray, ctf2: np.ndarray, mult: n
     # ---------------- M-step sums
     w = wf.w                                                           # (P, Rf, Tf)
     inv = np.where(Mf > MULTIPLICITY_THRESHOLD, 1.0 / s2f, 0.0).astype(rdt)
-    Y = np.matmul(w.astype(cdt), phi_f)                                # (P, Rf, K): Σ_t w φ_t
+    Y = translation_sums(w, phi_f)                                     # (P, Rf, K): Σ_t w φ_t
     wr = w.sum(axis=2)                                                 # (P, Rf)
     if backprojector is not None:
         # samples that share a fine orientation (same coarse parent and child) are summed in the
