@@ -127,14 +127,14 @@ def _run_refine(args: argparse.Namespace) -> int:
     """``subtomo refine``: relion_refine --auto_refine with RELION's flags; writes run.out beside run_*."""
     from subtomo_nb.jobs import values_from_args
     from subtomo_nb.jobs.progress import ProgressLog
-    from subtomo_nb.refine.autorefine import run_refine_job
+    from subtomo_nb.jobs.runners import run_refine
 
     out = Path(args.o)
     job_dir = out.parent if out.name.startswith("run") else out
     job_dir.mkdir(parents=True, exist_ok=True)
     values = values_from_args("refine3d", args)
     log = ProgressLog(job_dir, forward=lambda event: print(event.format(), flush=True))
-    outputs = run_refine_job(values, job_dir, project_dir=Path.cwd(), progress=log)
+    outputs = run_refine(values, job_dir, project_dir=Path.cwd(), progress=log)
     for key, value in outputs.items():
         print(f"{key}: {value}")
     return 0

@@ -15,7 +15,7 @@ from typing import Any
 
 from .progress import Progress, ProgressCallback
 
-__all__ = ["run_extract", "run_reconstruct", "run_recentre", "input_path"]
+__all__ = ["run_extract", "run_reconstruct", "run_recentre", "run_refine", "refine_options", "input_path"]
 
 
 def input_path(name: str, project_dir: str | os.PathLike) -> Path:
@@ -100,3 +100,59 @@ def run_recentre(
                         ignore_optics=values["do_ignore_optics"], angpix=values["angpix"])
     progress(Progress(message=f"wrote {out.name}", fraction=1.0))
     return {"particles": out}
+
+
+def refine_options(values: Mapping[str, Any], job_dir: Path, project_dir: Path) -> Any:
+    """``RefineOptions`` of the 3D auto-refine job form (RELION's mappings, conventions §10.1).
+
+    "Ref. map is on absolute greyscale? No" ⇒ ``--firstiter_cc``; the sampling choices ⇒ HEALPix
+    orders (index + 1 − oversampling); the form's offset step is the fine one (× 2 for
+    ``--offset_step``); "Use finer angular sampling faster?" ⇒ ``--auto_ignore_angles
+    --auto_resol_angles``; "Skip padding?" ⇒ ``--pad 1``.
+    """
+    from subtomo_nb.refine.autorefine import RefineOptions
+
+    from .registry import SAMPLING_CHOICES
+
+    project_dir = Path(project_dir)
+    particles, tomograms = _inputs(values, project_dir)
+    mask = values.get("fn_mask") or ""
+    return RefineOptions(
+        particles=particles, reference=input_path(values["fn_ref"], project_dir),
+        output_root=Path(job_dir) / "run", tomograms=tomograms,
+        solvent_mask=input_path(mask, project_dir) if mask else None,
+        firstiter_cc=not values.get("ref_correct_greyscale", False), ini_high=float(values.get("ini_high", 60.0)),
+        sym=str(values.get("sym_name", "C1")), ctf=bool(values.get("do_ctf_correction", True)),
+        particle_diameter=float(values.get("particle_diameter", 200.0)), zero_mask=bool(values.get("do_zero_mask", True)),
+        pad=1 if values.get("do_pad1") else 2,
+        healpix_order=SAMPLING_CHOICES.index(values.get("sampling", "7.5 degrees")) + 1 - 1,
+        auto_local_healpix_order=SAMPLING_CHOICES.index(values.get("auto_local_sampling", "1.8 degrees")) + 1 - 1,
+        offset_range_px=float(values.get("offset_range", 5.0)), offset_step_px=2.0 * float(values.get("offset_step", 1.0)),
+        sigma_tilt=float(values.get("sigma_tilt", -1.0)),
+        auto_ignore_angles=bool(values.get("auto_faster", False)), auto_resol_angles=bool(values.get("auto_faster", False)),
+    )
+
+
+def run_refine(
+    values: Mapping[str, Any],
+    job_dir: Path,
+    *,
+    project_dir: Path,
+    progress: ProgressCallback,
+    client: Any = None,
+) -> dict[str, Path]:
+    """3D auto-refine into ``job_dir`` (``run_it*`` per iteration, ``run_class001.mrc`` etc. at the end)."""
+    from subtomo_nb.refine.autorefine import AutoRefine
+
+    def relay(event: dict) -> None:
+        if event.get("kind") == "iteration":
+            progress(Progress(message=f"iteration {event['iteration']}: {event['resolution_A']:.2f} Å, "
+                              f"HEALPix order {event['healpix_order']}",
+                              iteration=int(event["iteration"]), resolution_A=float(event["resolution_A"]),
+                              fsc=[float(x) for x in event["fsc"]], accuracy_rot_deg=float(event["acc_rot"]),
+                              accuracy_trans_A=float(event["acc_trans_A"]), timings={"iteration": event["seconds"]}))
+
+    AutoRefine(refine_options(values, job_dir, project_dir), progress=relay, client=client).run()
+    root = Path(job_dir)
+    return {"map": root / "run_class001.mrc", "data": root / "run_data.star",
+            "optimisation_set": root / "run_optimisation_set.star"}
