@@ -181,6 +181,14 @@ def particle_positions(particles: pd.DataFrame, tomo_row: pd.Series, apply_offse
     return pos, A
 
 
+def _whole_stack_name(tset: TomogramSet, name: str) -> str | None:
+    """``rlnTomoTiltSeriesName`` of a tomogram (IMOD ``:mrc`` suffix removed), or None if absent."""
+    row = tset.row(name)
+    if "rlnTomoTiltSeriesName" in row.index and str(row["rlnTomoTiltSeriesName"]).strip():
+        return str(row["rlnTomoTiltSeriesName"]).strip().removesuffix(":mrc")
+    return None
+
+
 def load_tilt_stack(tset: TomogramSet, name: str) -> np.ndarray:
     """The tilt images of one tomogram as ``(F, H, W)`` float32, in tilt-series (frame) order.
 
@@ -188,12 +196,9 @@ def load_tilt_stack(tset: TomogramSet, name: str) -> np.ndarray:
     present (a whole stack; an IMOD ``:mrc`` suffix is removed), else each tilt row's
     ``rlnMicrographName`` (a file or ``n@stack``). Names are relative to the project directory.
     """
-    row = tset.row(name)
     proj = tset.project_dir
-    if "rlnTomoTiltSeriesName" in row.index and str(row["rlnTomoTiltSeriesName"]).strip():
-        fn = str(row["rlnTomoTiltSeriesName"]).strip()
-        if fn.endswith(":mrc"):
-            fn = fn[:-4]
+    fn = _whole_stack_name(tset, name)
+    if fn is not None:
         data, _ = read_map(resolve_relative(proj, fn))
         return data.reshape((-1,) + data.shape[-2:])
     table = tset.tilt_table(name)
@@ -255,10 +260,8 @@ def tilt_ctf_weights(tomo_row: pd.Series, table: pd.DataFrame, P: np.ndarray, po
 
 def tilt_image_size(tset: TomogramSet, name: str) -> tuple[int, int]:
     """``(W, H)`` of a tomogram's tilt images, from the MRC header (no image data read)."""
-    row = tset.row(name)
-    if "rlnTomoTiltSeriesName" in row.index and str(row["rlnTomoTiltSeriesName"]).strip():
-        fn = str(row["rlnTomoTiltSeriesName"]).strip().removesuffix(":mrc")
-    else:
+    fn = _whole_stack_name(tset, name)
+    if fn is None:
         fn = split_image_name(str(tset.tilt_table(name)["rlnMicrographName"].iloc[0]))[1]
     shape = read_header(resolve_relative(tset.project_dir, fn)).shape
     return int(shape[-1]), int(shape[-2])
