@@ -1,7 +1,7 @@
 """Shared fixtures: a tiny simulated RELION 5 project (session-scoped, a few seconds).
 
 * ``tiny_project``: noise-free tiny project (:data:`subtomo_nb.simulate.TINY`: 1 tomogram of
-  320 x 320 x 200 px at 2.7 Å, one virion with 72 hexamers, 9 tilts ±60°), the dict returned by
+  640 x 640 x 520 px at 2.7 Å, one virion with 92 hexamers, 9 tilts ±60°), the dict returned by
   :func:`subtomo_nb.simulate.simulate_project` (paths: ``project_dir``, ``tomograms``,
   ``particles``, ``optimisation_set``, ``mask``, ``map``, ``particles_true``, ``tilt_series``).
 * ``tiny_project_noisy``: the same scene with noise at the default SNR.

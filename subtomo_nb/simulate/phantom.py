@@ -1,7 +1,9 @@
 """The phantom protein of the synthetic dataset: a chiral C6 hexamer of 3D Gaussian blobs.
 
 The hexamer is about 90 Å across (100 Å at 5 % of the peak density) and 60 Å tall, its C6 axis along the reference z axis, centred
-at the origin. Each of the six subunits has the same five blobs; the subunits' blobs spiral with
+at the origin (``scale`` 1; :func:`blobs` and :func:`render_map` take a ``scale`` that moves the
+blob centres outwards, the blob widths unchanged: the simulated tutorial dataset uses
+:data:`DATASET_SCALE`). Each of the six subunits has the same five blobs; the subunits' blobs spiral with
 height (chirality, so the hand is determinable) and the top and bottom differ (not D6).
 
 A blob is ``amp · exp(−|r − c|² / (2 σ²))`` (density units, peak ``amp``); its continuous Fourier
@@ -15,7 +17,7 @@ import numpy as np
 
 from subtomo_nb._array import fft_module
 
-__all__ = ["SUBUNIT_BLOBS", "SYMMETRY", "blobs", "render_map", "project_blobs_2d_amplitude"]
+__all__ = ["SUBUNIT_BLOBS", "DATASET_SCALE", "SYMMETRY", "blobs", "render_map", "project_blobs_2d_amplitude"]
 
 #: Blobs of subunit 0 as ``(radius Å, azimuth degrees, z Å, sigma Å, amplitude)``; the other five
 #: subunits are copies rotated by multiples of 60° about z.
@@ -27,12 +29,18 @@ SUBUNIT_BLOBS: tuple[tuple[float, float, float, float, float], ...] = (
     (8.0, 20.0, 24.0, 6.0, 0.45),    # cap near the axis, on top only
 )
 
+#: Scale of the blob centres in the simulated dataset (:func:`subtomo_nb.simulate.simulate_project`):
+#: the hexamer is then about 150 Å across and 100 Å tall, large enough for its six-fold in-plane
+#: features (period ≈ 2π·54 Å / 6 ≈ 57 Å) to show in a reference low-passed to 50 Å, so the in-plane
+#: angle is defined from the first iteration of a refinement started there.
+DATASET_SCALE = 1.8
+
 #: Point-group symbol of the phantom.
 SYMMETRY = "C6"
 
 
-def blobs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All blobs of the hexamer in the reference frame.
+def blobs(scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All blobs of the hexamer in the reference frame (centres × ``scale``).
 
     Returns
     -------
@@ -46,14 +54,14 @@ def blobs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     sub = np.asarray(SUBUNIT_BLOBS, dtype=np.float64)
     k = np.arange(6)[:, None]
     az = np.deg2rad(sub[None, :, 1] + 60.0 * k)
-    r = sub[None, :, 0]
-    centres = np.stack([r * np.cos(az), r * np.sin(az), np.broadcast_to(sub[None, :, 2], az.shape)], axis=-1)
+    r = sub[None, :, 0] * scale
+    centres = np.stack([r * np.cos(az), r * np.sin(az), np.broadcast_to(sub[None, :, 2] * scale, az.shape)], axis=-1)
     sigmas = np.broadcast_to(sub[None, :, 3], az.shape)
     amps = np.broadcast_to(sub[None, :, 4], az.shape)
     return centres.reshape(-1, 3), sigmas.reshape(-1).copy(), amps.reshape(-1).copy()
 
 
-def render_map(box: int, pixel_size_A: float, dtype: type = np.float32) -> np.ndarray:
+def render_map(box: int, pixel_size_A: float, dtype: type = np.float32, scale: float = 1.0) -> np.ndarray:
     """The hexamer on a ``box³`` grid, band-limited to the grid (analytic Fourier sampling).
 
     The continuous transform of the blobs is sampled at the box's Fourier pixels
@@ -75,7 +83,7 @@ def render_map(box: int, pixel_size_A: float, dtype: type = np.float32) -> np.nd
     numpy.ndarray
         ``(box, box, box)`` map indexed ``[z, y, x]``, density units (peak about 1).
     """
-    c, s, a = blobs()
+    c, s, a = blobs(scale)
     n = int(box)
     kx = np.fft.rfftfreq(n) / pixel_size_A
     ky = np.fft.fftfreq(n) / pixel_size_A

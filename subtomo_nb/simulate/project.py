@@ -36,7 +36,7 @@ from subtomo_nb.io.mrc import write_map
 from subtomo_nb.io.optimisation_set import OptimisationSet, write_optimisation_set
 from subtomo_nb.io.star import write_star
 from subtomo_nb.io.tomograms import TomogramSet, write_tomograms
-from subtomo_nb.simulate.phantom import render_map
+from subtomo_nb.simulate.phantom import DATASET_SCALE, render_map
 from subtomo_nb.simulate.scene import PICKER_PRIOR_ANGLES, Tomogram, make_tomogram_scene
 from subtomo_nb.simulate.tilt_series import render_tilt_series, tilt_scheme, tilt_series_table
 
@@ -48,9 +48,9 @@ DEFAULT_SNR = 2e-4
 #: Parameters of the tiny preset (tests): one small tomogram, one small virion, 9 tilts.
 TINY: dict[str, Any] = dict(
     n_tomograms=1,
-    tomogram_size=(320, 320, 200),
+    tomogram_size=(640, 640, 520),
     n_virions=1,
-    radius_range_A=(205.0, 215.0),
+    radius_range_A=(600.0, 640.0),
     max_tilt_deg=60.0,
     tilt_step_deg=15.0,
     margin_A=60.0,
@@ -121,12 +121,12 @@ def simulate_project(
     out_dir: str | os.PathLike,
     *,
     seed: int = 0,
-    n_tomograms: int = 3,
+    n_tomograms: int = 4,
     tomogram_size: tuple[int, int, int] = (960, 960, 440),
     pixel_size_A: float = 2.7,
-    n_virions: int | tuple[int, int] = 3,
+    n_virions: int | tuple[int, int] = 4,
     radius_range_A: tuple[float, float] = (400.0, 550.0),
-    spacing_A: float = 95.0,
+    spacing_A: float = 260.0,
     margin_A: float = 180.0,
     max_tilt_deg: float = 60.0,
     tilt_step_deg: float = 3.0,
@@ -143,6 +143,7 @@ def simulate_project(
     truth_binning: int = 4,
     truth_box: int = 32,
     slab_A: float = 200.0,
+    phantom_scale: float = DATASET_SCALE,
     float16: bool = True,
     verbose: bool = False,
 ) -> dict[str, Any]:
@@ -162,11 +163,14 @@ def simulate_project(
         ``rlnTomoTiltSeriesPixelSize`` (Å).
     n_virions
         Virions per tomogram, or an inclusive ``(min, max)`` range; fewer are placed when they
-        do not fit (the default 3 gives 2 or 3 and ~2800 particles in 3 tomograms).
+        do not fit (the default 4 gives 3 or 4 and ~600 particles in 4 tomograms).
     radius_range_A
         Virion radius range (Å, snapped to a lattice radius).
     spacing_A
-        Hexamer lattice spacing (Å).
+        Hexamer lattice spacing (Å). The default, 260 Å, keeps the neighbours out of a 32-pixel
+        bin-4 box (346 Å), so that each box holds the one hexamer the ground-truth map has (with
+        a dense lattice the neighbours, absent from that map, bias the alignment by several
+        degrees even without noise).
     margin_A
         Clearance of virions from the tomogram's x/y faces and from each other (Å).
     max_tilt_deg, tilt_step_deg
@@ -191,6 +195,9 @@ def simulate_project(
         Binning and box of the ground-truth map and mask (``map_bin4.mrc``).
     slab_A
         Depth-slab thickness for the depth-dependent CTF (Å).
+    phantom_scale
+        Scale of the hexamer's blob centres (:data:`~subtomo_nb.simulate.phantom.DATASET_SCALE`,
+        about 150 Å across); the tilt series and the ground-truth map use the same.
     float16
         Write the tilt-image stacks as float16 (MRC mode 12).
     verbose
@@ -229,7 +236,8 @@ def simulate_project(
         P = projection_matrices(table, tomogram_size, pixel_size_A, (W, H))
         images = render_tilt_series(tomo, P, table, (H, W), voltage_kV=voltage_kV, cs_mm=cs_mm,
                                     amplitude_contrast=amplitude_contrast, hand=hand, snr=snr,
-                                    rng=rng_noise, slab_A=slab_A)
+                                    rng=rng_noise, slab_A=slab_A,
+                                    phantom_scale=phantom_scale)
         write_map(out / stack_rel, images, pixel_size_A, float16=float16, image_stack=True)
         if verbose:
             print(f"{name}: {tomo.n_particles} particles, {len(tilts)} tilts, "
@@ -276,7 +284,7 @@ def simulate_project(
         "rlnTomoTomogramsFile": "tomograms.star",
     }))
     truth_pix = truth_binning * pixel_size_A
-    vol = render_map(truth_box, truth_pix)
+    vol = render_map(truth_box, truth_pix, scale=phantom_scale)
     write_map(out / "ground_truth" / "map_bin4.mrc", vol, truth_pix)
     write_map(out / "masks" / "mask_align_bin4.mrc", soft_mask_from_map(vol), truth_pix)
     return {

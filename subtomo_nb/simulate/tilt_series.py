@@ -197,6 +197,7 @@ def render_tilt_series(
     rng: np.random.Generator | None = None,
     slab_A: float = 200.0,
     truncate: float = 3.0,
+    phantom_scale: float = 1.0,
 ) -> np.ndarray:
     """Render the tilt images of one tomogram.
 
@@ -222,6 +223,8 @@ def render_tilt_series(
         Thickness of the depth slabs sharing one CTF (Å).
     truncate
         Gaussian splat radius in standard deviations.
+    phantom_scale
+        Scale of the phantom's blob centres (:func:`subtomo_nb.simulate.phantom.blobs`).
 
     Returns
     -------
@@ -229,7 +232,7 @@ def render_tilt_series(
         ``(F, H, W)`` float32 tilt images.
     """
     pix = tomo.pixel_size_A
-    c_ref, s_ref, a_ref = blobs()
+    c_ref, s_ref, a_ref = blobs(phantom_scale)
     # blob centres in tomogram pixels: (P*B, 3)
     pos = (tomo.centres[:, None, :]
            + np.einsum("pij,bj->pbi", tomo.A_total, c_ref) / pix).reshape(-1, 3)

@@ -15,12 +15,12 @@ def test_simulate_extract_reconstruct_recentre(tmp_path, capsys):
     project = tmp_path / "tutorial"
     assert main(["simulate", "--o", str(project), "--tiny", "--noise_free"]) == 0
     out = capsys.readouterr().out
-    assert "n_particles: 72" in out
+    assert "n_particles: 92" in out
     ext = project / "Extract" / "job002"
     assert main(["extract", "--ios", str(project / "optimisation_set.star"), "--o", str(ext),
                  "--bin", "4", "--b", "32", "--no_stack2d", "--float32"]) == 0
     pset = read_particles(ext / "particles.star")
-    assert len(pset) == 72
+    assert len(pset) == 92
     assert float(pset.optics["rlnImagePixelSize"].iloc[0]) == 10.8
     assert int(pset.optics["rlnImageDimensionality"].iloc[0]) == 3
     merged = project / "Reconstruct" / "job003" / "merged.mrc"

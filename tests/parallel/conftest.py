@@ -14,7 +14,7 @@ from subtomo_nb.refine.autorefine import initial_sigma2
 from subtomo_nb.refine.sampling import Sampling
 from subtomo_nb.tasks.particle_data import load_particle_set
 
-#: Particles used (of the 72): two half-sets of 24 (even / odd rows), 6 batches of 4 each.
+#: Particles used (of the 92): two half-sets of 24 (even / odd rows), 6 batches of 4 each.
 N_USED = 48
 BATCH = 4
 PIX = 10.8

@@ -1,4 +1,4 @@
-"""3D auto-refine end to end on the tiny simulated project (noise-free, 72 particles)."""
+"""3D auto-refine end to end on the tiny simulated project (noise-free, 92 particles)."""
 
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ def test_counts_and_layout(tiny_project):
     assert set(parts) == {"general", "optics", "particles"}
     assert parts["general"]["rlnTomoSubTomosAre2DStacks"] == 0
     n = len(parts["particles"])
-    assert n == tiny_project["n_particles"] == 72  # one T=7 geodesic lattice: 10 T + 2
+    assert n == tiny_project["n_particles"] == 92  # one T=9 geodesic lattice: 10 T + 2
     tset = read_tomograms(proj / "tomograms.star")
     assert tset.names == ["TS_01"]
     row = tset.row("TS_01")
@@ -61,7 +61,7 @@ def test_counts_and_layout(tiny_project):
     assert len(ts) == 9
     np.testing.assert_array_equal(ts["rlnTomoYTilt"], np.arange(-60, 61, 15))
     stack, px = read_map(proj / "tilt_series" / "TS_01.mrcs")
-    assert stack.shape == (9, 320, 320) and px == pytest.approx(PIX)
+    assert stack.shape == (9, 640, 640) and px == pytest.approx(PIX)
     assert ts["rlnMicrographName"].iloc[3] == "000004@tilt_series/TS_01.mrcs"
     oset = read_optimisation_set(proj / "optimisation_set.star")
     assert oset["rlnTomoParticlesFile"] == "particles.star"

@@ -4,10 +4,9 @@ For a map made of two independent half-maps, FSC_true(merged vs truth) ≈ sqrt(
 where FSC is the half-map FSC (relion-conventions.md §9). Checked within 0.05 wherever FSC > 0.2.
 
 The check needs a ground truth equal to the whole content of the particle box, so the lattice is
-made sparse here (spacing 300 Å > half the 346 Å box: no neighbour in the box) and the FSCs are
-unmasked; with the tutorial's dense lattice the neighbours' density is in every box but not in the
-single-hexamer truth, and a tight mask inflates both FSCs by the mask's own spectrum (the effect
-relion_postprocess corrects by phase randomisation).
+sparse, as the tutorial dataset's (spacing 260 Å: the ~150 Å hexamers' neighbours are outside the
+346 Å box) and the FSCs are unmasked: a tight mask inflates both FSCs by the mask's own spectrum (the
+effect relion_postprocess corrects by phase randomisation).
 """
 
 from __future__ import annotations
@@ -22,9 +21,9 @@ from subtomo_nb.tasks.extract import extract_subtomos
 from subtomo_nb.tasks.reconstruct import reconstruct_particles
 from subtomo_nb.tasks.tutorial import particles_with_truth
 
-#: One small tomogram, three small virions, isolated hexamers, the full ±60°/3° tilt series.
-SPARSE = dict(n_tomograms=1, tomogram_size=(640, 640, 320), n_virions=3, radius_range_A=(200.0, 260.0),
-              spacing_A=300.0, margin_A=60.0)
+#: One tomogram, two virions, isolated hexamers, the full ±60°/3° tilt series.
+SPARSE = dict(n_tomograms=1, tomogram_size=(800, 800, 380), n_virions=2, radius_range_A=(380.0, 420.0),
+              spacing_A=260.0, margin_A=60.0)
 
 
 @pytest.fixture(scope="module")
