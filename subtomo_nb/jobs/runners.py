@@ -115,8 +115,13 @@ def refine_options(values: Mapping[str, Any], job_dir: Path, project_dir: Path) 
     from .registry import SAMPLING_CHOICES
 
     project_dir = Path(project_dir)
+    if values.get("fn_cont"):
+        # --continue: the stopped run's own options (saved with its iteration), a new output root
+        return RefineOptions(particles="", reference="", output_root=Path(job_dir) / "run",
+                             continue_from=input_path(values["fn_cont"], project_dir))
     particles, tomograms = _inputs(values, project_dir)
     mask = values.get("fn_mask") or ""
+    extra = _extra_int_flags(values.get("other_args") or "", ("--auto_iter_max", "--random_seed"))
     return RefineOptions(
         particles=particles, reference=input_path(values["fn_ref"], project_dir),
         output_root=Path(job_dir) / "run", tomograms=tomograms,
@@ -130,7 +135,23 @@ def refine_options(values: Mapping[str, Any], job_dir: Path, project_dir: Path) 
         offset_range_px=float(values.get("offset_range", 5.0)), offset_step_px=2.0 * float(values.get("offset_step", 1.0)),
         sigma_tilt=float(values.get("sigma_tilt", -1.0)),
         auto_ignore_angles=bool(values.get("auto_faster", False)), auto_resol_angles=bool(values.get("auto_faster", False)),
+        **{flag.lstrip("-"): value for flag, value in extra.items()},
     )
+
+
+def _extra_int_flags(other_args: str, flags: tuple[str, ...]) -> dict[str, int]:
+    """Integer values of some ``--flag N`` pairs in an "Additional arguments:" string."""
+    import shlex
+
+    words = shlex.split(other_args)
+    out = {}
+    for i, word in enumerate(words[:-1]):
+        if word in flags:
+            try:
+                out[word] = int(words[i + 1])
+            except ValueError:
+                raise ValueError(f"Additional arguments: {word} needs an integer, got {words[i + 1]!r}") from None
+    return out
 
 
 def run_refine(
