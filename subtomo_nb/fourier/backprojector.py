@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from subtomo_nb._array import get_xp
+from subtomo_nb.fourier._kernels import HAVE_NUMBA, scatter_rotated
 from subtomo_nb.fourier.grid import freq_grid, half_points
 from subtomo_nb.fourier.projector import padded_size, trilinear_gather_half
 from subtomo_nb.fourier.reconstruct import (
@@ -213,8 +214,15 @@ class BackProjector:
         w = xp.ones(shp) if weights is None else xp.asarray(weights)
         if single and weights is not None and w.ndim == values.ndim:
             w = w[None]
-        d, (wt,) = trilinear_scatter_half(self.padded, ref * self.pad, xp.broadcast_to(values, shp),
-                                          [xp.broadcast_to(w, shp)], mask=keep)
+        if xp is np and HAVE_NUMBA:
+            # compiled single pass (same positions, corners and mirroring; no (R, K, 8) temporaries)
+            flat_pts = pts.reshape(-1, 3) if pts.ndim == values.ndim else pts.reshape(nrot, -1, 3)
+            d, wt = scatter_rotated(self.padded, A, flat_pts, np.broadcast_to(values, shp).reshape(nrot, -1),
+                                    np.broadcast_to(w, shp).reshape(nrot, -1), keep.reshape(nrot, -1),
+                                    self.pad, np.inf)
+        else:
+            d, (wt,) = trilinear_scatter_half(self.padded, ref * self.pad, xp.broadcast_to(values, shp),
+                                              [xp.broadcast_to(w, shp)], mask=keep)
         self.data += d.astype(self.cdtype)
         self.weight += wt.astype(self.rdtype)
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from subtomo_nb.fourier._kernels import HAVE_NUMBA, gather_rotated
 from subtomo_nb._array import get_xp
 from subtomo_nb.fourier.fft import rfft3
 from subtomo_nb.fourier.grid import freq_grid, half_points, round_half_away
@@ -379,8 +380,13 @@ class Projector:
         k = xp.asarray(points).astype(self.rdtype, copy=False)
         # (A.T k)_i = sum_j A_ji k_j ; batched over rotations
         kk = k.reshape(-1, 3)
-        ref = xp.matmul(kk[None, :, :], A)  # (R, K, 3): row k times A = (A.T k).T
-        out = self._interpolate_xyz(ref[..., 0], ref[..., 1], ref[..., 2])
+        if xp is np and HAVE_NUMBA:
+            # compiled single pass: the same positions and interpolation, no (R, K) temporaries
+            out = gather_rotated(self._ext_flat, self.padded, self._width, A, kk, self.pad, self.r_max,
+                                 self.cdtype)
+        else:
+            ref = xp.matmul(kk[None, :, :], A)  # (R, K, 3): row k times A = (A.T k).T
+            out = self._interpolate_xyz(ref[..., 0], ref[..., 1], ref[..., 2])
         out = out.reshape((A.shape[0],) + k.shape[:-1])
         return out[0] if single else out
 
