@@ -351,7 +351,7 @@ def plot_sweep(result: SweepResult, *, fig: Any = None) -> Any:
     ax_fsc.set_xlabel("1/resolution (1/Å)")
     ax_fsc.set_ylabel("FSC")
     ax_fsc.set_title("final FSC of each job", fontsize=10)
-    if len(t) <= 12:
+    if ax_fsc.get_legend_handles_labels()[0] and len(t) <= 12:
         ax_fsc.legend(fontsize=6, loc="lower left")
 
     first, others = result.parameters[0], result.parameters[1:]
