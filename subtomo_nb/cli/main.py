@@ -6,6 +6,9 @@ Sub-commands::
     subtomo extract       --ios optimisation_set.star --o DIR --bin 4 --b 32 [--crop N] [--stack2d|--no_stack2d]
     subtomo reconstruct   --i particles.star --o map.mrc [--sym G] [--ctf] [--j N]
     subtomo star-handler  --i IN --o OUT --center --center_X x --center_Y y --center_Z z
+    subtomo refine        --ios optimisation_set.star --ref map.mrc --o Refine3D/job004/run ...
+    subtomo initial-model --ios optimisation_set.star --o InitialModel/job005/run --iter 100 ...
+    subtomo align-symmetry --i map.mrc --o aligned.mrc --sym C6 [--apply_sym]
     subtomo tutorial      --o DIR [--j N]   (simulate, extract at bin 4, reconstruct, report FSC)
 """
 
@@ -140,6 +143,20 @@ def _run_refine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_initial_model(args: argparse.Namespace) -> int:
+    """``subtomo initial-model``: relion_refine --grad --denovo_3dref (VDAM), then align symmetry."""
+    from subtomo_nb.initial_model.vdam import run_from_args
+
+    return int(run_from_args(args))
+
+
+def _run_align_symmetry(args: argparse.Namespace) -> int:
+    """``subtomo align-symmetry``: relion_align_symmetry."""
+    from subtomo_nb.initial_model.align_symmetry import run_from_args
+
+    return int(run_from_args(args))
+
+
 def _add_tutorial(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tutorial", help="run the synthetic tutorial end to end and report the resolution")
     p.add_argument("--o", default="tutorial", help="project directory")
@@ -167,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     from subtomo_nb.jobs import build_argparser
 
     for name, func in (("extract", _run_extract), ("reconstruct", _run_reconstruct),
-                       ("recentre", _run_star_handler), ("refine3d", _run_refine)):
+                       ("recentre", _run_star_handler), ("refine3d", _run_refine),
+                       ("initial_model", _run_initial_model), ("align_symmetry", _run_align_symmetry)):
         build_argparser(name, sub).set_defaults(func=func)
     _add_tutorial(sub)
     return parser

@@ -88,6 +88,7 @@ class RefineOptions:
     auto_iter_max: int = 999                      # --auto_iter_max
     batch_size: int = 16
     dtype: str = "float32"
+    continue_from: str | os.PathLike | None = None  # --continue run_itNNN_optimiser.star
 
 
 @dataclass
@@ -235,6 +236,13 @@ class AutoRefine:
 
     def __init__(self, opts: RefineOptions, progress: Callable[[dict], None] | None = None,
                  client: object | None = None) -> None:
+        if opts.continue_from:
+            # RELION's --continue: the run's own options, written into the new output root
+            from subtomo_nb.refine.state import stored_options
+
+            stored = stored_options(opts.continue_from)
+            stored.update(output_root=opts.output_root, continue_from=opts.continue_from)
+            opts = RefineOptions(**{k: v for k, v in stored.items() if k in RefineOptions.__dataclass_fields__})
         self.opts = opts
         self.client = client  # a dask client (subtomo_nb.parallel.get_client), or None: serial
         self._batches = None  # ParticleBatches, made on the first parallel iteration
@@ -284,6 +292,10 @@ class AutoRefine:
         res0 = opts.ini_high if opts.ini_high > 0 else 2 * self.pix * self.box / max(round(0.07 * self.box), 1)
         self.state = RefineState(iteration=0, sampling=sampling, current_resolution=res0)
         self._update_sizes()
+        if opts.continue_from:
+            from subtomo_nb.refine.state import load_state
+
+            load_state(self, opts.continue_from)
 
     # ------------------------------------------------------------------ sizes and sampling
     def _update_sizes(self) -> None:
@@ -550,7 +562,8 @@ class AutoRefine:
 
     def run(self) -> dict:
         """Iterate until convergence; returns the final iteration's summary."""
-        write_iteration(self, final=False, initial=True)
+        if not self.opts.continue_from:
+            write_iteration(self, final=False, initial=True)
         try:
             while not self.iterate():
                 pass

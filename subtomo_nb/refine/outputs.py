@@ -168,4 +168,8 @@ def write_iteration(job: "AutoRefine", *, final: bool, initial: bool = False, fi
     oset = OptimisationSet({"rlnTomoParticlesFile": str(names["data"]),
                             "rlnTomoTomogramsFile": str(job.opts.tomograms or ""), "rlnTomoTrajectoriesFile": ""})
     write_optimisation_set(names["optimisation_set"], oset)
+    if not final:
+        from subtomo_nb.refine.state import save_state, state_path
+
+        names["state"] = save_state(job, state_path(names["optimiser"]))
     return names
