@@ -42,6 +42,9 @@ MULTIPLICITY_THRESHOLD = 0.01
 ROTATION_CHUNK = 256
 #: Largest (particles × fine orientations × Fourier points) of one fine-pass chunk.
 FINE_BUDGET = 6_000_000
+#: Largest (fine orientations × Fourier points) whose reference values a global search keeps for
+#: the whole iteration (complex64: 8 bytes each, ~500 MB).
+FINE_CACHE_POINTS = 64_000_000
 
 
 @dataclass
@@ -202,6 +205,14 @@ def expectation_batch(
     # ---------------- fine pass, in chunks of particles that fit the memory budget
     sig = wc.w > 0                                                     # (P, Rc, Tc)
     sel_f = FourierSelection.make(N, fine_radius)
+    fine_ref = None
+    if coarse_cache is not None and len(ridx) == len(rot_g):
+        # global search: every particle's children are among the same fine orientations, so
+        # their reference values are interpolated once per iteration (when they fit in memory)
+        fkey = ("fine", sampling.healpix_order, sampling.oversampling, sampling.sym, fine_radius)
+        if fkey not in coarse_cache and len(rot_g) * 8 * len(sel_f.index) <= FINE_CACHE_POINTS:
+            coarse_cache[fkey] = _fine_reference(projector, sampling, pix_g, psi_g, sel_f.points)
+        fine_ref = coarse_cache.get(fkey)
     per_particle = (sig.any(axis=2).sum(axis=1) + sig.any(axis=1).sum(axis=1)) * 8 * len(sel_f.index)
     results = []
     start = 0
@@ -214,7 +225,8 @@ def expectation_batch(
             projector, data[part], ctf2[part], mult[part], sig2_shell, sampling, sig[part], lp[part],
             ridx, pix_g, psi_g, shifts_c, sel_f, pixel_size_A=pixel_size_A, sigma_offset_A=sigma_offset_A,
             backprojector=backprojector, adaptive_fraction=adaptive_fraction, firstiter_cc=firstiter_cc,
-            cdt=cdt, rdt=rdt, rotation_sums=_rotation_sums(coarse_cache, backprojector, sel_f, len(rot_g), cdt, rdt)))
+            cdt=cdt, rdt=rdt, rotation_sums=_rotation_sums(coarse_cache, backprojector, sel_f, len(rot_g), cdt, rdt),
+            fine_ref=fine_ref))
         start = stop
     return BatchResult(
         rot=np.concatenate([r.rot for r in results]), tilt=np.concatenate([r.tilt for r in results]),
@@ -226,12 +238,22 @@ def expectation_batch(
     )
 
 
+def _fine_reference(projector: Projector, sampling: Sampling, pix_g: np.ndarray, psi_g: np.ndarray,
+                    points: np.ndarray) -> np.ndarray:
+    """Reference values ``(Rc · 8, K)`` of every fine orientation, row ``coarse · 8 + child``."""
+    frot, ftilt, fpsi = oversampled_children(pix_g, psi_g, sampling.healpix_order, sampling.oversampling,
+                                             psi_step(sampling.healpix_order))   # (Rc, 8)
+    A = euler_to_matrix(frot.reshape(-1), ftilt.reshape(-1), fpsi.reshape(-1))
+    return projector.sample(A, points)
+
+
 def _fine_pass(projector: Projector, data: np.ndarray, ctf2: np.ndarray, mult: np.ndarray,
                sig2_shell: np.ndarray, sampling: Sampling, sig: np.ndarray, lp: np.ndarray,
                ridx: np.ndarray, pix_g: np.ndarray, psi_g: np.ndarray, shifts_c: np.ndarray,
                sel_f: "FourierSelection", *, pixel_size_A: float, sigma_offset_A: float,
                backprojector: BackProjector | None, adaptive_fraction: float, firstiter_cc: bool,
-               cdt: type, rdt: type, rotation_sums: "RotationSums | None" = None) -> BatchResult:
+               cdt: type, rdt: type, rotation_sums: "RotationSums | None" = None,
+               fine_ref: np.ndarray | None = None) -> BatchResult:
     """Oversampled children of the significant coarse samples of a few particles, scored and summed."""
     P, N = data.shape[0], data.shape[1]
     sig_r = sig.any(axis=2)                                            # (P, Rc)
@@ -266,7 +288,11 @@ def _fine_pass(projector: Projector, data: np.ndarray, ctf2: np.ndarray, mult: n
     Xf, Wf, Mf = _gather(data, sel_f), _gather(ctf2, sel_f), _gather(mult, sel_f)
     s2f = sig2_shell[sel_f.shell].astype(rdt)
     Af = euler_to_matrix(frot, ftilt, fpsi)                            # (P, Rf, 3, 3)
-    Vf = projector.sample(Af.reshape(-1, 3, 3), sel_f.points).reshape(P, Rf, -1)
+    fine_ids = (ridx[np.maximum(r_list, 0)][:, :, None] * nchild_r + np.arange(nchild_r)).reshape(P, Rf)
+    if fine_ref is not None:   # global search: rows of the iteration's fine reference values
+        Vf = np.take(fine_ref, fine_ids, axis=0)
+    else:
+        Vf = projector.sample(Af.reshape(-1, 3, 3), sel_f.points).reshape(P, Rf, -1)
     kf = sel_f.points.astype(rdt)
     phi_f = np.exp((-2j * np.pi / N) * np.einsum("ptj,kj->ptk", fshift.astype(rdt), kf)).astype(cdt)  # (P, Tf, K)
     terms_f = particle_terms(Xf, Wf, Mf, np.full_like(s2f, 0.5) if firstiter_cc else s2f, MULTIPLICITY_THRESHOLD)
@@ -288,22 +314,28 @@ def _fine_pass(projector: Projector, data: np.ndarray, ctf2: np.ndarray, mult: n
     best_r, best_t = np.divmod(wf.best, Tf)
     pidx = np.arange(P)
 
-    # ---------------- M-step sums
-    w = wf.w                                                           # (P, Rf, Tf)
+    # ---------------- M-step sums, over the fine orientations that kept some weight
     inv = np.where(Mf > MULTIPLICITY_THRESHOLD, 1.0 / s2f, 0.0).astype(rdt)
-    Y = translation_sums(w, phi_f)                                     # (P, Rf, K): Σ_t w φ_t
-    wr = w.sum(axis=2)                                                 # (P, Rf)
+    kept = wf.w.sum(axis=2) > 0                                        # (P, Rf)
+    kidx = _padded_indices(kept, max(int(kept.sum(axis=1).max()), 1))  # (P, Rk), -1 = padding
+    kk = np.maximum(kidx, 0)
+    w = np.take_along_axis(wf.w, kk[:, :, None], axis=1) * (kidx >= 0)[:, :, None]   # (P, Rk, Tf)
+    Vf = np.take_along_axis(Vf, kk[:, :, None], axis=1)                # (P, Rk, K)
+    power = Vf.real ** 2 + Vf.imag ** 2
+    Y = translation_sums(w, phi_f)                                     # (P, Rk, K): Σ_t w φ_t
+    wr = w.sum(axis=2)                                                 # (P, Rk)
     if backprojector is not None:
         # samples that share a fine orientation (same coarse parent and child) are summed in the
         # particle frame first, so each distinct orientation is back-projected once
-        keep = wr > 0
-        fine_id = (cr[:, :, None] * nchild_r + np.arange(nchild_r)).reshape(P, Rf)[keep]
+        keep = kidx >= 0
+        pk = np.nonzero(keep)[0]
+        fine_id = np.take_along_axis(fine_ids, kk, axis=1)[keep]
         uniq, inverse = np.unique(fine_id, return_inverse=True)
         order = np.argsort(inverse, kind="stable")
         starts = np.flatnonzero(np.r_[True, np.diff(inverse[order]) != 0])
-        vals = np.add.reduceat((Y * (Xf * inv)[:, None, :])[keep][order], starts, axis=0)
-        wts = np.add.reduceat((wr[:, :, None] * (Wf * inv)[:, None, :])[keep][order], starts, axis=0)
-        A_u = Af[keep][order[starts]]
+        vals = np.add.reduceat(Y[keep][order] * (Xf * inv)[pk[order]], starts, axis=0)
+        wts = np.add.reduceat(wr[keep][order][:, None] * (Wf * inv)[pk[order]], starts, axis=0)
+        A_u = np.take_along_axis(Af, kk[:, :, None, None], axis=1)[keep][order[starts]]
         if rotation_sums is not None:
             rotation_sums.add(uniq, A_u, vals, wts)
         else:
