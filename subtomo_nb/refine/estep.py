@@ -96,6 +96,19 @@ def phase_factors(kvec: Any, shifts: Any, box: int) -> Any:
     return xp.exp(1j * arg)
 
 
+#: When a list, every :func:`gemm` call appends ``(a.shape, b.shape, dtype)`` to it (benchmarks
+#: count the E-step's matrix-product work this way; None: off, no cost).
+GEMM_RECORDER: list | None = None
+
+
+def gemm(a: Any, b: Any) -> Any:
+    """``a @ b`` (batched matrix product) — the E-step's matrix products all go through here."""
+    out = a @ b
+    if GEMM_RECORDER is not None:
+        GEMM_RECORDER.append((tuple(a.shape), tuple(b.shape), str(out.dtype)))
+    return out
+
+
 def _stack_real(z: Any, xp: ModuleType) -> Any:
     """Concatenate real and imaginary parts along the last axis."""
     return xp.concatenate([z.real, z.imag], axis=-1)
@@ -122,11 +135,11 @@ def squared_differences(terms: ParticleTerms, ref: Any, phases: Any) -> Any:
     T = phases.shape[0]
     R = ref.shape[0]
     power = ref.real ** 2 + ref.imag ** 2                       # (R, K)
-    A = terms.a @ power.T                                        # (P, R)
+    A = gemm(terms.a, power.T)                                   # (P, R)
     shifted = terms.b[:, None, :] * phases[None, :, :]           # (P, T, K)
     lhs = _stack_real(shifted.reshape(P * T, K), xp)             # (P·T, 2K): [Re, Im]
     rhs = _stack_real(ref, xp)                                   # (R, 2K):   [Re, Im]
-    B = (lhs @ rhs.T).reshape(P, T, R)                           # Re(b φ conj V) = Re·Re + Im·Im
+    B = gemm(lhs, rhs.T).reshape(P, T, R)                           # Re(b φ conj V) = Re·Re + Im·Im
     return A[:, :, None] - 2.0 * B.transpose(0, 2, 1) + terms.c[:, None, None]
 
 
@@ -234,7 +247,7 @@ def translation_sums(weights: Any, phases: Any) -> Any:
     """
     if phases.ndim == 2:
         phases = phases[None, :, :]
-    return weights.astype(phases.dtype) @ phases
+    return gemm(weights.astype(phases.dtype), phases)
 
 
 def weighted_particle_sums(

@@ -28,6 +28,7 @@ from subtomo_nb.geometry.euler import euler_to_matrix
 from subtomo_nb.geometry.healpix import oversampled_children, psi_step
 from subtomo_nb.geometry.translations import oversampled_translations
 from subtomo_nb.refine.estep import (
+    gemm,
     particle_terms,
     phase_factors,
     squared_differences,
@@ -301,7 +302,7 @@ def _fine_pass(projector: Projector, data: np.ndarray, ctf2: np.ndarray, mult: n
     bphi = terms_f.b[:, None, :] * phi_f                               # (P, Tf, K)
     lhs = np.concatenate([bphi.real, bphi.imag], axis=-1)              # (P, Tf, 2K)
     rhs = np.concatenate([Vf.real, Vf.imag], axis=-1)                  # (P, Rf, 2K)
-    Bterm = np.matmul(lhs, rhs.transpose(0, 2, 1))                     # (P, Tf, Rf)
+    Bterm = gemm(lhs, rhs.transpose(0, 2, 1))                     # (P, Tf, Rf)
     d2f = Aterm[:, :, None] - 2.0 * Bterm.transpose(0, 2, 1) + terms_f.c[:, None, None]
     if firstiter_cc:
         norm_v = np.sqrt(np.maximum(Aterm, 1e-30))
