@@ -66,3 +66,49 @@ def test_dask_run_equals_serial_run(serial_run, tiny_project, tiny_extract_3d, t
         job.run()
     np.testing.assert_allclose(job.angles, job_serial.angles, atol=1e-6)
     np.testing.assert_allclose(job.offsets_A, job_serial.offsets_A, atol=1e-6)
+
+
+def test_killing_a_worker_mid_iteration_changes_nothing(serial_run, tiny_project, tiny_extract_3d, tmp_path):
+    """A worker dies (os._exit) while iteration 2's E-step runs: the job goes on, same result."""
+    import os
+    import threading
+    import time
+
+    distributed = pytest.importorskip("distributed")
+    out_serial, job_serial = serial_run
+    killed: list = []
+    iteration_done = threading.Event()
+
+    def progress(event):
+        if event.get("kind") == "iteration" and event["iteration"] == 1:
+            iteration_done.set()
+
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        def killer():
+            iteration_done.wait(600)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                busy = {w: len(t) for w, t in client.processing().items() if t}
+                if busy:
+                    time.sleep(0.5)   # let the E-step tasks get going
+                    victim = max(busy, key=busy.get)
+                    killed.append(victim)
+                    client.run(os._exit, 1, workers=[victim], on_error="ignore")
+                    return
+                time.sleep(0.02)
+
+        thread = threading.Thread(target=killer, daemon=True)
+        thread.start()
+        job = AutoRefine(_options(tiny_project, tiny_extract_3d, tmp_path), progress=progress, client=client)
+        job.run()
+        thread.join(5)
+    assert killed, "no worker was killed during iteration 2"
+    assert job.state.iteration == job_serial.state.iteration and job.state.has_converged
+    np.testing.assert_allclose(job.angles, job_serial.angles, atol=1e-6)
+    np.testing.assert_allclose(job.offsets_A, job_serial.offsets_A, atol=1e-6)
+    from subtomo_nb.io.mrc import read_map
+
+    a, _ = read_map(out_serial / "run_class001.mrc")
+    b, _ = read_map(tmp_path / "run_class001.mrc")
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * float(np.abs(a).max()))
