@@ -9,7 +9,8 @@ Sub-commands::
     subtomo refine        --ios optimisation_set.star --ref map.mrc --o Refine3D/job004/run ...
     subtomo initial-model --ios optimisation_set.star --o InitialModel/job005/run --iter 100 ...
     subtomo align-symmetry --i map.mrc --o aligned.mrc --sym C6 [--apply_sym]
-    subtomo tutorial      --o DIR [--j N]   (simulate, extract at bin 4, reconstruct, report FSC)
+    subtomo tutorial      --o DIR [--j N] [--skip_refine]   (simulate, extract at bin 4, reconstruct with
+                          the truth, initial model, auto-refine; prints the resolutions)
 """
 
 from __future__ import annotations
@@ -126,6 +127,23 @@ def _run_star_handler(args: argparse.Namespace) -> int:
     return 0
 
 
+def _local_client(values: dict) -> object | None:
+    """A local dask cluster of ``--j`` workers (None for ``--j 1``: the job runs in this process)."""
+    n = int(values.get("nr_threads", 1) or 1)
+    if n <= 1:
+        return None
+    from subtomo_nb.parallel import get_client
+
+    return get_client(n_workers=n, dashboard_address=None)
+
+
+def _close(client: object | None) -> None:
+    if client is not None:
+        from subtomo_nb.parallel import close_if_owned
+
+        close_if_owned(client)
+
+
 def _run_refine(args: argparse.Namespace) -> int:
     """``subtomo refine``: relion_refine --auto_refine with RELION's flags; writes run.out beside run_*."""
     from subtomo_nb.jobs import values_from_args
@@ -137,7 +155,11 @@ def _run_refine(args: argparse.Namespace) -> int:
     job_dir.mkdir(parents=True, exist_ok=True)
     values = values_from_args("refine3d", args)
     log = ProgressLog(job_dir, forward=lambda event: print(event.format(), flush=True))
-    outputs = run_refine(values, job_dir, project_dir=Path.cwd(), progress=log)
+    client = _local_client(values)
+    try:
+        outputs = run_refine(values, job_dir, project_dir=Path.cwd(), progress=log, client=client)
+    finally:
+        _close(client)
     for key, value in outputs.items():
         print(f"{key}: {value}")
     return 0
@@ -163,13 +185,16 @@ def _add_tutorial(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--tiny", action="store_true", help="a very small project")
     p.add_argument("--j", type=int, default=2, help="number of workers")
+    p.add_argument("--skip_refine", action="store_true",
+                   help="stop after the reconstruction with the true orientations (no initial model, no auto-refine)")
     p.set_defaults(func=_run_tutorial)
 
 
 def _run_tutorial(args: argparse.Namespace) -> int:
     from subtomo_nb.tasks.tutorial import run_tutorial
 
-    summary = run_tutorial(args.o, seed=args.seed, tiny=args.tiny, n_workers=args.j)
+    summary = run_tutorial(args.o, seed=args.seed, tiny=args.tiny, n_workers=args.j, refine=not args.skip_refine,
+                           progress=lambda event: print(event.format(), flush=True))
     for key, value in summary.items():
         print(f"{key}: {value}")
     return 0
