@@ -1,0 +1,88 @@
+"""The tutorial notebooks run top to bottom (nbclient, kernel python3) on the tiny synthetic dataset.
+
+They run in order in one project directory, as a user would (01 simulates and extracts, 03 refines,
+...); each notebook also makes what it needs itself when run alone. Their own assert cells check the
+outputs; these tests add a check of the job directories each one leaves behind.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed (pip install -e '.[test]')")
+nbclient = pytest.importorskip("nbclient", reason="nbclient is not installed (pip install -e '.[test]')")
+
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+ORDER = ("01_simulate_and_extract", "02_initial_model", "03_autorefine_and_analysis", "04_recentre_z_offset",
+         "05_parameter_sweep")
+CELL_TIMEOUT_S = 600
+TIMES: dict[str, float] = {}
+
+
+def initial_model_missing() -> str:
+    """Why notebook 02 cannot run yet ("" when it can): its job's run function is not there."""
+    try:
+        module = importlib.import_module("subtomo_nb.initial_model.vdam")
+    except Exception as exc:  # noqa: BLE001 - missing or half-written module
+        return f"subtomo_nb.initial_model.vdam cannot be imported yet ({type(exc).__name__}: {exc})"
+    if not callable(getattr(module, "run_initial_model_job", None)):
+        return "subtomo_nb.initial_model.vdam has no run_initial_model_job yet (the initial-model job)"
+    return ""
+
+
+def succeeded(project: Path, process: str) -> list[Path]:
+    """Job directories of a process that finished successfully."""
+    return sorted(p.parent for p in project.glob(f"{process}/job*/RELION_JOB_EXIT_SUCCESS"))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return Path(tmp_path_factory.mktemp("notebook_project")) / "tutorial_tiny"
+
+
+def test_notebooks_are_stored_clean() -> None:
+    for name in ORDER:
+        nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+        nbformat.validate(nb)
+        assert nb.metadata["kernelspec"]["name"] == "python3", name
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert cell.outputs == [] and cell.execution_count is None, f"{name}: outputs are stored"
+        assert any("SUBTOMO_NB_TINY" in cell.source for cell in nb.cells), name
+
+
+@pytest.mark.timeout(CELL_TIMEOUT_S + 60)
+@pytest.mark.parametrize("name", ORDER)
+def test_notebook_runs(name: str, project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if name.startswith("02"):
+        reason = initial_model_missing()
+        if reason:
+            pytest.skip(reason)
+    monkeypatch.setenv("SUBTOMO_NB_TINY", "1")
+    monkeypatch.setenv("SUBTOMO_NB_PROJECT", str(project))
+    monkeypatch.setenv("SUBTOMO_NB_AUTORUN", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
+                                     resources={"metadata": {"path": str(NOTEBOOKS)}})
+    start = time.perf_counter()
+    client.execute()  # raises CellExecutionError (with the cell and its traceback) when a cell fails
+    TIMES[name] = time.perf_counter() - start
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
+    if name.startswith("01"):
+        assert len(succeeded(project, "Extract")) == 1
+        assert (project / "Extract" / "job001" / "particles.star").is_file()
+    elif name.startswith("02"):
+        assert (succeeded(project, "InitialModel")[-1] / "initial_model.mrc").is_file()
+    elif name.startswith("03"):
+        assert (succeeded(project, "Refine3D")[-1] / "run_model.star").is_file()
+    elif name.startswith("04"):
+        assert len(succeeded(project, "Reconstruct")) == 2 and len(succeeded(project, "Select")) == 1
+    elif name.startswith("05"):
+        assert len(succeeded(project, "Refine3D")) == 1 + 6
+    print(f"{name}: {TIMES[name]:.1f} s")
