@@ -86,3 +86,25 @@ def test_notebook_runs(name: str, project: Path, monkeypatch: pytest.MonkeyPatch
     elif name.startswith("05"):
         assert len(succeeded(project, "Refine3D")) == 1 + 6
     print(f"{name}: {TIMES[name]:.1f} s")
+
+
+def test_binder_environment_matches_the_package() -> None:
+    """binder/requirements.txt lists every core dependency of pyproject.toml; postBuild installs the package."""
+    import re
+    import tomllib
+
+    root = NOTEBOOKS.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+
+    def name(requirement: str) -> str:
+        return re.split(r"[\[<>=!~ ;]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+    wanted = {name(r) for r in project["dependencies"]}
+    lines = [ln for ln in (root / "binder" / "requirements.txt").read_text().splitlines()
+             if ln.strip() and not ln.startswith("#")]
+    listed = {name(ln) for ln in lines}
+    assert wanted <= listed, wanted - listed
+    assert {"jupyterlab", "ipywidgets"} <= listed
+    post_build = root / "binder" / "postBuild"
+    assert post_build.stat().st_mode & 0o111 and "pip install" in post_build.read_text()
+    assert "-e ." in post_build.read_text()
