@@ -96,6 +96,7 @@ def voila_server(tmp_path: Path):
         print((tmp_path / "voila.log").read_text()[-4000:])
 
 
+@pytest.mark.timeout(900)
 def test_form_runs_from_the_browser(voila_server, tmp_path: Path) -> None:
     from subtomo_nb.jobs import read_job
 
