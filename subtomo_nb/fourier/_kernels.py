@@ -103,14 +103,14 @@ if HAVE_NUMBA:
                 y = (A[r, 0, 1] * k0 + A[r, 1, 1] * k1 + A[r, 2, 1] * k2) * pad
                 z = (A[r, 0, 2] * k0 + A[r, 1, 2] * k1 + A[r, 2, 2] * k2) * pad
                 v = values[r, k]
-                vr = v.real
-                vi = v.imag
+                vr = np.float64(v.real)
+                vi = np.float64(v.imag)
                 if x < 0:
                     x = -x
                     y = -y
                     z = -z
                     vi = -vi
-                w = weights[r, k]
+                w = np.float64(weights[r, k])
                 fx0 = np.floor(x)
                 fy0 = np.floor(y)
                 fz0 = np.floor(z)
@@ -218,8 +218,15 @@ def scatter_rotated(n: int, A: np.ndarray, points: np.ndarray, values: np.ndarra
     pts = np.asarray(points, dtype=np.float64)
     shared = pts.ndim == 2
     pts3 = np.ascontiguousarray(pts[None] if shared else pts)
-    _scatter(np.ascontiguousarray(A, dtype=np.float64), pts3, shared,
-             np.ascontiguousarray(values, dtype=np.complex128), np.ascontiguousarray(weights, dtype=np.float64),
+    # values and weights keep their own precision (complex64/float32 are read as they are, the
+    # accumulation is float64 either way); no converted copies of these large arrays
+    values = np.ascontiguousarray(values)
+    if values.dtype not in (np.complex64, np.complex128):
+        values = values.astype(np.complex128)
+    weights = np.ascontiguousarray(weights)
+    if weights.dtype not in (np.float32, np.float64):
+        weights = weights.astype(np.float64)
+    _scatter(np.ascontiguousarray(A, dtype=np.float64), pts3, shared, values, weights,
              np.ascontiguousarray(keep, dtype=np.float64), float(pad), float(r_max) ** 2, int(n), bool(mirror_x0),
              re, im, wt)
     return (re + 1j * im).reshape(n, n, nh), wt.reshape(n, n, nh)

@@ -192,6 +192,13 @@ class _EStepParams:
     adaptive_fraction: float
 
 
+def _shareable(value: Any) -> bool:
+    """Reference values (arrays, or tuples of arrays) are shared by a worker's tasks; sums are not."""
+    if isinstance(value, tuple):
+        return all(isinstance(v, np.ndarray) for v in value)
+    return isinstance(value, np.ndarray)
+
+
 def _estep_batch(batch: tuple[np.ndarray, np.ndarray, np.ndarray | None], reference: np.ndarray,
                  params: _EStepParams, prior_angles: np.ndarray,
                  origins_px: np.ndarray) -> tuple[np.ndarray, np.ndarray, BatchResult]:
@@ -202,7 +209,7 @@ def _estep_batch(batch: tuple[np.ndarray, np.ndarray, np.ndarray | None], refere
     # every batch of this iteration and half, shared by the worker's tasks, and (b) per-
     # back-projector orientation sums that expectation_batch defers; (b) belongs to this task's
     # partial back-projector only and is flushed into it below, never shared.
-    cache = {k: v for k, v in shared_cache.items() if isinstance(v, np.ndarray)}
+    cache = {k: v for k, v in shared_cache.items() if _shareable(v)}
     data, ctf2, mult = batch
     # the same operation particle_transforms(..., origins=...) applies: shift by +origin
     data = shift_half(data, np.asarray(origins_px, dtype=np.float64)).astype(data.dtype)
@@ -217,7 +224,7 @@ def _estep_batch(batch: tuple[np.ndarray, np.ndarray, np.ndarray | None], refere
                             coarse_cache=cache)
     flush_rotation_sums(cache)
     for key, value in cache.items():
-        if isinstance(value, np.ndarray):
+        if _shareable(value):
             shared_cache.setdefault(key, value)
     r = crop_radius(bp.padded, bp.r_max, bp.pad)
     return crop_half(bp.data, r), crop_half(bp.weight, r), res

@@ -240,12 +240,13 @@ def expectation_batch(
 
 
 def _fine_reference(projector: Projector, sampling: Sampling, pix_g: np.ndarray, psi_g: np.ndarray,
-                    points: np.ndarray) -> np.ndarray:
-    """Reference values ``(Rc · 8, K)`` of every fine orientation, row ``coarse · 8 + child``."""
+                    points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``([Re V, Im V] (Rc·8, 2K), |V|² (Rc·8, K))`` of every fine orientation, row ``coarse·8 + child``."""
     frot, ftilt, fpsi = oversampled_children(pix_g, psi_g, sampling.healpix_order, sampling.oversampling,
                                              psi_step(sampling.healpix_order))   # (Rc, 8)
     A = euler_to_matrix(frot.reshape(-1), ftilt.reshape(-1), fpsi.reshape(-1))
-    return projector.sample(A, points)
+    V = projector.sample(A, points)
+    return np.concatenate([V.real, V.imag], axis=-1), V.real ** 2 + V.imag ** 2
 
 
 def _fine_pass(projector: Projector, data: np.ndarray, ctf2: np.ndarray, mult: np.ndarray,
@@ -254,7 +255,7 @@ def _fine_pass(projector: Projector, data: np.ndarray, ctf2: np.ndarray, mult: n
                sel_f: "FourierSelection", *, pixel_size_A: float, sigma_offset_A: float,
                backprojector: BackProjector | None, adaptive_fraction: float, firstiter_cc: bool,
                cdt: type, rdt: type, rotation_sums: "RotationSums | None" = None,
-               fine_ref: np.ndarray | None = None) -> BatchResult:
+               fine_ref: tuple[np.ndarray, np.ndarray] | None = None) -> BatchResult:
     """Oversampled children of the significant coarse samples of a few particles, scored and summed."""
     P, N = data.shape[0], data.shape[1]
     sig_r = sig.any(axis=2)                                            # (P, Rc)
@@ -291,17 +292,20 @@ def _fine_pass(projector: Projector, data: np.ndarray, ctf2: np.ndarray, mult: n
     Af = euler_to_matrix(frot, ftilt, fpsi)                            # (P, Rf, 3, 3)
     fine_ids = (ridx[np.maximum(r_list, 0)][:, :, None] * nchild_r + np.arange(nchild_r)).reshape(P, Rf)
     if fine_ref is not None:   # global search: rows of the iteration's fine reference values
-        Vf = np.take(fine_ref, fine_ids, axis=0)
+        rhs = np.take(fine_ref[0], fine_ids, axis=0)                   # (P, Rf, 2K): [Re V, Im V]
+        power = np.take(fine_ref[1], fine_ids, axis=0)                 # (P, Rf, K): |V|²
     else:
         Vf = projector.sample(Af.reshape(-1, 3, 3), sel_f.points).reshape(P, Rf, -1)
+        rhs = np.concatenate([Vf.real, Vf.imag], axis=-1)              # (P, Rf, 2K)
+        power = Vf.real ** 2 + Vf.imag ** 2
+        del Vf
+    K = len(sel_f.index)
     kf = sel_f.points.astype(rdt)
     phi_f = np.exp((-2j * np.pi / N) * np.einsum("ptj,kj->ptk", fshift.astype(rdt), kf)).astype(cdt)  # (P, Tf, K)
     terms_f = particle_terms(Xf, Wf, Mf, np.full_like(s2f, 0.5) if firstiter_cc else s2f, MULTIPLICITY_THRESHOLD)
-    power = Vf.real ** 2 + Vf.imag ** 2
-    Aterm = np.einsum("pk,prk->pr", terms_f.a, power)
+    Aterm = gemm(power, terms_f.a[:, :, None].astype(power.dtype))[..., 0]   # (P, Rf): Σ_k a |V|²
     bphi = terms_f.b[:, None, :] * phi_f                               # (P, Tf, K)
     lhs = np.concatenate([bphi.real, bphi.imag], axis=-1)              # (P, Tf, 2K)
-    rhs = np.concatenate([Vf.real, Vf.imag], axis=-1)                  # (P, Rf, 2K)
     Bterm = gemm(lhs, rhs.transpose(0, 2, 1))                     # (P, Tf, Rf)
     d2f = Aterm[:, :, None] - 2.0 * Bterm.transpose(0, 2, 1) + terms_f.c[:, None, None]
     if firstiter_cc:
@@ -321,8 +325,9 @@ def _fine_pass(projector: Projector, data: np.ndarray, ctf2: np.ndarray, mult: n
     kidx = _padded_indices(kept, max(int(kept.sum(axis=1).max()), 1))  # (P, Rk), -1 = padding
     kk = np.maximum(kidx, 0)
     w = np.take_along_axis(wf.w, kk[:, :, None], axis=1) * (kidx >= 0)[:, :, None]   # (P, Rk, Tf)
-    Vf = np.take_along_axis(Vf, kk[:, :, None], axis=1)                # (P, Rk, K)
-    power = Vf.real ** 2 + Vf.imag ** 2
+    rk = np.take_along_axis(rhs, kk[:, :, None], axis=1)               # (P, Rk, 2K)
+    Vf = (rk[..., :K] + 1j * rk[..., K:]).astype(cdt)                  # (P, Rk, K)
+    power = np.take_along_axis(power, kk[:, :, None], axis=1)          # (P, Rk, K)
     Y = translation_sums(w, phi_f)                                     # (P, Rk, K): Σ_t w φ_t
     wr = w.sum(axis=2)                                                 # (P, Rk)
     if backprojector is not None:
