@@ -1,4 +1,4 @@
-"""Acceptance: with the default noise, the gold-standard FSC predicts the FSC against the truth.
+"""Acceptance: with noise, the gold-standard FSC predicts the FSC against the truth.
 
 For a map made of two independent half-maps, FSC_true(merged vs truth) ≈ sqrt(2 FSC / (1 + FSC))
 where FSC is the half-map FSC (relion-conventions.md §9). Checked within 0.05 wherever FSC > 0.2.
@@ -16,7 +16,11 @@ import pytest
 
 from subtomo_nb.fourier.fsc import fsc, fsc_true_from_half
 from subtomo_nb.io.mrc import read_map
-from subtomo_nb.simulate import DEFAULT_SNR, simulate_project
+from subtomo_nb.simulate import simulate_project
+
+#: Noise strong enough that the half-map FSC falls below 0.5 within the box (the relation is
+#: tested over a range of FSC values); lower than the dataset's default.
+SNR = 2e-4
 from subtomo_nb.tasks.extract import extract_subtomos
 from subtomo_nb.tasks.reconstruct import reconstruct_particles
 from subtomo_nb.tasks.tutorial import particles_with_truth
@@ -29,7 +33,7 @@ SPARSE = dict(n_tomograms=1, tomogram_size=(800, 800, 380), n_virions=2, radius_
 @pytest.fixture(scope="module")
 def sparse_noisy_truth(tmp_path_factory):
     project = tmp_path_factory.mktemp("sparse_noisy")
-    sim = simulate_project(project, seed=3, snr=DEFAULT_SNR, **SPARSE)
+    sim = simulate_project(project, seed=3, snr=SNR, **SPARSE)
     extracted = extract_subtomos(sim["optimisation_set"], None, project / "Extract" / "job002",
                                  binning=4, box=32, stack2d=False, n_workers=2)
     star = particles_with_truth(extracted, sim["particles_true"],
