@@ -3,4 +3,8 @@
 * :mod:`subtomo_nb.widgets.offset` -- map/mask offset over orthogonal slices, Estimate/Apply
   (the fallback of :func:`subtomo_nb.viewer.align_mask`).
 * :mod:`subtomo_nb.widgets.forms` -- :class:`~subtomo_nb.widgets.forms.JobForm`, RELION's job windows from the registry.
+* :mod:`subtomo_nb.widgets.analysis` -- :class:`~subtomo_nb.widgets.analysis.AnalysisView` of a job's outputs
+  (FSC per iteration, resolution and accuracies, map slices).
+* :mod:`subtomo_nb.widgets.sweep` -- :class:`~subtomo_nb.widgets.sweep.SweepWidget`, parameter sweeps
+  (:func:`subtomo_nb.jobs.sweep.run_sweep`) with a table and a comparison plot.
 """
