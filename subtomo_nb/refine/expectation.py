@@ -200,8 +200,14 @@ def expectation_batch(
         d2 = _cc_scores(terms, Vc, phi_c, d2)
     lp = logp[:, ridx]
     d2 = np.where(np.isfinite(lp)[:, :, None], d2, np.inf)
-    wc = weights_from_diff2(d2, lp, lpt_c, adaptive_fraction=1.0 if firstiter_cc else adaptive_fraction,
-                            max_significant=1 if firstiter_cc else None)
+    if firstiter_cc:
+        # RELION's --firstiter_cc picks the best correlation: the priors only exclude samples, they
+        # do not weigh correlations (a Gaussian offset prior would outweigh any correlation
+        # difference and pin the translations at zero)
+        wc = weights_from_diff2(d2, np.where(np.isfinite(lp), 0.0, -np.inf), None, adaptive_fraction=1.0,
+                                max_significant=1)
+    else:
+        wc = weights_from_diff2(d2, lp, lpt_c, adaptive_fraction=adaptive_fraction)
 
     # ---------------- fine pass, in chunks of particles that fit the memory budget
     sig = wc.w > 0                                                     # (P, Rc, Tc)
@@ -314,8 +320,11 @@ def _fine_pass(projector: Projector, data: np.ndarray, ctf2: np.ndarray, mult: n
         d2f = -Bterm.transpose(0, 2, 1) / (norm_v[:, :, None] * norm_x[:, None, None])
     lp_f = np.where(np.isfinite(lp_f), lp_f, -np.inf)
     d2f = np.where(valid & np.isfinite(lp_f)[:, :, None], d2f, np.inf)
-    wf = weights_from_diff2(d2f, lp_f, lpt_f, adaptive_fraction=1.0 if firstiter_cc else adaptive_fraction,
-                            max_significant=1 if firstiter_cc else None)
+    if firstiter_cc:   # the best correlation, priors only excluding (as the coarse pass)
+        wf = weights_from_diff2(d2f, np.where(np.isfinite(lp_f), 0.0, -np.inf), None, adaptive_fraction=1.0,
+                                max_significant=1)
+    else:
+        wf = weights_from_diff2(d2f, lp_f, lpt_f, adaptive_fraction=adaptive_fraction)
     best_r, best_t = np.divmod(wf.best, Tf)
     pidx = np.arange(P)
 
