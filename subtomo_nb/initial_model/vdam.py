@@ -1,0 +1,765 @@
+"""3D initial reference by VDAM: ``relion_refine --grad --denovo_3dref`` for pseudo-subtomograms.
+
+The tomography "3D initial reference" job (relion-conventions.md §8, §10.2) grows a map from the
+particles alone:
+
+1. **Start** (§8.6): the first ``max(5 K, 10 n_optics)`` particles back-projected at random
+   orientations, reconstructed without regularisation and low-passed to the resolution of shell
+   ``round(0.07 N)``; noise spectrum from the first particles (as auto-refine).
+2. **Each of ``--iter`` mini-batch iterations** (:mod:`.schedules`, §8.2-§8.3): a shuffled
+   mini-batch (seed ``random_seed + iteration``), its size, step size and T from the schedules;
+   every 10th iteration the angular accuracy is estimated and auto-sampling may go one HEALPix
+   order finer (never to local searches, §8.6).
+3. **E-step** (:func:`~subtomo_nb.refine.expectation.expectation_batch`, serial or through
+   :mod:`subtomo_nb.parallel`): one reference per class, the mini-batch split into two pseudo
+   half-sets by particle index parity, each back-projected into its own
+   :class:`~subtomo_nb.fourier.backprojector.BackProjector`; at most ``100 K`` significant
+   poses per particle (§8.4; see :mod:`._maxsig`).
+4. **M-step** (:mod:`.gradient`, §8.5): symmetry on the sums, gradients ``(D - W P)/max(1, W)``,
+   adaptive moments, ``P <- P + step (f d - (1 - f) P)``, map, solvent flattening; noise
+   spectrum, offset width and class shares with momentum 0.9 while mini-batches are subsets.
+5. **Resolution** (§8.6): SSNR ``mean(W) T τ²`` × average CTF², first shell below 1; current
+   image size ``2 (maxres + 10)``.
+6. **Outputs** (:mod:`.outputs`) every ``--grad_write_iter`` (10) iterations and at the last:
+   ``run_itNNN_classKKK.mrc``, ``run_itNNN_data.star``, ``_model.star``, ``_optimiser.star``;
+   then ``initial_model.mrc`` (``relion_align_symmetry --select_largest_class --apply_sym``
+   with the target group when run in C1, else a copy) and ``run_optimisation_set.star``.
+
+With K > 1 classes each particle of the mini-batch is scored against every class and
+back-projected into the most likely one (hard assignment weighted by the class shares; RELION
+uses the soft class posteriors, which the shared E-step cannot yet weight per particle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from subtomo_nb.fourier.backprojector import BackProjector
+from subtomo_nb.fourier.fft import shift_half
+from subtomo_nb.fourier.filters import low_pass
+from subtomo_nb.fourier.masks import soft_sphere
+from subtomo_nb.fourier.projector import Projector
+from subtomo_nb.geometry.euler import euler_to_matrix
+from subtomo_nb.geometry.healpix import angular_step
+from subtomo_nb.geometry.symmetry import point_group
+from subtomo_nb.initial_model import _maxsig
+from subtomo_nb.initial_model.gradient import (
+    GradientMoments,
+    gradient,
+    map_from_transform,
+    reference_transform,
+    resolution_shell,
+    vdam_ssnr,
+    vdam_update,
+)
+from subtomo_nb.initial_model.schedules import (
+    iteration_budget,
+    step_size,
+    subset_size,
+    tau2_fudge,
+)
+from subtomo_nb.io.errors import InputError
+from subtomo_nb.refine.expectation import (
+    MULTIPLICITY_THRESHOLD,
+    expectation_batch,
+    flush_rotation_sums,
+)
+from subtomo_nb.refine.sampling import Sampling
+from subtomo_nb.tasks.particle_data import load_particle_set, particle_transforms
+from subtomo_nb.tasks.reconstruct import common_box_and_pixel
+
+__all__ = ["InitialModel", "VdamOptions", "parse_other_args", "run_from_args", "run_initial_model_job", "vdam_options"]
+
+#: Soft-edge width of the particle and solvent masks (pixels, RELION's --maskedge).
+MASK_EDGE_PX = 5
+#: RELION's incr_size: shells added to the current resolution for the image size.
+INCR_SIZE = 10
+#: Smallest current-resolution shell (RELION's minres_map).
+MIN_RESOLUTION_SHELL = 5
+#: Significant samples kept per particle and class in gradient runs (3D data; RELION).
+MAX_SIGNIFICANT_PER_CLASS = 100
+#: Auto-sampling and the accuracy estimate run every this many iterations.
+AUTO_SAMPLING_EVERY = 10
+#: Particles whose transforms are kept in memory between iterations (serial E-step).
+CACHE_BYTES = 2 * 1024 ** 3
+
+
+@dataclass
+class VdamOptions:
+    """Options of the tomo "3D initial reference" job (``relion_refine --grad --denovo_3dref``).
+
+    RELION's flag names in the comments; angles in degrees, distances in Å unless the name
+    says px.
+    """
+
+    particles: str | os.PathLike                  # --i / --ios
+    output_root: str | os.PathLike                # --o (e.g. InitialModel/job008/run)
+    tomograms: str | os.PathLike | None = None    # --tomograms
+    nr_iter: int = 200                            # --iter (number of VDAM mini-batches)
+    tau2_fudge: float = 4.0                       # --tau2_fudge (regularisation parameter T)
+    nr_classes: int = 1                           # --K
+    particle_diameter: float = -1.0               # --particle_diameter (-1: box minus edge)
+    flatten_solvent: bool = True                  # --flatten_solvent
+    sym: str = "C1"                               # --sym (the particle's point group)
+    run_in_c1: bool = True                        # "Run in C1 and apply symmetry later?" (--sym C1 + align_symmetry)
+    sigma_tilt: float = -1.0                      # --sigma_tilt (prior width on tilt; <= 0: none)
+    ctf: bool = True                              # --ctf
+    ctf_intact_first_peak: bool = False           # --ctf_intact_first_peak
+    random_seed: int = 0                          # --random_seed
+    n_workers: int = 1                            # --j
+    # fixed by RELION's job (getCommandsInimodelJob); changeable for experiments
+    healpix_order: int = 1                        # --healpix_order
+    offset_range_px: float = 6.0                  # --offset_range
+    offset_step_px: float = 2.0                   # --offset_step
+    auto_local_healpix_order: int = 4             # --auto_local_healpix_order (never reached)
+    pad: int = 1                                  # --pad
+    zero_mask: bool = True                        # --zero_mask
+    grad_write_iter: int = 10                     # --grad_write_iter
+    grad_ini_frac: float = 0.3                    # --grad_ini_frac
+    grad_fin_frac: float = 0.2                    # --grad_fin_frac
+    grad_ini_subset: int = -1                     # --grad_ini_subset (-1: RELION's rule)
+    grad_fin_subset: int = -1                     # --grad_fin_subset
+    grad_stepsize: float = 0.5                    # --grad_stepsize
+    grad_stepsize_inflate: float = 1.8            # --grad_stepsize_scheme "<0.9/base>-step"
+    mu: float = 0.9                               # --mu
+    max_significant: int = -1                     # --maxsig (-1: 100 K)
+    batch_size: int = 16
+    dtype: str = "float32"
+    project_dir: str | os.PathLike | None = None  # file names in the STAR outputs are relative to it
+
+    @property
+    def run_sym(self) -> str:
+        """Point group applied during VDAM (``--sym``): C1 when run in C1."""
+        return "C1" if self.run_in_c1 else self.sym
+
+
+@dataclass
+class VdamState:
+    """What the run keeps between iterations (RELION's model and optimiser state)."""
+
+    iteration: int
+    sampling: Sampling
+    current_resolution: float
+    current_size: int = 0
+    subset: int = 0
+    step: float = 0.0
+    tau2_fudge: float = 1.0
+    sigma_offset_A: float = 10.0
+    acc_rot: float = 999.0
+    acc_trans_A: float = 999.0
+    change_orientations: float = 999.0
+    change_offsets_A: float = 999.0
+    nr_iter_wo_resol_gain: int = 0
+    best_resolution: float = 999.0
+    has_fine_enough_sampling: bool = False
+    ave_pmax: float = 0.0
+    log_likelihood: float = 0.0
+    history: list = field(default_factory=list)
+
+
+@dataclass
+class ClassModel:
+    """One class: its map, moments and per-shell statistics."""
+
+    reference: np.ndarray
+    moments: GradientMoments | None = None
+    pdf: float = 1.0
+    ssnr: np.ndarray | None = None
+    tau2: np.ndarray | None = None
+    fsc_estimate: np.ndarray | None = None
+    estimated_resolution: float = 999.0
+    n_particles: int = 0
+
+
+def _particle_radius_px(opts: VdamOptions, box: int, pix: float) -> float:
+    d = opts.particle_diameter if opts.particle_diameter > 0 else (box - MASK_EDGE_PX) * pix
+    return d / (2.0 * pix)
+
+
+def _shell_of_resolution(res_A: float, box: int, pix: float) -> int:
+    return math.floor(box * pix / res_A + 0.5) if res_A > 0 else 0
+
+
+class InitialModel:
+    """A running VDAM initial model (one object per job; :meth:`run` does every iteration).
+
+    Parameters
+    ----------
+    opts
+        The job's options.
+    progress
+        Called with a dict per event (``kind`` = ``"iteration"``, ``"batch"``, ``"message"``).
+    client
+        A dask client (:func:`subtomo_nb.parallel.get_client`) for the E-step, or None: serial.
+    """
+
+    def __init__(self, opts: VdamOptions, progress: Callable[[dict], None] | None = None,
+                 client: object | None = None) -> None:
+        if opts.nr_iter < 1:
+            raise ValueError(f"--iter must be at least 1, got {opts.nr_iter}")
+        if opts.nr_classes < 1:
+            raise ValueError(f"--K must be at least 1, got {opts.nr_classes}")
+        self.opts = opts
+        self.client = client
+        self.progress = progress or (lambda event: None)
+        self.root = Path(opts.output_root)
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        self.pset, self.tomograms = load_particle_set(opts.particles, opts.tomograms)
+        self.box, self.pix = common_box_and_pixel(self.pset)
+        self.dtype = np.float32 if opts.dtype == "float32" else np.float64
+        self.ops = point_group(opts.run_sym)
+        point_group(opts.sym)  # fail early on an unknown target group
+        self.budget = iteration_budget(opts.nr_iter, opts.grad_ini_frac, opts.grad_fin_frac)
+        tab = self.pset.particles
+        self.n = n = len(tab)
+        if n < 2:
+            raise InputError(what="VDAM needs at least 2 particles (two pseudo half-sets)", path=self.pset.path)
+        get = lambda c: tab[c].to_numpy(np.float64) if c in tab.columns else np.zeros(n)
+        self.angles = np.stack([get("rlnAngleRot"), get("rlnAngleTilt"), get("rlnAnglePsi")], axis=1)
+        self.offsets_A = np.stack([get("rlnOriginXAngst"), get("rlnOriginYAngst"), get("rlnOriginZAngst")], axis=1)
+        self.tilt_prior = get("rlnAngleTiltPrior") if "rlnAngleTiltPrior" in tab.columns else None
+        self.classes = np.ones(n, dtype=np.int64)
+        self.stats = pd.DataFrame({"rlnLogLikeliContribution": np.zeros(n), "rlnMaxValueProbDistribution": np.zeros(n),
+                                   "rlnNrOfSignificantSamples": np.zeros(n, dtype=np.int64)})
+        self.radius_px = _particle_radius_px(opts, self.box, self.pix)
+        if self.radius_px + MASK_EDGE_PX > self.box / 2 + 1e-6 and opts.particle_diameter > 0:
+            self.progress({"kind": "message", "message": f"mask diameter {opts.particle_diameter:g} Å "
+                           f"reaches beyond the box ({self.box * self.pix:.0f} Å)"})
+        self.mask = soft_sphere(self.box, self.radius_px, MASK_EDGE_PX)
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
+        self._cache_bytes = 0
+        self._full_batches = None  # ParticleBatches of every particle (parallel path)
+        ini_shell = max(math.floor(0.07 * self.box + 0.5), 1)
+        self.ini_high = self.box * self.pix / ini_shell
+        sampling = Sampling(healpix_order=opts.healpix_order, offset_range_A=opts.offset_range_px * self.pix,
+                            offset_step_A=opts.offset_step_px * self.pix, sym=opts.run_sym,
+                            sigma_tilt=opts.sigma_tilt if opts.sigma_tilt > 0 else 0.0)
+        self.state = VdamState(iteration=0, sampling=sampling, current_resolution=self.ini_high)
+        self.classes_model: list[ClassModel] = []
+        self.sigma2 = np.zeros(self.box // 2 + 1)
+        self.avg_ctf2 = 1.0
+        self.timings: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ data
+    @property
+    def max_significant(self) -> int:
+        """Cap on the significant poses per particle (``--maxsig``, default 100 K)."""
+        o = self.opts
+        return o.max_significant if o.max_significant > 0 else MAX_SIGNIFICANT_PER_CLASS * o.nr_classes
+
+    def _raw(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Unshifted transforms, CTF² and multiplicities of ``rows`` (kept in memory while they fit)."""
+        missing = [int(r) for r in rows if int(r) not in self._cache]
+        if missing:
+            data, ctf2, mult = particle_transforms(self.pset, np.asarray(missing), tomograms=self.tomograms,
+                                                   apply_origins=False, dtype=self.dtype)
+            for i, r in enumerate(missing):
+                entry = (data[i], ctf2[i], None if mult is None else mult[i])
+                size = sum(a.nbytes for a in entry if a is not None)
+                if self._cache_bytes + size <= CACHE_BYTES:
+                    self._cache[r] = entry
+                    self._cache_bytes += size
+            fresh = {r: (data[i], ctf2[i], None if mult is None else mult[i]) for i, r in enumerate(missing)}
+        else:
+            fresh = {}
+        entries = [self._cache.get(int(r)) or fresh[int(r)] for r in rows]
+        data = np.stack([e[0] for e in entries])
+        ctf2 = np.stack([e[1] for e in entries])
+        mult = None if any(e[2] is None for e in entries) else np.stack([e[2] for e in entries])
+        return data, ctf2, mult
+
+    def _transforms(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Transforms of ``rows`` shifted by their current offsets, CTF² (ones without --ctf), multiplicities."""
+        data, ctf2, mult = self._raw(rows)
+        data = shift_half(data, self.offsets_A[rows] / self.pix).astype(data.dtype)
+        if not self.opts.ctf:
+            ctf2 = (mult > MULTIPLICITY_THRESHOLD).astype(ctf2.dtype) if mult is not None else np.ones_like(ctf2)
+        return data, ctf2, mult
+
+    # ------------------------------------------------------------------ start
+    def _initial_sigma2_and_ctf2(self) -> None:
+        """Noise spectrum from the first particles (as auto-refine) and their average CTF² per multiplicity."""
+        from subtomo_nb.refine.autorefine import N_SIGMA2_PARTICLES, initial_sigma2
+
+        rows = np.arange(self.n)
+        self.sigma2 = initial_sigma2(self.pset, rows, self.box, self.tomograms, self.dtype)
+        _, ctf2, mult = self._transforms(rows[:N_SIGMA2_PARTICLES])
+        if mult is None:
+            mult = np.ones_like(ctf2)
+        ok = mult > MULTIPLICITY_THRESHOLD
+        self.avg_ctf2 = float(ctf2[ok].sum() / max(mult[ok].sum(), 1e-30)) if ok.any() else 1.0
+
+    def _initial_references(self) -> list[np.ndarray]:
+        """Maps of the first ``max(5 K, 10 n_optics)`` particles at random orientations (§8.6)."""
+        from subtomo_nb.initial_model.align_symmetry import random_orientations
+
+        o = self.opts
+        K = o.nr_classes
+        n_ini = min(max(5 * K, 10 * len(self.pset.optics)), self.n)
+        rows = np.arange(n_ini)
+        angles = random_orientations(n_ini, np.random.default_rng(o.random_seed))
+        data, ctf2, mult = self._transforms(rows)
+        if mult is not None:
+            ctf2 = np.where(mult > MULTIPLICITY_THRESHOLD, ctf2, 0).astype(ctf2.dtype)
+        refs = []
+        for k in range(K):
+            sel = rows % K == k
+            bp = BackProjector(self.box, pad=o.pad, dtype=np.float64)
+            bp.insert3d(euler_to_matrix(*angles[sel].T), data[sel], ctf2[sel])
+            vol = np.asarray(bp.reconstruct(), dtype=np.float64)
+            refs.append(low_pass(vol, self.ini_high, self.pix))
+        return refs
+
+    # ------------------------------------------------------------------ sizes and sampling
+    def _update_size(self) -> None:
+        s = self.state
+        maxres = _shell_of_resolution(s.current_resolution, self.box, self.pix)
+        s.current_size = int(min(2 * (maxres + INCR_SIZE), self.box))
+
+    def _coarse_radius(self) -> float:
+        """Coarse-pass radius from the coarse angular step (§6.8), within the current size."""
+        d = 2 * self.radius_px * self.pix
+        coarse_res = (self.state.sampling.coarse_step / 360.0 * math.pi * d) / 1.2
+        coarse_size = 2 * math.ceil(self.pix * self.box / coarse_res)
+        return min(coarse_size, self.state.current_size) / 2
+
+    def _auto_sampling(self) -> None:
+        """One HEALPix order finer when the accuracy allows it (§6.11), never to local searches (§8.6)."""
+        s, o = self.state, self.opts
+        smp = s.sampling
+        order = smp.healpix_order + 1
+        if order >= o.auto_local_healpix_order:
+            return
+        d = 2 * self.radius_px * self.pix
+        required = 360.0 / math.ceil(math.pi * d / s.current_resolution)
+        resol_ok = s.nr_iter_wo_resol_gain >= 1 or required < smp.fine_step
+        if not resol_ok:
+            return
+        if smp.fine_step < 0.75 * s.acc_rot:
+            s.has_fine_enough_sampling = True
+            return
+        # translations (§6.11): finer step from the accuracy, range from the last offset changes
+        step_px = smp.offset_step_A / self.pix
+        new_step = max(min(1.5, 0.75 * s.acc_trans_A / self.pix) * 2 ** smp.oversampling, step_px / 2)
+        rng_px = 3.0 * s.change_offsets_A / self.pix
+        rng_px = max(min(rng_px, 1.3 * smp.offset_range_A / self.pix), 1.5 * new_step)
+        if rng_px > 4 * new_step:
+            rng_px /= 2
+        if rng_px > 4 * new_step:
+            new_step = rng_px / 4
+        if new_step > step_px:
+            new_step, rng_px = step_px, smp.offset_range_A / self.pix
+        s.sampling = smp.with_(healpix_order=order, offset_step_A=new_step * self.pix, offset_range_A=rng_px * self.pix)
+        s.nr_iter_wo_resol_gain = 0
+        self.progress({"kind": "message", "message": f"iteration {s.iteration}: HEALPix order {order} "
+                       f"({angular_step(order, smp.oversampling):g}° fine), offsets {rng_px:.1f} px in {new_step:.2f} px"})
+
+    def _estimate_accuracy(self) -> None:
+        from subtomo_nb.refine.autorefine import _estimate_accuracy
+
+        best = int(np.argmax([c.pdf for c in self.classes_model]))
+        proj = Projector(self.classes_model[best].reference.astype(self.dtype), pad=self.opts.pad)
+        rng = np.random.default_rng(self.opts.random_seed + 7919 * self.state.iteration)
+        self.state.acc_rot, self.state.acc_trans_A = _estimate_accuracy(
+            proj, self.pset, np.arange(self.n), self.angles, self.offsets_A / self.pix, self.sigma2, self.box,
+            self.pix, self.tomograms, rng, self.dtype)
+
+    # ------------------------------------------------------------------ E-step
+    def _prior_angles(self) -> np.ndarray:
+        prior = self.angles.copy()
+        if self.state.sampling.sigma_tilt > 0 and self.tilt_prior is not None:
+            prior[:, 1] = self.tilt_prior
+        return prior
+
+    def _estep_args(self) -> dict:
+        s = self.state
+        fine_r = s.current_size / 2
+        return {"pixel_size_A": self.pix, "coarse_radius": min(self._coarse_radius(), fine_r), "fine_radius": fine_r,
+                "sigma_offset_A": s.sigma_offset_A}
+
+    def _r_max(self) -> int:
+        return self.state.current_size // 2
+
+    def _estep(self, reference: np.ndarray, halves: list[np.ndarray], back_project: bool = True
+               ) -> list[tuple[BackProjector, list]]:
+        """E-step of one class's reference on two pseudo half-sets: per half (back-projector, [(rows, result)])."""
+        if self.client is not None:
+            return self._estep_parallel(reference, halves)
+        o = self.opts
+        kw = self._estep_args()
+        if _maxsig.NATIVE:
+            kw["max_significant"] = self.max_significant
+        prior = self._prior_angles()
+        proj = Projector(reference.astype(self.dtype), pad=o.pad)
+        cache: dict = {}
+        out = []
+        done, total = 0, sum(len(h) for h in halves)
+        with _maxsig.significance_cap(self.max_significant):
+            for rows in halves:
+                bp = BackProjector(self.box, pad=o.pad, r_max=self._r_max(), dtype=self.dtype)
+                results = []
+                for start in range(0, len(rows), o.batch_size):
+                    idx = rows[start:start + o.batch_size]
+                    data, ctf2, mult = self._transforms(idx)
+                    res = expectation_batch(proj, data, ctf2, mult, self.sigma2, self.state.sampling, prior[idx],
+                                            backprojector=bp if back_project else None, coarse_cache=cache, **kw)
+                    results.append((idx, res))
+                    done += len(idx)
+                    self.progress({"kind": "batch", "iteration": self.state.iteration, "done": done, "of": total})
+                out.append((bp, results))
+            flush_rotation_sums(cache)
+        return out
+
+    def _batches_for(self, halves: list[np.ndarray]) -> tuple[Any, bool]:
+        """ParticleBatches of these half-sets: the job's cached one when they are all particles."""
+        from subtomo_nb.parallel import ParticleBatches
+
+        full = sum(len(h) for h in halves) == self.n and all(np.all(np.diff(h) > 0) for h in halves)
+        if full and self._full_batches is not None:
+            return self._full_batches, False
+        batches = ParticleBatches(self.client, self.pset, halves, tomograms=self.tomograms,
+                                  batch_size=self.opts.batch_size, dtype=self.dtype, name="inimodel")
+        if full:
+            self._full_batches = batches
+            return batches, False
+        return batches, True
+
+    def _estep_parallel(self, reference: np.ndarray, halves: list[np.ndarray]) -> list[tuple[BackProjector, list]]:
+        from subtomo_nb.parallel import run_halves_estep
+
+        batches, release = self._batches_for(halves)
+        try:
+            out = run_halves_estep(self.client, batches, [reference, reference], sigma2=[self.sigma2, self.sigma2],
+                                   sampling=self.state.sampling, prior_angles=self._prior_angles(),
+                                   origins_px=self.offsets_A / self.pix, pad=self.opts.pad, r_max=self._r_max(),
+                                   dtype=self.dtype, ctf=self.opts.ctf, **self._estep_args())
+            result = []
+            for h, (bp, res) in enumerate(out):
+                rows = batches.rows(h)
+                bounds = np.cumsum([0] + [len(r.pmax) for r in res])
+                result.append((bp, [(rows[a:b], r) for a, b, r in zip(bounds[:-1], bounds[1:], res)]))
+            return result
+        finally:
+            if release:
+                batches.release()
+
+    # ------------------------------------------------------------------ one iteration
+    def _mini_batch(self) -> np.ndarray:
+        """Rows of this iteration's mini-batch (all particles, sorted, when the size reaches them)."""
+        s, o = self.state, self.opts
+        s.subset = subset_size(s.iteration, self.budget, self.n, o.grad_ini_subset, o.grad_fin_subset)
+        if s.subset >= self.n:
+            return np.arange(self.n)
+        order = np.random.default_rng(o.random_seed + s.iteration).permutation(self.n)
+        return np.sort(order[: s.subset])
+
+    def _assign_classes(self, rows: np.ndarray, halves: list[np.ndarray]) -> list[list[np.ndarray]]:
+        """Per class, the two half-sets of the particles it receives (all of them when K = 1)."""
+        K = len(self.classes_model)
+        if K == 1:
+            self.classes[rows] = 1
+            return [halves]
+        score = np.full((self.n, K), -np.inf)
+        for k, cm in enumerate(self.classes_model):
+            for _, results in self._estep(cm.reference, halves, back_project=False):
+                for idx, res in results:
+                    score[idx, k] = res.log_likelihood + math.log(max(cm.pdf, 1e-30))
+        best = np.argmax(score[rows], axis=1)
+        self.classes[rows] = best + 1
+        return [[h[self.classes[h] == k + 1] for h in halves] for k in range(K)]
+
+    def iterate(self) -> dict:
+        """Run the next mini-batch iteration; returns its progress event."""
+        s, o = self.state, self.opts
+        s.iteration += 1
+        t0 = time.perf_counter()
+        s.step = step_size(s.iteration, self.budget, o.grad_stepsize, o.grad_stepsize_inflate)
+        s.tau2_fudge = tau2_fudge(s.iteration, self.budget, o.tau2_fudge)
+        if s.iteration > 1 and s.iteration % AUTO_SAMPLING_EVERY == 0:
+            self._estimate_accuracy()
+            self._auto_sampling()
+        self._update_size()
+        rows = self._mini_batch()
+        halves = [rows[rows % 2 == 0], rows[rows % 2 == 1]]
+        uses_subset = len(rows) < self.n
+        mu = o.mu if uses_subset else 0.0
+        old_angles, old_offsets = self.angles[rows].copy(), self.offsets_A[rows].copy()
+        t_e = time.perf_counter()
+        per_class = self._assign_classes(rows, halves)
+        num = np.zeros(self.box // 2 + 1)
+        den = np.zeros(self.box // 2 + 1)
+        r_max = self._r_max()
+        new_refs = []
+        t_m = 0.0
+        for k, cm in enumerate(self.classes_model):
+            class_halves = per_class[k]
+            cm.n_particles = int(sum(len(h) for h in class_halves))
+            if cm.n_particles < 2 or min(len(h) for h in class_halves) == 0:
+                new_refs.append(cm.reference)  # an empty class keeps its map
+                continue
+            estep = self._estep(cm.reference, class_halves)
+            tm = time.perf_counter()
+            for _, results in estep:
+                for idx, res in results:
+                    self.angles[idx] = np.stack([res.rot, res.tilt, res.psi], axis=1)
+                    self.offsets_A[idx] = self.offsets_A[idx] + res.shift_px * self.pix
+                    self.stats.loc[idx, "rlnLogLikeliContribution"] = res.log_likelihood
+                    self.stats.loc[idx, "rlnMaxValueProbDistribution"] = res.pmax
+                    self.stats.loc[idx, "rlnNrOfSignificantSamples"] = res.n_significant
+                    num += res.sigma2_num
+                    den += res.sigma2_den
+            bps = [bp for bp, _ in estep]
+            for bp in bps:
+                bp.symmetrise(self.ops)
+            P = reference_transform(cm.reference, o.pad, r_max)
+            grads = tuple(gradient(bp.data, bp.weight, P, o.pad, r_max) for bp in bps)
+            if cm.moments is None:
+                cm.moments = GradientMoments.zeros(P.shape)
+            K = len(self.classes_model)
+            class_step = s.step * (1.0 - math.exp(-(3 * K + 10) * cm.pdf))
+            upd = vdam_update(P, grads, cm.moments, pad=o.pad, r_max=r_max, box=self.box, tau2_fudge=s.tau2_fudge,
+                              step=class_step, mu=o.mu)
+            cm.fsc_estimate = upd.fsc_estimate
+            cm.tau2 = Projector(cm.reference, pad=o.pad, r_max=r_max).power_spectrum
+            cm.ssnr = vdam_ssnr(bps[0].weight + bps[1].weight, cm.tau2, pad=o.pad, r_max=r_max, box=self.box,
+                                tau2_fudge=s.tau2_fudge, avg_ctf2=self.avg_ctf2)
+            vol = map_from_transform(upd.transform, self.box, o.pad, r_max)
+            if o.flatten_solvent:
+                vol = vol * self.mask
+            new_refs.append(vol)
+            t_m += time.perf_counter() - tm
+        t_e = time.perf_counter() - t_e - t_m
+        for cm, vol in zip(self.classes_model, new_refs):
+            cm.reference = np.asarray(vol, dtype=np.float64)
+        self._update_model(rows, num, den, mu, old_angles, old_offsets)
+        s.history.append(event := self._event(time.perf_counter() - t0, t_e, t_m))
+        self.progress(event)
+        return event
+
+    def _update_model(self, rows: np.ndarray, num: np.ndarray, den: np.ndarray, mu: float,
+                      old_angles: np.ndarray, old_offsets: np.ndarray) -> None:
+        """Noise, offset width, class shares (momentum ``mu``), resolution and hidden-variable changes."""
+        from subtomo_nb.geometry.euler import angular_distance
+
+        s = self.state
+        new = np.where(den > 0, num / np.maximum(den, 1e-30), self.sigma2)
+        new = np.where(new > 0, new, self.sigma2)
+        self.sigma2 = mu * self.sigma2 + (1.0 - mu) * new
+        s2_off = max(float(np.mean(np.sum(self.offsets_A[rows] ** 2, axis=1))) / 3.0, 2.0)
+        s.sigma_offset_A = math.sqrt(mu * s.sigma_offset_A ** 2 + (1.0 - mu) * s2_off)
+        counts = np.array([np.sum(self.classes[rows] == k + 1) for k in range(len(self.classes_model))], float)
+        for cm, c in zip(self.classes_model, counts / max(counts.sum(), 1.0)):
+            cm.pdf = mu * cm.pdf + (1.0 - mu) * float(c)
+        # resolution: the best class's first shell with SSNR < 1 (§8.6)
+        shells = [resolution_shell(cm.ssnr, MIN_RESOLUTION_SHELL) for cm in self.classes_model if cm.ssnr is not None]
+        for cm in self.classes_model:
+            if cm.ssnr is not None:
+                above = np.flatnonzero(cm.ssnr >= 1.0)
+                cm.estimated_resolution = (self.box * self.pix / above[-1]) if above.size and above[-1] > 0 else 999.0
+        if shells:
+            new_res = self.box * self.pix / max(shells)
+            if 1.0 / new_res <= 1.0 / s.current_resolution + 1e-4:
+                s.nr_iter_wo_resol_gain += 1
+            else:
+                s.nr_iter_wo_resol_gain = 0
+            s.current_resolution = new_res
+            s.best_resolution = min(s.best_resolution, new_res)
+        A_old = euler_to_matrix(*old_angles.T)
+        A_new = euler_to_matrix(*self.angles[rows].T)
+        dang = np.min([angular_distance(A_new, A_old @ S.T) for S in self.ops], axis=0)
+        doff = np.linalg.norm(self.offsets_A[rows] - old_offsets, axis=1)
+        s.change_orientations = float(dang.mean())
+        s.change_offsets_A = float(np.sqrt(np.sum(doff ** 2) / (2 * len(doff))))
+        s.ave_pmax = float(self.stats["rlnMaxValueProbDistribution"].to_numpy()[rows].mean())
+        s.log_likelihood = float(self.stats["rlnLogLikeliContribution"].to_numpy()[rows].sum())
+
+    def _event(self, seconds: float, t_estep: float, t_mstep: float) -> dict:
+        s = self.state
+        best = int(np.argmax([c.pdf for c in self.classes_model]))
+        f = self.classes_model[best].fsc_estimate
+        return {"kind": "iteration", "iteration": s.iteration, "resolution_A": s.current_resolution,
+                "fsc": [] if f is None else [float(x) for x in f], "subset": s.subset, "step": s.step,
+                "tau2_fudge": s.tau2_fudge, "healpix_order": s.sampling.healpix_order, "acc_rot": s.acc_rot,
+                "acc_trans_A": s.acc_trans_A, "current_size": s.current_size,
+                "class_distribution": [c.pdf for c in self.classes_model],
+                "changes_orientations": s.change_orientations, "changes_offsets_A": s.change_offsets_A,
+                "seconds": seconds, "seconds_estep": t_estep, "seconds_mstep": t_mstep}
+
+    # ------------------------------------------------------------------ the whole job
+    def start(self) -> None:
+        """Noise estimate and initial references (iteration 0)."""
+        self._initial_sigma2_and_ctf2()
+        K = self.opts.nr_classes
+        self.classes_model = [ClassModel(reference=r, pdf=1.0 / K) for r in self._initial_references()]
+        self.classes[:] = np.arange(self.n) % K + 1
+
+    def run(self) -> dict:
+        """Start, iterate ``--iter`` times, write the outputs; returns the last iteration's event.
+
+        The written files are listed in ``self.outputs`` (name -> path).
+        """
+        from subtomo_nb.initial_model.outputs import finish_job, write_iteration
+
+        o = self.opts
+        cap_on_workers = False
+        if self.client is not None:
+            cap_on_workers = _maxsig.install_on_workers(self.client, self.max_significant)
+        try:
+            self.start()
+            write_iteration(self)
+            while self.state.iteration < o.nr_iter:
+                self.iterate()
+                it = self.state.iteration
+                if it == o.nr_iter or (o.grad_write_iter > 0 and it % o.grad_write_iter == 0):
+                    write_iteration(self)
+            self.outputs = finish_job(self)
+        finally:
+            if self._full_batches is not None:
+                self._full_batches.release()
+                self._full_batches = None
+            if cap_on_workers:
+                _maxsig.remove_from_workers(self.client)
+        return self.state.history[-1] if self.state.history else {}
+
+
+# ---------------------------------------------------------------------------------------------
+# job glue: the registry's run function and the CLI body
+# ---------------------------------------------------------------------------------------------
+#: relion_refine flags honoured in the job's "Additional arguments" (other_args) -> VdamOptions field.
+OTHER_ARGS = {"--maxsig": ("max_significant", int), "--random_seed": ("random_seed", int),
+              "--grad_write_iter": ("grad_write_iter", int), "--grad_ini_subset": ("grad_ini_subset", int),
+              "--grad_fin_subset": ("grad_fin_subset", int), "--grad_ini_frac": ("grad_ini_frac", float),
+              "--grad_fin_frac": ("grad_fin_frac", float), "--grad_stepsize": ("grad_stepsize", float),
+              "--mu": ("mu", float)}
+
+
+def parse_other_args(text: str) -> tuple[dict[str, Any], list[str]]:
+    """The :data:`OTHER_ARGS` flags of an "Additional arguments" string, and the words not used.
+
+    Raises
+    ------
+    InputError
+        A known flag without a value or with a value of the wrong type.
+    """
+    import shlex
+
+    words = shlex.split(text or "")
+    out: dict[str, Any] = {}
+    unused: list[str] = []
+    i = 0
+    while i < len(words):
+        flag = words[i]
+        if flag in OTHER_ARGS:
+            name, kind = OTHER_ARGS[flag]
+            try:
+                out[name] = kind(words[i + 1])
+            except (IndexError, ValueError):
+                raise InputError(None, what=f"{flag} needs a{'n integer' if kind is int else ' number'} value",
+                                 field="other_args") from None
+            i += 2
+        else:
+            unused.append(flag)
+            i += 1
+    return out, unused
+
+
+def vdam_options(values: Mapping[str, Any], job_dir: Path, project_dir: Path) -> VdamOptions:
+    """:class:`VdamOptions` of the "3D initial reference" job form (RELION's mappings, §10.2).
+
+    "Additional arguments" may set the relion_refine flags of :data:`OTHER_ARGS` (e.g.
+    ``--maxsig 20 --random_seed 7``); other words are reported and ignored by the run function.
+    """
+    from subtomo_nb.jobs.runners import _inputs
+
+    project_dir = Path(project_dir)
+    particles, tomograms = _inputs(values, project_dir)
+    extra, _ = parse_other_args(str(values.get("other_args", "") or ""))
+    return VdamOptions(
+        particles=particles, output_root=Path(job_dir) / "run", tomograms=tomograms,
+        nr_iter=int(values.get("nr_iter", 200)), tau2_fudge=float(values.get("tau_fudge", 4.0)),
+        nr_classes=int(values.get("nr_classes", 1)), particle_diameter=float(values.get("particle_diameter", 200.0)),
+        flatten_solvent=bool(values.get("do_solvent", True)), sym=str(values.get("sym_name", "C1")),
+        run_in_c1=bool(values.get("do_run_C1", True)), sigma_tilt=float(values.get("sigma_tilt", -1.0)),
+        ctf=bool(values.get("do_ctf_correction", True)),
+        ctf_intact_first_peak=bool(values.get("ctf_intact_first_peak", False)),
+        n_workers=max(1, int(values.get("nr_threads", 1))), project_dir=project_dir, **extra,
+    )
+
+
+def run_initial_model_job(
+    values: Mapping[str, Any],
+    job_dir: Path,
+    *,
+    project_dir: Path,
+    progress: Callable[[Any], None],
+    client: Any = None,
+) -> dict[str, Path]:
+    """The "3D initial reference" job: VDAM into ``job_dir`` (``run_it*``, ``initial_model.mrc``, ...).
+
+    ``--continue`` (``fn_cont``) is not supported yet and is refused with a clear message.
+    """
+    from subtomo_nb.jobs.progress import Progress
+
+    if values.get("fn_cont"):
+        raise InputError(what="continuing a stopped 3D initial reference run is not supported yet; "
+                         "start a new job", path=values["fn_cont"], field="--continue")
+    opts = vdam_options(values, job_dir, project_dir)
+    _, unused = parse_other_args(str(values.get("other_args", "") or ""))
+    if unused:
+        progress(Progress(message="additional arguments not used: " + " ".join(unused)))
+
+    def relay(event: dict) -> None:
+        if event.get("kind") == "iteration":
+            progress(Progress(message=f"iteration {event['iteration']}/{opts.nr_iter}: {event['resolution_A']:.1f} Å, "
+                              f"mini-batch {event['subset']}, step {event['step']:.2f}, T {event['tau2_fudge']:.2f}, "
+                              f"HEALPix order {event['healpix_order']}",
+                              iteration=int(event["iteration"]), resolution_A=float(event["resolution_A"]),
+                              fsc=event["fsc"] or None,
+                              accuracy_rot_deg=float(event["acc_rot"]) if event["acc_rot"] < 999 else None,
+                              accuracy_trans_A=float(event["acc_trans_A"]) if event["acc_trans_A"] < 999 else None,
+                              timings={"iteration": event["seconds"], "E-step": event["seconds_estep"],
+                                       "M-step": event["seconds_mstep"]},
+                              fraction=event["iteration"] / opts.nr_iter))
+        elif event.get("kind") == "message":
+            progress(Progress(message=event["message"]))
+
+    own = None
+    if client is None and opts.n_workers > 1:
+        from subtomo_nb.parallel import get_client
+
+        client = own = get_client(opts.n_workers)
+    try:
+        job = InitialModel(opts, progress=relay, client=client)
+        job.run()
+    finally:
+        if own is not None:
+            from subtomo_nb.parallel import close_if_owned
+
+            close_if_owned(own)
+    return dict(job.outputs)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """``subtomo initial-model``: relion_refine --grad --denovo_3dref with RELION's flags; run.out beside run_*."""
+    from subtomo_nb.jobs import values_from_args
+    from subtomo_nb.jobs.progress import ProgressLog
+
+    out = Path(args.o)
+    job_dir = out.parent if out.name.startswith("run") else out
+    job_dir.mkdir(parents=True, exist_ok=True)
+    values = values_from_args("initial_model", args)
+    log = ProgressLog(job_dir, forward=lambda event: print(event.format(), flush=True))
+    outputs = run_initial_model_job(values, job_dir, project_dir=Path.cwd(), progress=log)
+    for key, value in outputs.items():
+        print(f"{key}: {value}")
+    return 0
