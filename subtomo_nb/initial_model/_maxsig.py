@@ -1,13 +1,15 @@
 """A cap on the significant samples per particle for VDAM's E-step (RELION's ``maximum_significants``).
 
-RELION's gradient runs keep at most ``100 K`` poses per particle (3D data; ``--maxsig``
-overrides; conventions §8.4). Early VDAM iterations score particles against a blob, their
+RELION's gradient runs keep at most ``100 K`` coarse poses per particle (3D data; ``--maxsig``
+overrides; conventions §8.4): the cap decides which coarse samples are oversampled; the fine
+pass keeps its 0.999 rule. Early VDAM iterations score particles against a blob, their
 posteriors are almost flat, and without the cap the 0.999 significance rule keeps most of the
 coarse grid, which makes the oversampled pass explode.
 
 :func:`~subtomo_nb.refine.expectation.expectation_batch` passes no ``max_significant`` to its
 weight pruning (:func:`~subtomo_nb.refine.estep.weights_from_diff2`) yet. Until it does, this
-module installs the cap where that function is looked up, for the duration of a VDAM job only:
+module installs the cap where that function is looked up (coarse call only, recognised by its
+caller), for the duration of a VDAM job only:
 :func:`significance_cap` in this process (serial E-step) and :func:`install_on_workers` /
 :func:`remove_from_workers` on a dask client (parallel E-step). Calls that pass their own
 ``max_significant`` (``--firstiter_cc``) keep it. When the E-step grows the argument,
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -36,7 +39,11 @@ _depth = 0
 
 def _capped(cap: int) -> Any:
     def weights_from_diff2(*args: Any, max_significant: int | None = None, **kwargs: Any) -> Any:
-        return _ORIGINAL(*args, max_significant=cap if max_significant is None else max_significant, **kwargs)
+        # RELION caps the coarse pass only (which coarse samples are oversampled); the fine pass
+        # keeps its 0.999 rule. The coarse call is the one made by expectation_batch itself.
+        if max_significant is None and sys._getframe(1).f_code.co_name == "expectation_batch":
+            max_significant = cap
+        return _ORIGINAL(*args, max_significant=max_significant, **kwargs)
 
     weights_from_diff2.cap = cap  # type: ignore[attr-defined]
     return weights_from_diff2

@@ -11,7 +11,8 @@ Every ``--grad_write_iter`` (10) iterations, at iteration 0 and at the last one:
 
 Then ``initial_model.mrc`` -- the largest class aligned onto the symmetry axes and symmetrised
 (``relion_align_symmetry --sym G --apply_sym --select_largest_class``) when run in C1, else the
-largest class as it is -- and ``run_optimisation_set.star`` (the last data.star and the tomogram
+largest class as it is, in both cases centred on its positive density first (see
+:func:`centre_positive_mass`) -- and ``run_optimisation_set.star`` (the last data.star and the tomogram
 set), beside the ``run`` root. File names inside the STAR files are relative to the project
 directory when the files lie under it (RELION's convention), else as written.
 """
@@ -37,7 +38,7 @@ from subtomo_nb.io.star import read_star, write_star
 if TYPE_CHECKING:  # pragma: no cover
     from subtomo_nb.initial_model.vdam import InitialModel
 
-__all__ = ["finish_job", "iteration_names", "model_blocks", "optimiser_block", "write_iteration"]
+__all__ = ["finish_job", "iteration_names", "model_blocks", "optimiser_block", "write_iteration", "centre_positive_mass"]
 
 
 def iteration_names(root: str | os.PathLike, iteration: int, n_classes: int) -> dict[str, Path]:
@@ -162,6 +163,26 @@ def optimiser_block(job: InitialModel, names: dict[str, Path]) -> dict:
     }
 
 
+def centre_positive_mass(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Shift a map so that the centre of its positive density is the box centre ``N // 2``.
+
+    Returns the shifted map (Fourier shift, periodic: the solvent outside the mask is flat) and
+    the shift ``(x, y, z)`` in pixels.
+    """
+    from subtomo_nb.fourier.fft import irfft3, rfft3, shift_half
+
+    v = np.asarray(volume, dtype=np.float64)
+    pos = np.maximum(v, 0.0)
+    mass = pos.sum()
+    if mass <= 0:
+        return v.copy(), np.zeros(3)
+    n = v.shape[0]
+    c = np.arange(n) - n // 2
+    com = np.array([(pos.sum(axis=(0, 1)) * c).sum(), (pos.sum(axis=(0, 2)) * c).sum(),
+                    (pos.sum(axis=(1, 2)) * c).sum()]) / mass
+    return irfft3(shift_half(rfft3(v), -com), n), -com
+
+
 def tomograms_file(job: InitialModel) -> Path | None:
     """The tomogram set of the run: ``--tomograms``, else the input optimisation set's."""
     if job.opts.tomograms:
@@ -190,16 +211,23 @@ def write_iteration(job: InitialModel) -> dict[str, Path]:
 
 def finish_job(job: InitialModel) -> dict[str, Path]:
     """``initial_model.mrc`` (aligned to the symmetry axes when run in C1) and ``run_optimisation_set.star``."""
-    from subtomo_nb.initial_model.align_symmetry import align_symmetry_file
+    from subtomo_nb.initial_model.align_symmetry import align_symmetry, class_maps_from_model
+    from subtomo_nb.io.mrc import read_map
 
     o = job.opts
     names = job.last_written
     out_dir = Path(job.root).parent
     sym = o.sym if (o.run_in_c1 and o.sym.upper() != "C1") else "C1"
     project = o.project_dir if o.project_dir is not None else Path.cwd()
-    result = align_symmetry_file(names["model"], sym, project_dir=project, select_largest_class=True,
-                                 apply_sym=True, seed=o.random_seed,
-                                 progress=lambda msg: job.progress({"kind": "message", "message": str(msg)}))
+    source = class_maps_from_model(names["model"], select_largest_class=True, project_dir=project)[0]
+    vol, _ = read_map(source)
+    # relion_align_symmetry moves the centre of mass to the box centre first; a VDAM map has
+    # almost no net mass (CTF-weighted data carry little of the zero frequency), so the signed
+    # centre of mass can lie far outside the box. The positive density's centre is used instead.
+    vol, shift = centre_positive_mass(np.asarray(vol, np.float64))
+    result = align_symmetry(vol, sym, job.pix, keep_centre=True, apply_sym=True, seed=o.random_seed,
+                            progress=lambda msg: job.progress({"kind": "message", "message": str(msg)}))
+    result.source, result.centre_shift_px = source, tuple(float(x) for x in shift)
     job.alignment = result
     initial = out_dir / "initial_model.mrc"
     write_map(initial, np.asarray(result.volume, np.float32), job.pix)

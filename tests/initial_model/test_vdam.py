@@ -341,3 +341,49 @@ def test_dask_run_equals_serial_run(tiny_extract_3d, tmp_path):
     np.testing.assert_allclose(par.angles, serial.angles, atol=1e-6)
     np.testing.assert_allclose(par.offsets_A, serial.offsets_A, atol=1e-6)
     np.testing.assert_allclose(par.classes_model[0].reference, serial.classes_model[0].reference, atol=1e-5, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# the coarse significance cap (RELION's maximum_significants = 100 K in gradient runs)
+# ---------------------------------------------------------------------------------------------
+def test_significance_cap_limits_the_oversampled_coarse_samples(tiny_extract_3d, tiny_project):
+    from subtomo_nb.fourier.projector import Projector
+    from subtomo_nb.initial_model import _maxsig
+    from subtomo_nb.refine.expectation import expectation_batch
+    from subtomo_nb.refine.sampling import Sampling
+    from subtomo_nb.tasks.particle_data import load_particle_set, particle_transforms
+
+    pset, tomo = load_particle_set(tiny_extract_3d)
+    rows = np.arange(4)
+    data, ctf2, mult = particle_transforms(pset, rows, tomograms=tomo, dtype=np.float32)
+    ref, _ = read_map(tiny_project["map"])           # no symmetry ties between orientations
+    proj = Projector(np.asarray(ref, np.float32), pad=1)
+    smp = Sampling(healpix_order=1, offset_range_A=4 * 10.8, offset_step_A=2 * 10.8)
+    kw = dict(pixel_size_A=10.8, coarse_radius=5, fine_radius=8, sigma_offset_A=10.0)
+    prior = np.tile([0.0, 90.0, 0.0], (4, 1))
+    sigma2 = np.full(17, 1e3)                         # flat posteriors: many significant samples
+    free = expectation_batch(proj, data, ctf2, mult, sigma2, smp, prior, **kw)
+    with _maxsig.significance_cap(2):
+        capped = expectation_batch(proj, data, ctf2, mult, sigma2, smp, prior, **kw)
+    # at most 2 coarse samples oversampled: 2 x (8 orientations x 8 translations) fine samples
+    assert capped.n_significant.max() <= 2 * 64 < free.n_significant.min()
+    assert E_weights_restored()
+
+
+def E_weights_restored() -> bool:
+    import subtomo_nb.refine.expectation as E
+    from subtomo_nb.initial_model import _maxsig
+
+    return E.weights_from_diff2 is _maxsig._ORIGINAL
+
+
+def test_centre_positive_mass_moves_the_density_to_the_centre():
+    from subtomo_nb.initial_model.outputs import centre_positive_mass
+
+    n = 32
+    c = np.arange(n) - n // 2
+    z, y, x = np.meshgrid(c, c, c, indexing="ij")
+    vol = np.exp(-((x - 3) ** 2 + (y + 2) ** 2 + (z - 1) ** 2) / 8.0) - 0.01   # net mass ~ 0 allowed
+    out, shift = centre_positive_mass(vol)
+    np.testing.assert_allclose(shift, [-3, 2, -1], atol=0.05)
+    assert np.unravel_index(np.argmax(out), out.shape) == (16, 16, 16)
