@@ -38,7 +38,7 @@ from subtomo_nb.io.star import read_star, write_star
 if TYPE_CHECKING:  # pragma: no cover
     from subtomo_nb.initial_model.vdam import InitialModel
 
-__all__ = ["finish_job", "iteration_names", "model_blocks", "optimiser_block", "write_iteration", "centre_positive_mass"]
+__all__ = ["centre_positive_mass", "finish_job", "iteration_names", "model_blocks", "optimiser_block", "write_iteration"]
 
 
 def iteration_names(root: str | os.PathLike, iteration: int, n_classes: int) -> dict[str, Path]:
@@ -211,7 +211,10 @@ def write_iteration(job: InitialModel) -> dict[str, Path]:
 
 def finish_job(job: InitialModel) -> dict[str, Path]:
     """``initial_model.mrc`` (aligned to the symmetry axes when run in C1) and ``run_optimisation_set.star``."""
-    from subtomo_nb.initial_model.align_symmetry import align_symmetry, class_maps_from_model
+    from subtomo_nb.initial_model.align_symmetry import (
+        align_symmetry,
+        class_maps_from_model,
+    )
     from subtomo_nb.io.mrc import read_map
 
     o = job.opts

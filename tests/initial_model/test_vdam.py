@@ -359,7 +359,7 @@ def test_significance_cap_limits_the_oversampled_coarse_samples(tiny_extract_3d,
     ref, _ = read_map(tiny_project["map"])           # no symmetry ties between orientations
     proj = Projector(np.asarray(ref, np.float32), pad=1)
     smp = Sampling(healpix_order=1, offset_range_A=4 * 10.8, offset_step_A=2 * 10.8)
-    kw = dict(pixel_size_A=10.8, coarse_radius=5, fine_radius=8, sigma_offset_A=10.0)
+    kw = {"pixel_size_A": 10.8, "coarse_radius": 5, "fine_radius": 8, "sigma_offset_A": 10.0}
     prior = np.tile([0.0, 90.0, 0.0], (4, 1))
     sigma2 = np.full(17, 1e3)                         # flat posteriors: many significant samples
     free = expectation_batch(proj, data, ctf2, mult, sigma2, smp, prior, **kw)
