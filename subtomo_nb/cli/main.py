@@ -186,7 +186,9 @@ def _add_tutorial(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tiny", action="store_true", help="a very small project")
     p.add_argument("--j", type=int, default=2, help="number of workers")
     p.add_argument("--skip_refine", action="store_true",
-                   help="stop after the reconstruction with the true orientations (no initial model, no auto-refine)")
+                   help="stop after the reconstruction with the true orientations (no auto-refine)")
+    p.add_argument("--initial_model", action="store_true",
+                   help="make the auto-refine reference with the 3D initial reference job (VDAM) first")
     p.set_defaults(func=_run_tutorial)
 
 
@@ -194,6 +196,7 @@ def _run_tutorial(args: argparse.Namespace) -> int:
     from subtomo_nb.tasks.tutorial import run_tutorial
 
     summary = run_tutorial(args.o, seed=args.seed, tiny=args.tiny, n_workers=args.j, refine=not args.skip_refine,
+                           initial_model=args.initial_model,
                            progress=lambda event: print(event.format(), flush=True))
     for key, value in summary.items():
         print(f"{key}: {value}")

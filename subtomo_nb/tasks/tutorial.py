@@ -1,5 +1,6 @@
 """The synthetic tutorial, end to end: simulate, extract at bin 4, reconstruct with the truth,
-then (``refine=True``, the default) 3D initial reference by VDAM and 3D auto-refine from it.
+then (``refine=True``, the default) 3D auto-refine — from the ground truth low-passed to 50 Å, or
+with ``initial_model=True`` from a 3D initial reference made by VDAM first.
 
 Job directories follow RELION's layout inside the project::
 
@@ -8,8 +9,9 @@ Job directories follow RELION's layout inside the project::
     <project>/Reconstruct/job003/    (RELION 5's process name for Reconstruct particle)
                                      particles with the true orientations and random half-sets,
                                      merged.mrc, merged_half1/2.mrc, merged_fsc.star
-    <project>/InitialModel/job004/   VDAM with the tutorial's settings, initial_model.mrc
-    <project>/Refine3D/job005/       auto-refine from the initial model (run_class001.mrc, run_model.star)
+    <project>/InitialModel/job004/   (``initial_model=True``) VDAM with the tutorial's settings
+    <project>/Refine3D/job005/       auto-refine (run_class001.mrc, run_model.star) from the initial
+                                     model, or by default from the ground-truth map low-passed to 50 Å
 
 The reported numbers are the gold-standard (half-map) FSC = 0.143 resolution and, because the
 truth is known, the FSC = 0.143 resolution of the merged map against the ground truth inside the
@@ -74,7 +76,8 @@ def particles_with_truth(extracted_star: str | os.PathLike, truth_star: str | os
 
 def run_tutorial(project_dir: str | os.PathLike = "tutorial", *, seed: int = 0, tiny: bool = False,
                  n_workers: int = 2, snr: float | None | str = "default", binning: int = 4,
-                 box: int = 32, refine: bool = True, progress: Any = None) -> dict[str, object]:
+                 box: int = 32, refine: bool = True, initial_model: bool = False,
+                 progress: Any = None) -> dict[str, object]:
     """Simulate the synthetic project, extract at bin 4 and reconstruct with the true poses.
 
     Parameters
@@ -93,9 +96,12 @@ def run_tutorial(project_dir: str | os.PathLike = "tutorial", *, seed: int = 0, 
     binning, box
         Extraction binning and box (binned pixels).
     refine
-        Also run the 3D initial reference (VDAM, the tutorial's settings) and 3D auto-refine from
-        it (``--ini_high 50 --sym C6 --particle_diameter 230``, finer angular sampling faster),
-        on a local dask cluster of ``n_workers`` workers.
+        Also run 3D auto-refine (the tutorial's ``--ini_high 50 --sym C6 --particle_diameter 230``,
+        finer angular sampling faster; reference not on absolute greyscale, CTF correction) on a
+        local dask cluster of ``n_workers`` workers, from the ground-truth map.
+    initial_model
+        Make the reference first with the 3D initial reference job (VDAM, the tutorial's settings:
+        100 mini-batches, T = 4, C6, tilt prior 10°) and refine from it.
     progress
         Called with each job's progress events (:class:`subtomo_nb.jobs.progress.Progress`).
 
@@ -131,7 +137,7 @@ def run_tutorial(project_dir: str | os.PathLike = "tutorial", *, seed: int = 0, 
     n = merged.shape[0]
     summary: dict[str, object] = {}
     if refine:
-        summary = _initial_model_and_refine(project, sim, extract_dir, n_workers, progress)
+        summary = _initial_model_and_refine(project, sim, extract_dir, n_workers, progress, initial_model)
     return {
         "project": project,
         "particles": int(len(read_star(true_star)["particles"])),
@@ -168,8 +174,8 @@ def pose_errors(data_star: str | os.PathLike, truth_star: str | os.PathLike, sym
 
 
 def _initial_model_and_refine(project: Path, sim: dict, extract_dir: Path, n_workers: int,
-                              progress: Any) -> dict[str, object]:
-    """InitialModel/job004 (VDAM, tutorial preset) then Refine3D/job005 from its initial model."""
+                              progress: Any, initial_model: bool) -> dict[str, object]:
+    """[InitialModel/job004 (VDAM, tutorial preset), then] Refine3D/job005 (tutorial preset)."""
     from subtomo_nb.jobs.jobdir import run_job
     from subtomo_nb.parallel import close_if_owned, get_client
     from subtomo_nb.widgets.forms import PRESETS
@@ -179,11 +185,15 @@ def _initial_model_and_refine(project: Path, sim: dict, extract_dir: Path, n_wor
     client = get_client(n_workers=n_workers, gpu="auto", dashboard_address=None)
     try:
         t0 = time.perf_counter()
-        im_dir = run_job("initial_model", {**PRESETS["initial_model"]["tutorial"], "in_optimisation": oset},
-                         project, client=client, progress=progress, job_dir=project / "InitialModel" / "job004")
+        if initial_model:
+            im_dir = run_job("initial_model", {**PRESETS["initial_model"]["tutorial"], "in_optimisation": oset},
+                             project, client=client, progress=progress, job_dir=project / "InitialModel" / "job004")
+            ref = str((im_dir / "initial_model.mrc").relative_to(project))
+            out["initial model"] = im_dir / "initial_model.mrc"
+        else:
+            ref = str(Path(sim["map"]).relative_to(project))
         t_im = time.perf_counter() - t0
         t1 = time.perf_counter()
-        ref = str((im_dir / "initial_model.mrc").relative_to(project))
         rf_dir = run_job("refine3d", {**PRESETS["refine3d"]["tutorial"], "in_optimisation": oset, "fn_ref": ref},
                          project, client=client, progress=progress, job_dir=project / "Refine3D" / "job005")
         t_rf = time.perf_counter() - t1
@@ -192,7 +202,7 @@ def _initial_model_and_refine(project: Path, sim: dict, extract_dir: Path, n_wor
     model = read_star(rf_dir / "run_model.star")
     final_map, pix = read_map(rf_dir / "run_class001.mrc")
     ang, trans = pose_errors(rf_dir / "run_data.star", sim["particles_true"], "C6", float(pix))
-    out["initial model"] = im_dir / "initial_model.mrc"
+    out["reference"] = ref
     out["refined map"] = rf_dir / "run_class001.mrc"
     out["final resolution (gold-standard FSC 0.143, Å)"] = round(float(model["model_general"]["rlnCurrentResolution"]), 2)
     out["median angular error vs truth, modulo C6 (degrees)"] = round(float(np.median(ang)), 2)
