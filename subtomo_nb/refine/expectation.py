@@ -43,6 +43,11 @@ MULTIPLICITY_THRESHOLD = 0.01
 ROTATION_CHUNK = 256
 #: Largest (particles × fine orientations × Fourier points) of one fine-pass chunk.
 FINE_BUDGET = 6_000_000
+#: At most this many significant coarse samples per particle go to the fine pass (the highest
+#: weights). RELION's CPU auto-refine has no cap (``--maxsig -1``); without one, a noisy particle
+#: in a global search at HEALPix order 3 brought thousands of coarse samples and the fine pass of
+#: one particle needed several GB. A deviation from RELION, bounding memory per particle.
+MAX_SIGNIFICANT_COARSE = 1000
 #: Largest (fine orientations × Fourier points) whose reference values a global search keeps for
 #: the whole iteration (complex64: 8 bytes each, ~500 MB).
 FINE_CACHE_POINTS = 64_000_000
@@ -207,7 +212,8 @@ def expectation_batch(
         wc = weights_from_diff2(d2, np.where(np.isfinite(lp), 0.0, -np.inf), None, adaptive_fraction=1.0,
                                 max_significant=1)
     else:
-        wc = weights_from_diff2(d2, lp, lpt_c, adaptive_fraction=adaptive_fraction)
+        wc = weights_from_diff2(d2, lp, lpt_c, adaptive_fraction=adaptive_fraction,
+                                max_significant=MAX_SIGNIFICANT_COARSE)
 
     # ---------------- fine pass, in chunks of particles that fit the memory budget
     sig = wc.w > 0                                                     # (P, Rc, Tc)

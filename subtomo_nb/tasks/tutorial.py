@@ -10,7 +10,7 @@ Job directories follow RELION's layout inside the project::
                                      particles with the true orientations and random half-sets,
                                      merged.mrc, merged_half1/2.mrc, merged_fsc.star
     <project>/InitialModel/job004/   (``initial_model=True``) VDAM with the tutorial's settings
-    <project>/Refine3D/job005/       auto-refine (run_class001.mrc, run_model.star) from the initial
+    <project>/Refine3D/job004/       (or job005 after an initial model) auto-refine (run_class001.mrc, run_model.star) from the initial
                                      model, or by default from the ground-truth map low-passed to 50 Å
 
 The reported numbers are the gold-standard (half-map) FSC = 0.143 resolution and, because the
@@ -175,27 +175,27 @@ def pose_errors(data_star: str | os.PathLike, truth_star: str | os.PathLike, sym
 
 def _initial_model_and_refine(project: Path, sim: dict, extract_dir: Path, n_workers: int,
                               progress: Any, initial_model: bool) -> dict[str, object]:
-    """[InitialModel/job004 (VDAM, tutorial preset), then] Refine3D/job005 (tutorial preset)."""
+    """[InitialModel (VDAM, tutorial preset), then] Refine3D (tutorial preset), numbered by the project."""
     from subtomo_nb.jobs.jobdir import run_job
     from subtomo_nb.parallel import close_if_owned, get_client
     from subtomo_nb.widgets.forms import PRESETS
 
     out: dict[str, object] = {}
-    oset = str((extract_dir / "optimisation_set.star").relative_to(project))
+    oset = os.path.relpath((extract_dir / "optimisation_set.star").resolve(), project.resolve())
     client = get_client(n_workers=n_workers, gpu="auto", dashboard_address=None)
     try:
         t0 = time.perf_counter()
         if initial_model:
             im_dir = run_job("initial_model", {**PRESETS["initial_model"]["tutorial"], "in_optimisation": oset},
-                             project, client=client, progress=progress, job_dir=project / "InitialModel" / "job004")
-            ref = str((im_dir / "initial_model.mrc").relative_to(project))
+                             project, client=client, progress=progress)
+            ref = os.path.relpath((im_dir / "initial_model.mrc").resolve(), project.resolve())
             out["initial model"] = im_dir / "initial_model.mrc"
         else:
-            ref = str(Path(sim["map"]).relative_to(project))
+            ref = os.path.relpath(Path(sim["map"]).resolve(), project.resolve())
         t_im = time.perf_counter() - t0
         t1 = time.perf_counter()
         rf_dir = run_job("refine3d", {**PRESETS["refine3d"]["tutorial"], "in_optimisation": oset, "fn_ref": ref},
-                         project, client=client, progress=progress, job_dir=project / "Refine3D" / "job005")
+                         project, client=client, progress=progress)
         t_rf = time.perf_counter() - t1
     finally:
         close_if_owned(client)
