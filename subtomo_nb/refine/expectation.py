@@ -49,7 +49,7 @@ FINE_BUDGET = 6_000_000
 #: one particle needed several GB. A deviation from RELION, bounding memory per particle.
 MAX_SIGNIFICANT_COARSE = 1000
 #: Largest (fine orientations × Fourier points) whose reference values a global search keeps for
-#: the whole iteration (complex64: 8 bytes each, ~500 MB).
+#: the whole iteration ([Re, Im] and |V|² in float32: 12 bytes each, at most ~770 MB per half-set).
 FINE_CACHE_POINTS = 64_000_000
 
 
