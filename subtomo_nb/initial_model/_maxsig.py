@@ -12,7 +12,8 @@ module installs the cap where that function is looked up (coarse call only, reco
 caller), for the duration of a VDAM job only:
 :func:`significance_cap` in this process (serial E-step) and :func:`install_on_workers` /
 :func:`remove_from_workers` on a dask client (parallel E-step). Calls that pass their own
-``max_significant`` (``--firstiter_cc``) keep it. When the E-step grows the argument,
+``max_significant`` (``--firstiter_cc``; the E-step's own memory bound) keep the smaller of
+theirs and the cap. When the E-step grows the argument,
 :data:`NATIVE` is True and VDAM passes it directly instead.
 """
 
@@ -41,8 +42,8 @@ def _capped(cap: int) -> Any:
     def weights_from_diff2(*args: Any, max_significant: int | None = None, **kwargs: Any) -> Any:
         # RELION caps the coarse pass only (which coarse samples are oversampled); the fine pass
         # keeps its 0.999 rule. The coarse call is the one made by expectation_batch itself.
-        if max_significant is None and sys._getframe(1).f_code.co_name == "expectation_batch":
-            max_significant = cap
+        if sys._getframe(1).f_code.co_name == "expectation_batch":
+            max_significant = cap if max_significant is None else min(cap, max_significant)
         return _ORIGINAL(*args, max_significant=max_significant, **kwargs)
 
     weights_from_diff2.cap = cap  # type: ignore[attr-defined]
