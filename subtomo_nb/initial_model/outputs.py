@@ -227,7 +227,11 @@ def finish_job(job: InitialModel) -> dict[str, Path]:
     # relion_align_symmetry moves the centre of mass to the box centre first; a VDAM map has
     # almost no net mass (CTF-weighted data carry little of the zero frequency), so the signed
     # centre of mass can lie far outside the box. The positive density's centre is used instead.
-    vol, shift = centre_positive_mass(np.asarray(vol, np.float64))
+    # C1 (no symmetry to align to): relion_align_symmetry writes the map as it is, so no centring
+    if sym.upper() != "C1":
+        vol, shift = centre_positive_mass(np.asarray(vol, np.float64))
+    else:
+        shift = np.zeros(3)
     result = align_symmetry(vol, sym, job.pix, keep_centre=True, apply_sym=True, seed=o.random_seed,
                             progress=lambda msg: job.progress({"kind": "message", "message": str(msg)}))
     result.source, result.centre_shift_px = source, tuple(float(x) for x in shift)
