@@ -55,7 +55,7 @@ def _evaluate(path: Path, truth: np.ndarray, pix: float) -> object:
     from subtomo_nb.io.mrc import read_map
 
     vol, _ = read_map(path)
-    return superpose(vol, truth, pix, healpix_order=1, n_candidates=2)
+    return superpose(vol, truth, pix)
 
 
 def main() -> None:
