@@ -323,7 +323,6 @@ def test_command_line(tiny_extract_3d, tmp_path, capsys):
     np.testing.assert_allclose(a, b)                   # C1: the class map as it is
 
 
-@pytest.mark.slow
 def test_dask_run_equals_serial_run(tiny_extract_3d, tmp_path):
     distributed = pytest.importorskip("distributed")
     from subtomo_nb.initial_model.vdam import InitialModel, VdamOptions
