@@ -91,3 +91,22 @@ def artifacts_dir() -> Path:
     d = Path(__file__).resolve().parents[2] / "test-artifacts"
     d.mkdir(exist_ok=True)
     return d
+
+
+@pytest.fixture(autouse=True)
+def _release_gl_context():
+    """After each test, make no OpenGL context current on this thread.
+
+    vispy leaves the last canvas's QOpenGLContext current when napari closes the viewer; Qt's
+    thread data keeps pointing at it after it is deleted, and PySide6's QApplication teardown at
+    interpreter exit then calls ``doneCurrent()`` through that stale pointer: a segmentation fault
+    after all tests passed (exit code 139).
+    """
+    yield
+    if "qtpy" not in sys.modules:
+        return
+    from qtpy.QtGui import QOpenGLContext
+
+    ctx = QOpenGLContext.currentContext()
+    if ctx is not None:
+        ctx.doneCurrent()
