@@ -114,7 +114,47 @@ def _stack_real(z: Any, xp: ModuleType) -> Any:
     return xp.concatenate([z.real, z.imag], axis=-1)
 
 
-def squared_differences(terms: ParticleTerms, ref: Any, phases: Any) -> Any:
+@dataclass
+class ReferenceTerms:
+    """Reference values of ``R`` orientations in the form the E-step's products take them.
+
+    Attributes
+    ----------
+    stacked : (R, 2K) real -- ``[Re V, Im V]``.
+    power : (R, K) real -- ``|V|²``.
+    """
+
+    stacked: Any
+    power: Any
+
+    @classmethod
+    def of(cls, ref: Any) -> "ReferenceTerms":
+        """From ``(R, K)`` complex reference values ``V_r(k)``."""
+        xp = get_xp(ref)
+        return cls(stacked=_stack_real(ref, xp), power=ref.real ** 2 + ref.imag ** 2)
+
+    def __len__(self) -> int:
+        return self.power.shape[0]
+
+    def rows(self, sl: slice) -> "ReferenceTerms":
+        """The orientations ``sl`` (views, no copy)."""
+        return ReferenceTerms(self.stacked[sl], self.power[sl])
+
+
+def translated_terms(terms: ParticleTerms, phases: Any) -> Any:
+    """``[Re(b_p φ_t), Im(b_p φ_t)]`` as a ``(P·T, 2K)`` real matrix (row ``p·T + t``).
+
+    The left factor of the ``B`` product; it depends on the batch and the translations only, so
+    it is formed once and multiplied with every chunk of orientations.
+    """
+    xp = get_xp(terms.b, phases)
+    P, K = terms.b.shape
+    shifted = terms.b[:, None, :] * phases[None, :, :]           # (P, T, K)
+    return _stack_real(shifted.reshape(P * phases.shape[0], K), xp)
+
+
+def squared_differences(terms: ParticleTerms, ref: Any, phases: Any, *, lhs: Any | None = None,
+                        out: Any | None = None) -> Any:
     """All squared differences ``diff2[p, r, t]`` for a batch, by two GEMMs.
 
     Parameters
@@ -122,25 +162,36 @@ def squared_differences(terms: ParticleTerms, ref: Any, phases: Any) -> Any:
     terms
         Output of :func:`particle_terms` (P particles, K points).
     ref
-        (R, K) complex reference values ``V_r(k)`` at the same points.
+        (R, K) complex reference values ``V_r(k)`` at the same points, or their
+        :class:`ReferenceTerms`.
     phases
         (T, K) complex translation phase factors from :func:`phase_factors`.
+    lhs
+        :func:`translated_terms` of ``terms`` and ``phases`` when already formed (callers that
+        score many chunks of orientations against one batch pass it to form it once).
+    out
+        (P, R, T) array to write into (its dtype is the result's; e.g. a slice of a larger one).
 
     Returns
     -------
-    (P, R, T) real array.
+    (P, R, T) real array (``out`` when given).
     """
-    xp = get_xp(ref, terms.a)
-    P, K = terms.a.shape
+    ref_t = ref if isinstance(ref, ReferenceTerms) else ReferenceTerms.of(ref)
+    xp = get_xp(ref_t.power, terms.a)
+    P = terms.a.shape[0]
     T = phases.shape[0]
-    R = ref.shape[0]
-    power = ref.real ** 2 + ref.imag ** 2                       # (R, K)
-    A = gemm(terms.a, power.T)                                   # (P, R)
-    shifted = terms.b[:, None, :] * phases[None, :, :]           # (P, T, K)
-    lhs = _stack_real(shifted.reshape(P * T, K), xp)             # (P·T, 2K): [Re, Im]
-    rhs = _stack_real(ref, xp)                                   # (R, 2K):   [Re, Im]
-    B = gemm(lhs, rhs.T).reshape(P, T, R)                           # Re(b φ conj V) = Re·Re + Im·Im
-    return A[:, :, None] - 2.0 * B.transpose(0, 2, 1) + terms.c[:, None, None]
+    R = len(ref_t)
+    if lhs is None:
+        lhs = translated_terms(terms, phases)                    # (P·T, 2K)
+    A = gemm(terms.a, ref_t.power.T)                              # (P, R)
+    Bt = gemm(ref_t.stacked, lhs.T)                               # (R, P·T): Re·Re + Im·Im
+    B = Bt.reshape(R, P, T).transpose(1, 0, 2)                    # (P, R, T) view
+    if out is None:
+        out = xp.empty((P, R, T), dtype=xp.result_type(B.dtype, A.dtype, terms.c.dtype))
+    xp.multiply(B, -2.0, out=out)
+    out += A[:, :, None]
+    out += terms.c[:, None, None]
+    return out
 
 
 @dataclass
@@ -207,12 +258,22 @@ def weights_from_diff2(
     w = xp.exp(flat - top)
     total = xp.sum(w, axis=1, keepdims=True)
     w = w / total
-    order = xp.argsort(-w, axis=1)
-    sorted_w = xp.take_along_axis(w, order, axis=1)
+    # Only weights >= (1 - fraction) / (R T) can be kept: all smaller ones sum to less than
+    # 1 - fraction. Sorting just the largest C (argpartition first) gives the same threshold.
+    n_cand = int(xp.max(xp.sum(w >= (1.0 - adaptive_fraction) / (R * T), axis=1)))
+    if max_significant is not None:
+        n_cand = min(n_cand, int(max_significant))
+    n_cand = max(n_cand, 1)
+    if n_cand < R * T:
+        top_idx = xp.argpartition(-w, n_cand - 1, axis=1)[:, :n_cand]
+        top_w = xp.take_along_axis(w, top_idx, axis=1)
+        sorted_w = -xp.sort(-top_w, axis=1)
+    else:
+        sorted_w = -xp.sort(-w, axis=1)
     cum = xp.cumsum(sorted_w, axis=1)
     # number kept: first index where the cumulative sum reaches the fraction, inclusive
     n_keep = xp.sum(cum < adaptive_fraction, axis=1) + 1
-    n_keep = xp.minimum(n_keep, R * T)
+    n_keep = xp.minimum(n_keep, sorted_w.shape[1])
     if max_significant is not None:
         n_keep = xp.minimum(n_keep, max_significant)
     threshold = xp.take_along_axis(sorted_w, (n_keep - 1)[:, None], axis=1)[:, 0]

@@ -28,10 +28,12 @@ from subtomo_nb.geometry.euler import euler_to_matrix
 from subtomo_nb.geometry.healpix import oversampled_children, psi_step
 from subtomo_nb.geometry.translations import oversampled_translations
 from subtomo_nb.refine.estep import (
+    ReferenceTerms,
     gemm,
     particle_terms,
     phase_factors,
     squared_differences,
+    translated_terms,
     translation_sums,
     weights_from_diff2,
 )
@@ -119,6 +121,24 @@ def reference_values(projector: Projector, rot: np.ndarray, tilt: np.ndarray, ps
     return out
 
 
+def reference_terms(projector: Projector, rot: np.ndarray, tilt: np.ndarray, psi: np.ndarray,
+                    points: np.ndarray) -> ReferenceTerms:
+    """:class:`ReferenceTerms` (``[Re V, Im V]``, ``|V|²``) of orientations ``(R,)`` at points ``(K, 3)``.
+
+    Filled chunk by chunk, so the complex values of all orientations are never held at once.
+    """
+    A = euler_to_matrix(rot, tilt, psi)
+    R, K = len(rot), len(points)
+    rdt = projector.rdtype
+    out = ReferenceTerms(stacked=np.empty((R, 2 * K), dtype=rdt), power=np.empty((R, K), dtype=rdt))
+    for s in range(0, R, ROTATION_CHUNK):
+        V = projector.sample(A[s:s + ROTATION_CHUNK], points)
+        out.stacked[s:s + ROTATION_CHUNK, :K] = V.real
+        out.stacked[s:s + ROTATION_CHUNK, K:] = V.imag
+        out.power[s:s + ROTATION_CHUNK] = V.real ** 2 + V.imag ** 2
+    return out
+
+
 def expectation_batch(
     projector: Projector,
     data: np.ndarray,
@@ -187,10 +207,10 @@ def expectation_batch(
     key = ("coarse", sampling.healpix_order, sampling.sym, coarse_radius)
     if coarse_cache is not None and len(ridx) == len(rot_g):  # global search: same for all batches
         if key not in coarse_cache:
-            coarse_cache[key] = reference_values(projector, rot_g, tilt_g, psi_g, sel_c.points)
+            coarse_cache[key] = reference_terms(projector, rot_g, tilt_g, psi_g, sel_c.points)
         Vc = coarse_cache[key]
     else:
-        Vc = reference_values(projector, rot_g[ridx], tilt_g[ridx], psi_g[ridx], sel_c.points)
+        Vc = reference_terms(projector, rot_g[ridx], tilt_g[ridx], psi_g[ridx], sel_c.points)
     shifts_c = sampling.translations_px(pixel_size_A)
     lpt_c = log_translation_prior(shifts_c, sigma_offset_A, pixel_size_A)
     phi_c = phase_factors(sel_c.points.astype(rdt), shifts_c.astype(rdt), N)
@@ -199,12 +219,15 @@ def expectation_batch(
     else:
         terms = particle_terms(Xc, Wc, Mc, s2c, MULTIPLICITY_THRESHOLD)
     d2 = np.empty((P, len(ridx), len(shifts_c)))
+    lhs = translated_terms(terms, phi_c)                               # formed once per batch
     for s in range(0, len(ridx), ROTATION_CHUNK):
-        d2[:, s:s + ROTATION_CHUNK] = squared_differences(terms, Vc[s:s + ROTATION_CHUNK], phi_c)
+        sl = slice(s, s + ROTATION_CHUNK)
+        squared_differences(terms, Vc.rows(sl), phi_c, lhs=lhs, out=d2[:, sl])
+    del lhs
     if firstiter_cc:
-        d2 = _cc_scores(terms, Vc, phi_c, d2)
+        d2 = _cc_scores(terms, Vc.power, d2)
     lp = logp[:, ridx]
-    d2 = np.where(np.isfinite(lp)[:, :, None], d2, np.inf)
+    d2[~np.isfinite(lp)] = np.inf
     if firstiter_cc:
         # RELION's --firstiter_cc picks the best correlation: the priors only exclude samples, they
         # do not weigh correlations (a Gaussian offset prior would outweigh any correlation
@@ -431,13 +454,12 @@ def flush_rotation_sums(cache: dict | None) -> None:
             value.flush()
 
 
-def _cc_scores(terms: Any, V: np.ndarray, phi: np.ndarray, d2: np.ndarray) -> np.ndarray:
+def _cc_scores(terms: Any, power: np.ndarray, d2: np.ndarray) -> np.ndarray:
     """Negative normalised cross-correlation in the place of diff2 (``--firstiter_cc``).
 
     With ``sigma2 = 1/2`` the terms are ``a = W²/M``, ``b = W X/M``, ``c = Σ|X|²/M``; the
     correlation of ``W V`` with ``X φ_t`` is ``B / sqrt(A c)`` and ``B = (A + c - d2) / 2``.
     """
-    power = V.real ** 2 + V.imag ** 2
     A = terms.a @ power.T                                              # (P, R)
     B = 0.5 * (A[:, :, None] + terms.c[:, None, None] - d2)
     cc = B / np.sqrt(np.maximum(A, 1e-30)[:, :, None] * np.maximum(terms.c, 1e-30)[:, None, None])

@@ -100,6 +100,26 @@ def test_weights_normalised_pruned_and_prior_applied():
     assert np.all(w2.best // 5 == 4)
 
 
+@pytest.mark.parametrize("scale", [0.01, 0.3, 3.0, 30.0])
+@pytest.mark.parametrize("max_significant", [None, 5, 1000])
+@pytest.mark.parametrize("fraction", [0.999, 1.0, 0.5])
+def test_significance_threshold_equals_full_sort(scale, max_significant, fraction):
+    """The kept set (argpartition of the candidates) equals the one from sorting every weight."""
+    rng = np.random.default_rng(int(scale * 100) + (max_significant or 0))
+    d2 = rng.standard_normal((7, 50, 9)) * scale
+    W = weights_from_diff2(d2, adaptive_fraction=fraction, max_significant=max_significant)
+    flat = -d2.reshape(7, -1)
+    w = np.exp(flat - flat.max(axis=1, keepdims=True))
+    w /= w.sum(axis=1, keepdims=True)
+    sorted_w = -np.sort(-w, axis=1)
+    n = np.minimum((np.cumsum(sorted_w, axis=1) < fraction).sum(axis=1) + 1, w.shape[1])
+    if max_significant is not None:
+        n = np.minimum(n, max_significant)
+    threshold = np.take_along_axis(sorted_w, (n - 1)[:, None], axis=1)[:, 0]
+    np.testing.assert_array_equal(W.n_significant, (w >= threshold[:, None]).sum(axis=1))
+    np.testing.assert_allclose(W.threshold, threshold, rtol=1e-12)
+
+
 def test_weighted_sums_equal_brute_force():
     rng = np.random.default_rng(5)
     kvec, ref, data, ctf2, mult, sigma2, shifts, box = _problem(rng, P=3, R=4, T=6)
