@@ -52,6 +52,7 @@ from subtomo_nb.fourier.fft import shift_half
 from subtomo_nb.fourier.projector import Projector
 from subtomo_nb.io.particles import ParticleSet
 from subtomo_nb.io.tomograms import TomogramSet, read_tomograms
+from subtomo_nb.refine.estep import ReferenceTerms
 from subtomo_nb.refine.expectation import (
     MULTIPLICITY_THRESHOLD,
     BatchResult,
@@ -193,10 +194,11 @@ class _EStepParams:
 
 
 def _shareable(value: Any) -> bool:
-    """Reference values (arrays, or tuples of arrays) are shared by a worker's tasks; sums are not."""
+    """Reference values (arrays, tuples of arrays, :class:`ReferenceTerms`) are shared by a worker's
+    tasks; sums are not."""
     if isinstance(value, tuple):
         return all(isinstance(v, np.ndarray) for v in value)
-    return isinstance(value, np.ndarray)
+    return isinstance(value, (np.ndarray, ReferenceTerms))
 
 
 def _estep_batch(batch: tuple[np.ndarray, np.ndarray, np.ndarray | None], reference: np.ndarray,

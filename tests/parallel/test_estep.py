@@ -11,7 +11,8 @@ import pytest
 from subtomo_nb.fourier.backprojector import BackProjector
 from subtomo_nb.fourier.projector import Projector
 from subtomo_nb.parallel import ParticleBatches, run_half_estep, submit_half_estep, tree_sum_order
-from subtomo_nb.parallel.estep import _cached_streams, crop_half, crop_radius, uncrop_half
+from subtomo_nb.parallel.estep import _cached_streams, _shareable, crop_half, crop_radius, uncrop_half
+from subtomo_nb.refine.estep import ReferenceTerms
 from subtomo_nb.refine.expectation import expectation_batch, flush_rotation_sums
 from subtomo_nb.tasks.particle_data import particle_transforms
 
@@ -56,6 +57,17 @@ def test_tree_order_is_fixed():
     assert tree_sum_order(2) == [[(0, 1)]]
     assert tree_sum_order(5) == [[(0, 1), (2, 3)], [(0, 1)], [(0, 1)]]
     assert tree_sum_order(6) == [[(0, 1), (2, 3), (4, 5)], [(0, 1)], [(0, 1)]]
+
+
+def test_reference_values_are_shared_by_a_workers_tasks_but_sums_are_not():
+    """A global search's reference values (the coarse ReferenceTerms, the fine [Re, Im] and |V|²
+    tuple) are computed once per worker and iteration; deferred orientation sums stay per task."""
+    from subtomo_nb.refine.expectation import RotationSums
+
+    ref = ReferenceTerms.of(np.ones((3, 4), dtype=np.complex64))
+    assert _shareable(ref) and _shareable((ref.stacked, ref.power)) and _shareable(ref.power)
+    sums = RotationSums.__new__(RotationSums)
+    assert not _shareable(sums)
 
 
 def test_crop_keeps_every_inserted_voxel():
