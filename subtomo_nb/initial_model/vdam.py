@@ -14,7 +14,7 @@ particles alone:
    :mod:`subtomo_nb.parallel`): one reference per class, the mini-batch split into two pseudo
    half-sets by particle index parity, each back-projected into its own
    :class:`~subtomo_nb.fourier.backprojector.BackProjector`; at most ``100 K`` significant
-   poses per particle (§8.4; see :mod:`._maxsig`).
+   coarse poses per particle go to the oversampled pass (§8.4, ``max_significant``).
 4. **M-step** (:mod:`.gradient`, §8.5): symmetry on the sums, gradients ``(D - W P)/max(1, W)``,
    adaptive moments, ``P <- P + step (f d - (1 - f) P)``, map, solvent flattening; noise
    spectrum, offset width and class shares with momentum 0.9 while mini-batches are subsets.
@@ -52,7 +52,6 @@ from subtomo_nb.fourier.projector import Projector
 from subtomo_nb.geometry.euler import euler_to_matrix
 from subtomo_nb.geometry.healpix import angular_step
 from subtomo_nb.geometry.symmetry import point_group
-from subtomo_nb.initial_model import _maxsig
 from subtomo_nb.initial_model.gradient import (
     GradientMoments,
     gradient,
@@ -385,7 +384,7 @@ class InitialModel:
         s = self.state
         fine_r = s.current_size / 2
         return {"pixel_size_A": self.pix, "coarse_radius": min(self._coarse_radius(), fine_r), "fine_radius": fine_r,
-                "sigma_offset_A": s.sigma_offset_A}
+                "sigma_offset_A": s.sigma_offset_A, "max_significant": self.max_significant}
 
     def _r_max(self) -> int:
         return self.state.current_size // 2
@@ -397,27 +396,24 @@ class InitialModel:
             return self._estep_parallel(reference, halves)
         o = self.opts
         kw = self._estep_args()
-        if _maxsig.NATIVE:
-            kw["max_significant"] = self.max_significant
         prior = self._prior_angles()
         proj = Projector(reference.astype(self.dtype), pad=o.pad)
         cache: dict = {}
         out = []
         done, total = 0, sum(len(h) for h in halves)
-        with _maxsig.significance_cap(self.max_significant):
-            for rows in halves:
-                bp = BackProjector(self.box, pad=o.pad, r_max=self._r_max(), dtype=self.dtype)
-                results = []
-                for start in range(0, len(rows), o.batch_size):
-                    idx = rows[start:start + o.batch_size]
-                    data, ctf2, mult = self._transforms(idx)
-                    res = expectation_batch(proj, data, ctf2, mult, self.sigma2, self.state.sampling, prior[idx],
-                                            backprojector=bp if back_project else None, coarse_cache=cache, **kw)
-                    results.append((idx, res))
-                    done += len(idx)
-                    self.progress({"kind": "batch", "iteration": self.state.iteration, "done": done, "of": total})
-                out.append((bp, results))
-            flush_rotation_sums(cache)
+        for rows in halves:
+            bp = BackProjector(self.box, pad=o.pad, r_max=self._r_max(), dtype=self.dtype)
+            results = []
+            for start in range(0, len(rows), o.batch_size):
+                idx = rows[start:start + o.batch_size]
+                data, ctf2, mult = self._transforms(idx)
+                res = expectation_batch(proj, data, ctf2, mult, self.sigma2, self.state.sampling, prior[idx],
+                                        backprojector=bp if back_project else None, coarse_cache=cache, **kw)
+                results.append((idx, res))
+                done += len(idx)
+                self.progress({"kind": "batch", "iteration": self.state.iteration, "done": done, "of": total})
+            out.append((bp, results))
+        flush_rotation_sums(cache)
         return out
 
     def _batches_for(self, halves: list[np.ndarray]) -> tuple[Any, bool]:
@@ -611,9 +607,6 @@ class InitialModel:
         from subtomo_nb.initial_model.outputs import finish_job, write_iteration
 
         o = self.opts
-        cap_on_workers = False
-        if self.client is not None:
-            cap_on_workers = _maxsig.install_on_workers(self.client, self.max_significant)
         try:
             self.start()
             write_iteration(self)
@@ -627,8 +620,6 @@ class InitialModel:
             if self._full_batches is not None:
                 self._full_batches.release()
                 self._full_batches = None
-            if cap_on_workers:
-                _maxsig.remove_from_workers(self.client)
         return self.state.history[-1] if self.state.history else {}
 
 

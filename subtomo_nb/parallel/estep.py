@@ -191,6 +191,7 @@ class _EStepParams:
     dtype: type
     ctf: bool
     adaptive_fraction: float
+    max_significant: int | None = None
 
 
 def _shareable(value: Any) -> bool:
@@ -223,7 +224,7 @@ def _estep_batch(batch: tuple[np.ndarray, np.ndarray, np.ndarray | None], refere
                             pixel_size_A=p.pixel_size_A, coarse_radius=p.coarse_radius,
                             fine_radius=p.fine_radius, sigma_offset_A=p.sigma_offset_A, backprojector=bp,
                             adaptive_fraction=p.adaptive_fraction, firstiter_cc=p.firstiter_cc,
-                            coarse_cache=cache)
+                            coarse_cache=cache, max_significant=p.max_significant)
     flush_rotation_sums(cache)
     for key, value in cache.items():
         if _shareable(value):
@@ -437,6 +438,7 @@ def submit_half_estep(
     dtype: type | None = None,
     ctf: bool = True,
     adaptive_fraction: float = 0.999,
+    max_significant: int | None = None,
 ) -> HalfEStep:
     """Submit the E-step graph of one half-set and return at once (see :func:`run_half_estep`)."""
     dtype = batches.dtype if dtype is None else np.dtype(dtype).type
@@ -464,7 +466,8 @@ def submit_half_estep(
         stream=f"{batches.token}-h{half}", ref_key=ref_key, sigma2=np.asarray(sigma2, dtype=np.float64),
         sampling=sampling, pixel_size_A=float(pixel_size_A), coarse_radius=float(coarse_radius),
         fine_radius=float(fine_radius), sigma_offset_A=float(sigma_offset_A), pad=pad, r_max=r_max,
-        firstiter_cc=bool(firstiter_cc), dtype=dtype, ctf=bool(ctf), adaptive_fraction=float(adaptive_fraction))
+        firstiter_cc=bool(firstiter_cc), dtype=dtype, ctf=bool(ctf), adaptive_fraction=float(adaptive_fraction),
+        max_significant=None if max_significant is None else int(max_significant))
     leaves, results = [], []
     for i, (load, idx) in enumerate(zip(batches.futures[half], batches.batches[half])):
         f = client.submit(_estep_batch, load, ref, params, prior_angles[idx], origins_px[idx],
@@ -495,6 +498,7 @@ def run_half_estep(
     dtype: type | None = None,
     ctf: bool = True,
     adaptive_fraction: float = 0.999,
+    max_significant: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[BackProjector, list[BatchResult]]:
     """E-step of one half-set on the cluster: one task per batch, partial sums by a fixed tree.
@@ -519,7 +523,7 @@ def run_half_estep(
     origins_px
         ``(n_particles, 3)`` current origins (x, y, z) in pixels of every particle row; the data
         are shifted by ``+origin`` before scoring, as ``particle_transforms(..., origins=...)``.
-    pixel_size_A, coarse_radius, fine_radius, sigma_offset_A, firstiter_cc, adaptive_fraction
+    pixel_size_A, coarse_radius, fine_radius, sigma_offset_A, firstiter_cc, adaptive_fraction, max_significant
         As :func:`~subtomo_nb.refine.expectation.expectation_batch`.
     pad
         Padding factor of the projector and back-projector.
@@ -551,7 +555,8 @@ def run_half_estep(
                             prior_angles=prior_angles, origins_px=origins_px, pixel_size_A=pixel_size_A,
                             coarse_radius=coarse_radius, fine_radius=fine_radius,
                             sigma_offset_A=sigma_offset_A, pad=pad, r_max=r_max, firstiter_cc=firstiter_cc,
-                            dtype=dtype, ctf=ctf, adaptive_fraction=adaptive_fraction)
+                            dtype=dtype, ctf=ctf, adaptive_fraction=adaptive_fraction,
+                            max_significant=max_significant)
     try:
         return job.result(progress)
     finally:

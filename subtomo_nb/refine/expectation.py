@@ -156,6 +156,7 @@ def expectation_batch(
     adaptive_fraction: float = 0.999,
     firstiter_cc: bool = False,
     coarse_cache: dict | None = None,
+    max_significant: int | None = None,
 ) -> BatchResult:
     """Score, weight and accumulate one batch of particles.
 
@@ -185,6 +186,10 @@ def expectation_batch(
     firstiter_cc
         Score by normalised cross-correlation and keep only the best sample (RELION's
         ``--firstiter_cc`` first iteration).
+    max_significant
+        At most this many significant coarse samples per particle go to the fine pass
+        (RELION's ``--maxsig``; VDAM's 100 K); the smaller of this and
+        :data:`MAX_SIGNIFICANT_COARSE` applies. None or <= 0: only the E-step's own bound.
     coarse_cache
         Dict reused across the batches of one iteration and half-set: holds the reference values
         of global searches, which are the same for every batch, and (when ``backprojector`` is
@@ -235,8 +240,10 @@ def expectation_batch(
         wc = weights_from_diff2(d2, np.where(np.isfinite(lp), 0.0, -np.inf), None, adaptive_fraction=1.0,
                                 max_significant=1)
     else:
-        wc = weights_from_diff2(d2, lp, lpt_c, adaptive_fraction=adaptive_fraction,
-                                max_significant=MAX_SIGNIFICANT_COARSE)
+        cap = MAX_SIGNIFICANT_COARSE
+        if max_significant is not None and max_significant > 0:
+            cap = min(cap, int(max_significant))
+        wc = weights_from_diff2(d2, lp, lpt_c, adaptive_fraction=adaptive_fraction, max_significant=cap)
 
     # ---------------- fine pass, in chunks of particles that fit the memory budget
     sig = wc.w > 0                                                     # (P, Rc, Tc)
