@@ -140,3 +140,23 @@ def test_firstiter_cc_finds_the_offsets_the_prior_does_not_pin(tiny_project, tin
     assert np.median(np.linalg.norm(true_px, axis=1)) > 2.0           # the picks are off-centre
     err = np.linalg.norm(res.shift_px - true_px, axis=1)
     assert np.median(err) < 1.0, (res.shift_px, true_px)
+
+
+def test_fine_products_of_significant_pairs_equal_the_dense_product():
+    """The pairwise fine products (sparse significance) equal the dense batched product on every
+    significant (rotation, translation) block; the dense path is taken when most pairs are kept."""
+    from subtomo_nb.refine.expectation import _fine_products
+
+    rng = np.random.default_rng(3)
+    P, Rmax, Tmax, cr, ct, K2 = 3, 7, 5, 8, 8, 40
+    lhs = rng.standard_normal((P, Tmax * ct, K2)).astype(np.float32)
+    rhs = rng.standard_normal((P, Rmax * cr, K2)).astype(np.float32)
+    dense = lhs.astype(np.float64) @ rhs.astype(np.float64).transpose(0, 2, 1)
+    sparse_ok = rng.random((P, Rmax, Tmax)) < 0.1
+    sparse_ok[0, 2, 3] = True
+    got = _fine_products(lhs, rhs, sparse_ok, ct, cr)
+    mask = np.repeat(np.repeat(sparse_ok, cr, axis=1), ct, axis=2).transpose(0, 2, 1)   # (P, Tf, Rf)
+    np.testing.assert_allclose(got[mask], dense[mask], rtol=1e-4, atol=1e-3)
+    assert np.all(got[~mask] == 0)                 # blocks of non-significant pairs not computed
+    full_ok = np.ones((P, Rmax, Tmax), dtype=bool)
+    np.testing.assert_allclose(_fine_products(lhs, rhs, full_ok, ct, cr), dense, rtol=1e-4, atol=1e-3)
