@@ -56,6 +56,7 @@ from subtomo_nb.refine.estep import ReferenceTerms
 from subtomo_nb.refine.expectation import (
     MULTIPLICITY_THRESHOLD,
     BatchResult,
+    FineReferenceCache,
     expectation_batch,
     flush_rotation_sums,
 )
@@ -195,11 +196,11 @@ class _EStepParams:
 
 
 def _shareable(value: Any) -> bool:
-    """Reference values (arrays, tuples of arrays, :class:`ReferenceTerms`) are shared by a worker's
-    tasks; sums are not."""
+    """Reference values (arrays, tuples of arrays, :class:`ReferenceTerms`,
+    :class:`FineReferenceCache`) are shared by a worker's tasks; sums are not."""
     if isinstance(value, tuple):
         return all(isinstance(v, np.ndarray) for v in value)
-    return isinstance(value, (np.ndarray, ReferenceTerms))
+    return isinstance(value, (np.ndarray, ReferenceTerms, FineReferenceCache))
 
 
 def _estep_batch(batch: tuple[np.ndarray, np.ndarray, np.ndarray | None], reference: np.ndarray,

@@ -192,7 +192,8 @@ def expectation_batch(
         :data:`MAX_SIGNIFICANT_COARSE` applies. None or <= 0: only the E-step's own bound.
     coarse_cache
         Dict reused across the batches of one iteration and half-set: holds the reference values
-        of global searches, which are the same for every batch, and (when ``backprojector`` is
+        of global coarse searches, which are the same for every batch, the fine orientations'
+        reference values (:class:`FineReferenceCache`), and (when ``backprojector`` is
         given) the particle-frame sums per fine orientation. **Call** :func:`flush_rotation_sums`
         on it after the last batch: only then are those sums back-projected.
     """
@@ -249,13 +250,15 @@ def expectation_batch(
     sig = wc.w > 0                                                     # (P, Rc, Tc)
     sel_f = FourierSelection.make(N, fine_radius)
     fine_ref = None
-    if coarse_cache is not None and len(ridx) == len(rot_g):
-        # global search: every particle's children are among the same fine orientations, so
-        # their reference values are interpolated once per iteration (when they fit in memory)
+    if coarse_cache is not None and len(rot_g) * 8 * len(sel_f.index) <= FINE_CACHE_POINTS:
+        # the fine orientations are children of the coarse grid, shared by the particles (all of
+        # them in a global search; neighbourhoods of their priors otherwise): each one's
+        # reference values are interpolated once per iteration, when first needed
         fkey = ("fine", sampling.healpix_order, sampling.oversampling, sampling.sym, fine_radius)
-        if fkey not in coarse_cache and len(rot_g) * 8 * len(sel_f.index) <= FINE_CACHE_POINTS:
-            coarse_cache[fkey] = _fine_reference(projector, sampling, pix_g, psi_g, sel_f.points)
-        fine_ref = coarse_cache.get(fkey)
+        if fkey not in coarse_cache:
+            coarse_cache[fkey] = FineReferenceCache(len(rot_g), len(sel_f.index), projector.rdtype)
+        fine_ref = coarse_cache[fkey]
+        fine_ref.fill(projector, sampling, pix_g, psi_g, sel_f.points, ridx[np.nonzero(sig.any(axis=2))[1]])
     per_particle = (sig.any(axis=2).sum(axis=1) + sig.any(axis=1).sum(axis=1)) * 8 * len(sel_f.index)
     results = []
     start = 0
@@ -281,14 +284,46 @@ def expectation_batch(
     )
 
 
-def _fine_reference(projector: Projector, sampling: Sampling, pix_g: np.ndarray, psi_g: np.ndarray,
-                    points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``([Re V, Im V] (Rc·8, 2K), |V|² (Rc·8, K))`` of every fine orientation, row ``coarse·8 + child``."""
-    frot, ftilt, fpsi = oversampled_children(pix_g, psi_g, sampling.healpix_order, sampling.oversampling,
-                                             psi_step(sampling.healpix_order))   # (Rc, 8)
-    A = euler_to_matrix(frot.reshape(-1), ftilt.reshape(-1), fpsi.reshape(-1))
-    V = projector.sample(A, points)
-    return np.concatenate([V.real, V.imag], axis=-1), V.real ** 2 + V.imag ** 2
+class FineReferenceCache:
+    """Reference values of the fine orientations of one iteration, interpolated when first needed.
+
+    Row ``coarse·8 + child`` holds the child ``child`` of coarse orientation ``coarse`` (of the
+    whole coarse grid): ``stacked`` ``[Re V, Im V]`` ``(Rc·8, 2K)`` and ``power`` ``|V|²``
+    ``(Rc·8, K)``. Rows are filled for the coarse orientations some particle found significant;
+    the arrays are allocated empty, so untouched rows take no memory.
+    """
+
+    def __init__(self, n_coarse: int, n_points: int, rdtype: type, n_child: int = 8) -> None:
+        self.n_child = n_child
+        self.stacked = np.empty((n_coarse * n_child, 2 * n_points), dtype=rdtype)
+        self.power = np.empty((n_coarse * n_child, n_points), dtype=rdtype)
+        self.filled = np.zeros(n_coarse, dtype=bool)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return (self.stacked, self.power)[i]
+
+    def fill(self, projector: Projector, sampling: Sampling, pix_g: np.ndarray, psi_g: np.ndarray,
+             points: np.ndarray, coarse_ids: np.ndarray) -> None:
+        """Interpolate the children of ``coarse_ids`` (indices into the coarse grid) not filled yet."""
+        need = np.unique(np.asarray(coarse_ids, dtype=np.int64))
+        need = need[~self.filled[need]]
+        if len(need) == 0:
+            return
+        frot, ftilt, fpsi = oversampled_children(pix_g[need], psi_g[need], sampling.healpix_order,
+                                                 sampling.oversampling, psi_step(sampling.healpix_order))
+        c = frot.shape[-1]
+        if c != self.n_child:
+            raise ValueError(f"{c} children per coarse orientation, the cache was made for {self.n_child}")
+        A = euler_to_matrix(frot.reshape(-1), ftilt.reshape(-1), fpsi.reshape(-1))
+        rows = (need[:, None] * c + np.arange(c)).reshape(-1)
+        K = self.power.shape[1]
+        for s in range(0, len(rows), ROTATION_CHUNK):
+            sl = slice(s, s + ROTATION_CHUNK)
+            V = projector.sample(A[sl], points)
+            self.stacked[rows[sl], :K] = V.real
+            self.stacked[rows[sl], K:] = V.imag
+            self.power[rows[sl]] = V.real ** 2 + V.imag ** 2
+        self.filled[need] = True
 
 
 def _fine_pass(projector: Projector, data: np.ndarray, ctf2: np.ndarray, mult: np.ndarray,
@@ -297,7 +332,7 @@ def _fine_pass(projector: Projector, data: np.ndarray, ctf2: np.ndarray, mult: n
                sel_f: "FourierSelection", *, pixel_size_A: float, sigma_offset_A: float,
                backprojector: BackProjector | None, adaptive_fraction: float, firstiter_cc: bool,
                cdt: type, rdt: type, rotation_sums: "RotationSums | None" = None,
-               fine_ref: tuple[np.ndarray, np.ndarray] | None = None) -> BatchResult:
+               fine_ref: FineReferenceCache | None = None) -> BatchResult:
     """Oversampled children of the significant coarse samples of a few particles, scored and summed."""
     P, N = data.shape[0], data.shape[1]
     sig_r = sig.any(axis=2)                                            # (P, Rc)
@@ -333,7 +368,7 @@ def _fine_pass(projector: Projector, data: np.ndarray, ctf2: np.ndarray, mult: n
     s2f = sig2_shell[sel_f.shell].astype(rdt)
     Af = euler_to_matrix(frot, ftilt, fpsi)                            # (P, Rf, 3, 3)
     fine_ids = (ridx[np.maximum(r_list, 0)][:, :, None] * nchild_r + np.arange(nchild_r)).reshape(P, Rf)
-    if fine_ref is not None:   # global search: rows of the iteration's fine reference values
+    if fine_ref is not None:   # rows of the iteration's fine reference values
         rhs = np.take(fine_ref[0], fine_ids, axis=0)                   # (P, Rf, 2K): [Re V, Im V]
         power = np.take(fine_ref[1], fine_ids, axis=0)                 # (P, Rf, K): |V|²
     else:

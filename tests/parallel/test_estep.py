@@ -13,6 +13,7 @@ from subtomo_nb.fourier.projector import Projector
 from subtomo_nb.parallel import ParticleBatches, run_half_estep, submit_half_estep, tree_sum_order
 from subtomo_nb.parallel.estep import _cached_streams, _shareable, crop_half, crop_radius, uncrop_half
 from subtomo_nb.refine.estep import ReferenceTerms
+from subtomo_nb.refine.expectation import FineReferenceCache
 from subtomo_nb.refine.expectation import expectation_batch, flush_rotation_sums
 from subtomo_nb.tasks.particle_data import particle_transforms
 
@@ -66,6 +67,7 @@ def test_reference_values_are_shared_by_a_workers_tasks_but_sums_are_not():
 
     ref = ReferenceTerms.of(np.ones((3, 4), dtype=np.complex64))
     assert _shareable(ref) and _shareable((ref.stacked, ref.power)) and _shareable(ref.power)
+    assert _shareable(FineReferenceCache(2, 3, np.float32))
     sums = RotationSums.__new__(RotationSums)
     assert not _shareable(sums)
 

@@ -160,3 +160,50 @@ def test_fine_products_of_significant_pairs_equal_the_dense_product():
     assert np.all(got[~mask] == 0)                 # blocks of non-significant pairs not computed
     full_ok = np.ones((P, Rmax, Tmax), dtype=bool)
     np.testing.assert_allclose(_fine_products(lhs, rhs, full_ok, ct, cr), dense, rtol=1e-4, atol=1e-3)
+
+
+def test_lazily_filled_fine_reference_equals_per_particle_interpolation(reference):
+    """A prior-restricted search with the per-iteration fine-reference cache (rows interpolated
+    when first needed) gives the same poses, weights and sums as interpolating per particle; the
+    cache's rows equal direct interpolation at the children's orientations."""
+    from subtomo_nb.geometry.healpix import oversampled_children, psi_step
+    from subtomo_nb.refine.expectation import FineReferenceCache
+
+    vol, proj = reference
+    s = Sampling(healpix_order=2, offset_range_A=2 * PIX, offset_step_A=2 * PIX, sym="C6", sigma_tilt=10.0)
+    rot, tilt, psi, pix = s.coarse_grid()
+    rng = np.random.default_rng(7)
+    pick = rng.choice(len(rot), 6, replace=False)
+    A = euler_to_matrix(rot[pick], tilt[pick], psi[pick])
+    data = (proj.rotate3d(A, N) + 0.3 * (rng.standard_normal((6, N, N, N // 2 + 1))
+                                         + 1j * rng.standard_normal((6, N, N, N // 2 + 1)))).astype(np.complex64)
+    ctf2 = np.ones(data.shape, np.float32)
+    sigma2 = _noise_power(data) + 1e-12
+    prior = np.stack([rot[pick], tilt[pick], psi[pick]], axis=1)
+    kw = dict(pixel_size_A=PIX, coarse_radius=8, fine_radius=12, sigma_offset_A=20.0)
+    cache: dict = {}
+    bp_c, bp_n = BackProjector(N, pad=2, dtype=np.float32), BackProjector(N, pad=2, dtype=np.float32)
+    with_cache = [expectation_batch(proj, data[b], ctf2[b], None, sigma2, s, prior[b], coarse_cache=cache,
+                                    backprojector=bp_c, **kw) for b in (slice(0, 3), slice(3, 6))]
+    from subtomo_nb.refine.expectation import flush_rotation_sums
+
+    flush_rotation_sums(cache)
+    without = [expectation_batch(proj, data[b], ctf2[b], None, sigma2, s, prior[b], backprojector=bp_n, **kw)
+               for b in (slice(0, 3), slice(3, 6))]
+    [fine] = [v for v in cache.values() if isinstance(v, FineReferenceCache)]
+    assert 0 < fine.filled.sum() < len(rot)                  # only the neighbourhoods were interpolated
+    for a, b in zip(with_cache, without):
+        np.testing.assert_array_equal(a.rot, b.rot)
+        np.testing.assert_array_equal(a.shift_px, b.shift_px)
+        np.testing.assert_allclose(a.pmax, b.pmax, rtol=1e-5)
+        np.testing.assert_allclose(a.sigma2_num, b.sigma2_num, rtol=1e-5)
+    np.testing.assert_allclose(bp_c.data, bp_n.data, rtol=1e-4, atol=1e-4 * np.abs(bp_n.data).max())
+    # rows of one filled coarse orientation equal direct interpolation
+    c = int(np.flatnonzero(fine.filled)[0])
+    fr, ft, fp = oversampled_children(pix[[c]], psi[[c]], s.healpix_order, s.oversampling, psi_step(s.healpix_order))
+    from subtomo_nb.refine.expectation import FourierSelection
+
+    V = proj.sample(euler_to_matrix(fr.ravel(), ft.ravel(), fp.ravel()), FourierSelection.make(N, 12).points)
+    K = V.shape[1]
+    np.testing.assert_array_equal(fine.stacked[c * 8:(c + 1) * 8, :K], V.real)
+    np.testing.assert_array_equal(fine.power[c * 8:(c + 1) * 8], V.real ** 2 + V.imag ** 2)
