@@ -250,13 +250,15 @@ def expectation_batch(
     sig = wc.w > 0                                                     # (P, Rc, Tc)
     sel_f = FourierSelection.make(N, fine_radius)
     fine_ref = None
-    if coarse_cache is not None and len(rot_g) * 8 * len(sel_f.index) <= FINE_CACHE_POINTS:
+    n_child = oversampled_children(pix_g[:1], psi_g[:1], sampling.healpix_order, sampling.oversampling,
+                                   psi_step(sampling.healpix_order))[0].shape[-1]
+    if coarse_cache is not None and len(rot_g) * n_child * len(sel_f.index) <= FINE_CACHE_POINTS:
         # the fine orientations are children of the coarse grid, shared by the particles (all of
         # them in a global search; neighbourhoods of their priors otherwise): each one's
         # reference values are interpolated once per iteration, when first needed
         fkey = ("fine", sampling.healpix_order, sampling.oversampling, sampling.sym, fine_radius)
         if fkey not in coarse_cache:
-            coarse_cache[fkey] = FineReferenceCache(len(rot_g), len(sel_f.index), projector.rdtype)
+            coarse_cache[fkey] = FineReferenceCache(len(rot_g), len(sel_f.index), projector.rdtype, n_child)
         fine_ref = coarse_cache[fkey]
         fine_ref.fill(projector, sampling, pix_g, psi_g, sel_f.points, ridx[np.nonzero(sig.any(axis=2))[1]])
     per_particle = (sig.any(axis=2).sum(axis=1) + sig.any(axis=1).sum(axis=1)) * 8 * len(sel_f.index)
@@ -460,8 +462,8 @@ def _fine_products(lhs: np.ndarray, rhs: np.ndarray, pair_ok: np.ndarray, nchild
     """
     P, Rmax, Tmax = pair_ok.shape
     n_pairs = int(pair_ok.sum())
-    # dense: P·Rmax·Tmax blocks of ct×cr products (compute-bound); pairs: n_pairs blocks with
-    # their rows gathered first (memory-bound, about 3× the cost per block on these machines)
+    # dense: P·Rmax·Tmax blocks of ct×cr products (compute-bound); pairs: n_pairs blocks whose
+    # rows are gathered first (memory-bound), so only taken where it skips over 2/3 of the blocks
     if P * Rmax * Tmax <= 3 * n_pairs:
         return gemm(lhs, rhs.transpose(0, 2, 1))
     twoK = lhs.shape[-1]
