@@ -111,16 +111,6 @@ def _gather(arr: np.ndarray, sel: FourierSelection) -> np.ndarray:
     return arr.reshape(arr.shape[0], -1)[:, sel.index]
 
 
-def reference_values(projector: Projector, rot: np.ndarray, tilt: np.ndarray, psi: np.ndarray,
-                     points: np.ndarray) -> np.ndarray:
-    """``V_r(k) = F_ref(A_rᵀ k)`` for orientations ``(R,)`` at points ``(K, 3)`` → ``(R, K)``."""
-    A = euler_to_matrix(rot, tilt, psi)
-    out = np.empty((len(rot), len(points)), dtype=projector.cdtype)
-    for s in range(0, len(rot), ROTATION_CHUNK):
-        out[s:s + ROTATION_CHUNK] = projector.sample(A[s:s + ROTATION_CHUNK], points)
-    return out
-
-
 def reference_terms(projector: Projector, rot: np.ndarray, tilt: np.ndarray, psi: np.ndarray,
                     points: np.ndarray) -> ReferenceTerms:
     """:class:`ReferenceTerms` (``[Re V, Im V]``, ``|V|²``) of orientations ``(R,)`` at points ``(K, 3)``.
@@ -132,11 +122,16 @@ def reference_terms(projector: Projector, rot: np.ndarray, tilt: np.ndarray, psi
     rdt = projector.rdtype
     out = ReferenceTerms(stacked=np.empty((R, 2 * K), dtype=rdt), power=np.empty((R, K), dtype=rdt))
     for s in range(0, R, ROTATION_CHUNK):
-        V = projector.sample(A[s:s + ROTATION_CHUNK], points)
-        out.stacked[s:s + ROTATION_CHUNK, :K] = V.real
-        out.stacked[s:s + ROTATION_CHUNK, K:] = V.imag
-        out.power[s:s + ROTATION_CHUNK] = V.real ** 2 + V.imag ** 2
+        _store_values(out, slice(s, s + ROTATION_CHUNK), projector.sample(A[s:s + ROTATION_CHUNK], points))
     return out
+
+
+def _store_values(out: "ReferenceTerms | FineReferenceCache", rows: Any, V: np.ndarray) -> None:
+    """Write complex reference values ``V`` into rows ``rows`` of ``out.stacked`` and ``out.power``."""
+    K = V.shape[-1]
+    out.stacked[rows, :K] = V.real
+    out.stacked[rows, K:] = V.imag
+    out.power[rows] = V.real ** 2 + V.imag ** 2
 
 
 def expectation_batch(
@@ -318,13 +313,9 @@ class FineReferenceCache:
             raise ValueError(f"{c} children per coarse orientation, the cache was made for {self.n_child}")
         A = euler_to_matrix(frot.reshape(-1), ftilt.reshape(-1), fpsi.reshape(-1))
         rows = (need[:, None] * c + np.arange(c)).reshape(-1)
-        K = self.power.shape[1]
         for s in range(0, len(rows), ROTATION_CHUNK):
             sl = slice(s, s + ROTATION_CHUNK)
-            V = projector.sample(A[sl], points)
-            self.stacked[rows[sl], :K] = V.real
-            self.stacked[rows[sl], K:] = V.imag
-            self.power[rows[sl]] = V.real ** 2 + V.imag ** 2
+            _store_values(self, rows[sl], projector.sample(A[sl], points))
         self.filled[need] = True
 
 
