@@ -170,17 +170,14 @@ def centre_positive_mass(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     the shift ``(x, y, z)`` in pixels.
     """
     from subtomo_nb.fourier.fft import irfft3, rfft3, shift_half
+    from subtomo_nb.initial_model.align_symmetry import centre_of_mass
 
     v = np.asarray(volume, dtype=np.float64)
     pos = np.maximum(v, 0.0)
-    mass = pos.sum()
-    if mass <= 0:
+    if pos.sum() <= 0:
         return v.copy(), np.zeros(3)
-    n = v.shape[0]
-    c = np.arange(n) - n // 2
-    com = np.array([(pos.sum(axis=(0, 1)) * c).sum(), (pos.sum(axis=(0, 2)) * c).sum(),
-                    (pos.sum(axis=(1, 2)) * c).sum()]) / mass
-    return irfft3(shift_half(rfft3(v), -com), n), -com
+    com = centre_of_mass(pos)
+    return irfft3(shift_half(rfft3(v), -com), v.shape[0]), -com
 
 
 def tomograms_file(job: InitialModel) -> Path | None:
