@@ -9,6 +9,7 @@ task modules are imported only when a job runs.
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -135,14 +136,13 @@ def refine_options(values: Mapping[str, Any], job_dir: Path, project_dir: Path) 
         offset_range_px=float(values.get("offset_range", 5.0)), offset_step_px=2.0 * float(values.get("offset_step", 1.0)),
         sigma_tilt=float(values.get("sigma_tilt", -1.0)),
         auto_ignore_angles=bool(values.get("auto_faster", False)), auto_resol_angles=bool(values.get("auto_faster", False)),
+        align_reference_symmetry="--no_align_ref_sym" not in shlex.split(values.get("other_args") or ""),
         **{flag.lstrip("-"): value for flag, value in extra.items()},
     )
 
 
 def _extra_int_flags(other_args: str, flags: tuple[str, ...]) -> dict[str, int]:
     """Integer values of some ``--flag N`` pairs in an "Additional arguments:" string."""
-    import shlex
-
     words = shlex.split(other_args)
     out = {}
     for i, word in enumerate(words[:-1]):
@@ -166,6 +166,8 @@ def run_refine(
     from subtomo_nb.refine.autorefine import AutoRefine
 
     def relay(event: dict) -> None:
+        if event.get("kind") == "message":
+            progress(Progress(message=str(event["text"])))
         if event.get("kind") == "iteration":
             progress(Progress(message=f"iteration {event['iteration']}: {event['resolution_A']:.2f} Å, "
                               f"HEALPix order {event['healpix_order']}",

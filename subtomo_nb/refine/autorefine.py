@@ -42,6 +42,7 @@ from subtomo_nb.io.errors import InputError
 from subtomo_nb.io.mrc import read_map
 from subtomo_nb.refine.expectation import expectation_batch, flush_rotation_sums
 from subtomo_nb.refine.outputs import write_iteration
+from subtomo_nb.refine.reference import check_reference_symmetry
 from subtomo_nb.refine.sampling import Sampling
 from subtomo_nb.tasks.particle_data import load_particle_set, particle_transforms
 from subtomo_nb.tasks.reconstruct import common_box_and_pixel
@@ -88,6 +89,9 @@ class RefineOptions:
     auto_iter_max: int = 999                      # --auto_iter_max
     batch_size: int = 16
     dtype: str = "float32"
+    # not RELION's: put a reference whose symmetry is off the conventional axes onto them first
+    # (subtomo_nb.refine.reference); "--no_align_ref_sym" in Additional arguments turns it off
+    align_reference_symmetry: bool = True
     continue_from: str | os.PathLike | None = None  # --continue run_itNNN_optimiser.star
 
 
@@ -192,43 +196,77 @@ def _join_low_resolution(bps: list[BackProjector], shell: int) -> list[BackProje
     return out
 
 
-def _estimate_accuracy(projector: Projector, pset, rows, angles, offsets_px, sigma2, box, pix, tomograms,
+def accuracy_steps(limit: float, schedule: tuple[tuple[float, float], ...]) -> np.ndarray:
+    """Trial errors of RELION's accuracy search: step ``s`` while the error is below ``bound``.
+
+    ``schedule`` holds ``(bound, step)`` pairs in increasing order; the last step applies beyond
+    the last bound. Errors stop at the first one above ``limit`` (RELION's search stops there too).
+    """
+    out, e = [], 0.0
+    while True:
+        step = next((st for bound, st in schedule if e < bound - 1e-9), schedule[-1][1])
+        e = round(e + step, 6)
+        out.append(e)
+        if e > limit:
+            return np.asarray(out)
+
+
+#: RELION's angular error steps (degrees) of the accuracy search, and where it gives up (> 30°).
+ANGULAR_ERROR_STEPS = accuracy_steps(30.0, ((0.2, 0.05), (1.0, 0.1), (2.0, 0.2), (5.0, 0.5), (10.0, 1.0),
+                                            (20.0, 2.0), (np.inf, 5.0)))
+#: RELION's translational error steps (pixels), giving up above 10 pixels.
+TRANSLATION_ERROR_STEPS = accuracy_steps(10.0, ((1.0, 0.1), (2.0, 0.2), (5.0, 0.5), (10.0, 1.0), (np.inf, 2.0)))
+
+
+def _estimate_accuracy(projector: Projector, pset, rows, angles, sigma2, box, pix, current_size, tomograms,
                        rng: np.random.Generator, dtype) -> tuple[float, float]:
     """RELION's expected angular (°) and translational (Å) accuracy (§6.11), vectorised.
 
-    For each of the first particles, the smallest rotation (about a random axis) or translation
-    (along a random direction) whose noise-weighted squared difference of the CTF-weighted
-    projections exceeds -ln(0.01).
+    For each of the first particles, one Euler angle (rot, tilt or psi, drawn at random per
+    particle) or one offset component (x, y or z) is increased along RELION's error steps until the
+    noise-weighted squared difference of the CTF-weighted reference projections, over the
+    frequencies of the current image size, exceeds -ln(0.01); the accuracies are the mean errors
+    reached (a particle that never gets there counts with the last step, as in RELION).
+
+    Parameters
+    ----------
+    angles : (n, 3) current rot, tilt, psi of all particles (degrees).
+    sigma2 : (box//2+1,) noise power per shell.
+    current_size : the iteration's image size (pixels); frequencies up to ``current_size // 2``.
     """
-    from subtomo_nb.geometry.euler import rotation_about_axis
     from subtomo_nb.refine.expectation import FourierSelection
 
     use = rows[:N_ACCURACY_PARTICLES]
+    n = len(use)
     _, ctf2, mult = particle_transforms(pset, use, tomograms=tomograms, dtype=dtype)
     mult = np.ones(ctf2.shape) if mult is None else mult
-    sel = FourierSelection.make(box, box // 2)
-    W = ctf2.reshape(len(use), -1)[:, sel.index]
-    M = mult.reshape(len(use), -1)[:, sel.index]
+    sel = FourierSelection.make(box, max(current_size // 2, 1))
+    W = ctf2.reshape(n, -1)[:, sel.index].astype(np.float64)
+    M = mult.reshape(n, -1)[:, sel.index]
     inv = np.where(M > 0.01, 1.0 / (2.0 * sigma2[sel.shell] * np.maximum(M, 1e-6)), 0.0)
-    A0 = euler_to_matrix(*angles[use].T)
-    V0 = projector.sample(A0, sel.points)                              # (n, K)
-    steps = np.arange(0.05, 5.0001, 0.05)
-    axes = rng.normal(size=(len(use), 3))
-    Rp = np.stack([[rotation_about_axis(a, ax) for a in steps] for ax in axes])   # (n, S, 3, 3)
-    A1 = np.einsum("nij,nsjk->nsik", A0, Rp)
-    V1 = projector.sample(A1.reshape(-1, 3, 3), sel.points).reshape(len(use), len(steps), -1)
-    d2 = np.einsum("nk,nsk->ns", W ** 2 * inv, np.abs(V1 - V0[:, None]) ** 2)
-    first = np.argmax(d2 > ACCURACY_THRESHOLD, axis=1)
-    acc_rot = np.where((d2 > ACCURACY_THRESHOLD).any(axis=1), steps[first], steps[-1])
-    tsteps = np.arange(0.1, 2.0001, 0.1)
-    dirs = rng.normal(size=(len(use), 3))
-    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-    phase = np.exp((-2j * np.pi / box) * np.einsum("ns,nj,kj->nsk", np.broadcast_to(tsteps, (len(use), len(tsteps))),
-                                                     dirs, sel.points))
-    d2t = np.einsum("nk,nsk->ns", W ** 2 * inv, np.abs(V0[:, None] * (phase - 1.0)) ** 2)
-    firstt = np.argmax(d2t > ACCURACY_THRESHOLD, axis=1)
-    acc_t = np.where((d2t > ACCURACY_THRESHOLD).any(axis=1), tsteps[firstt], tsteps[-1])
+    weight = W ** 2 * inv                                              # (n, K)
+    ang0 = np.asarray(angles, dtype=np.float64)[use]
+    V0 = projector.sample(euler_to_matrix(*ang0.T), sel.points).astype(np.complex128)   # (n, K)
+    # angles: perturb rot, tilt or psi (one per particle) by each trial error
+    which = rng.integers(0, 3, size=n)
+    trial = np.repeat(ang0[:, None, :], len(ANGULAR_ERROR_STEPS), axis=1)   # (n, S, 3)
+    trial[np.arange(n), :, which] += ANGULAR_ERROR_STEPS
+    V1 = projector.sample(euler_to_matrix(*trial.reshape(-1, 3).T), sel.points).reshape(n, len(ANGULAR_ERROR_STEPS), -1)
+    d2 = np.einsum("nk,nsk->ns", weight, np.abs(V1 - V0[:, None]) ** 2)
+    acc_rot = ANGULAR_ERROR_STEPS[_first_above(d2, ACCURACY_THRESHOLD)]
+    # translations: shift along x, y or z (one per particle)
+    axis = rng.integers(0, 3, size=n)
+    k_axis = sel.points[:, axis].T                                     # (n, K)
+    phase = np.exp((-2j * np.pi / box) * TRANSLATION_ERROR_STEPS[None, :, None] * k_axis[:, None, :])
+    d2t = np.einsum("nk,nsk->ns", weight, np.abs(V0[:, None] * (phase - 1.0)) ** 2)
+    acc_t = TRANSLATION_ERROR_STEPS[_first_above(d2t, ACCURACY_THRESHOLD)]
     return float(acc_rot.mean()), float(acc_t.mean() * pix)
+
+
+def _first_above(d2: np.ndarray, threshold: float) -> np.ndarray:
+    """Per row, the index of the first entry above ``threshold`` (the last index where none is)."""
+    above = d2 > threshold
+    return np.where(above.any(axis=1), np.argmax(above, axis=1), d2.shape[1] - 1)
 
 
 class AutoRefine:
@@ -281,6 +319,10 @@ class AutoRefine:
         ref = np.asarray(ref, dtype=np.float64)
         if opts.ini_high > 0:
             ref = low_pass(ref, opts.ini_high, self.pix)
+        self.reference_check = None
+        if opts.align_reference_symmetry and not opts.continue_from:
+            self.reference_check = check_reference_symmetry(ref, opts.sym, self.pix, seed=opts.random_seed)
+            ref = self.reference_check.volume
         self.mask = _solvent_mask(opts, self.box, self.pix)
         halves = [np.flatnonzero(subset == h) for h in (1, 2)]
         self.halves = [HalfModel(rows=r, reference=ref.copy(),
@@ -548,9 +590,8 @@ class AutoRefine:
         s.log_likelihood = float(self.stats["rlnLogLikeliContribution"].sum())
         h1 = self.halves[0]
         proj = Projector(h1.reference.astype(self.dtype), pad=self.opts.pad)
-        s.acc_rot, s.acc_trans_A = _estimate_accuracy(proj, self.pset, h1.rows, self.angles, self.offsets_A / self.pix,
-                                                      h1.sigma2, self.box, self.pix, self.tomograms, self.rng,
-                                                      self.dtype)
+        s.acc_rot, s.acc_trans_A = _estimate_accuracy(proj, self.pset, h1.rows, self.angles, h1.sigma2, self.box,
+                                                      self.pix, s.current_size, self.tomograms, self.rng, self.dtype)
         # sigma of the offset prior: rms of the offsets (3D: / 3), floored at 2 Å² (RELION)
         s.sigma_offset_A = float(math.sqrt(max(np.mean(np.sum(self.offsets_A ** 2, axis=1)) / 3.0, 2.0)))
         event = {"kind": "iteration", "iteration": s.iteration, "resolution_A": s.current_resolution,
@@ -563,6 +604,8 @@ class AutoRefine:
     def run(self) -> dict:
         """Iterate until convergence; returns the final iteration's summary."""
         if not self.opts.continue_from:
+            if self.reference_check is not None and len(self.ops) > 1:
+                self.progress({"kind": "message", "text": self.reference_check.describe(self.opts.sym)})
             write_iteration(self, final=False, initial=True)
         try:
             while not self.iterate():
