@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from collections.abc import Sequence
 
+from subtomo_nb._memory import keep_freed_memory
 from subtomo_nb.io.errors import InputError
 
 
@@ -222,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``subtomo``; returns the exit status (bad input: 1 with one clear message)."""
     args = build_parser().parse_args(argv)
+    keep_freed_memory()   # jobs reuse the memory of their freed arrays (subtomo_nb._memory)
     try:
         return int(args.func(args))
     except InputError as err:

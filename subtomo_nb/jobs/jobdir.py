@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from subtomo_nb._memory import keep_freed_memory
+
 from .commands import format_command, relion_commands, subtomo_command, output_name, job_prefix
 from .params import JobType, from_relion_string, to_relion_string
 from .progress import ProgressCallback, ProgressLog
@@ -453,6 +455,7 @@ def run_job(
     start = time.time()
     try:
         fn = resolve_run_function(jt.run)
+        keep_freed_memory()   # a job's E-step reuses its freed arrays (subtomo_nb._memory)
         fn(v, d, project_dir=project, progress=log, client=client)
     except KeyboardInterrupt:
         log.write(f" ++++ aborted after {time.time() - start:.1f} s")

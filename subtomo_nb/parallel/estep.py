@@ -47,6 +47,7 @@ from typing import Any
 import distributed
 import numpy as np
 
+from subtomo_nb._memory import keep_freed_memory
 from subtomo_nb.fourier.backprojector import BackProjector
 from subtomo_nb.fourier.fft import shift_half
 from subtomo_nb.fourier.projector import Projector
@@ -208,6 +209,7 @@ def _estep_batch(batch: tuple[np.ndarray, np.ndarray, np.ndarray | None], refere
                  origins_px: np.ndarray) -> tuple[np.ndarray, np.ndarray, BatchResult]:
     """One batch's E-step on a worker: (cropped partial data, cropped partial weight, BatchResult)."""
     p = params
+    keep_freed_memory()
     projector, shared_cache = _worker_projector(p.stream, p.ref_key, reference, p.pad, p.dtype)
     # The cache holds (a) the reference values of global coarse searches, the same arrays for
     # every batch of this iteration and half, shared by the worker's tasks, and (b) per-
