@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.sparse
 
 from subtomo_nb.fourier.backprojector import BackProjector
 from subtomo_nb.fourier.grid import freq_grid, half_points, shell_index
@@ -256,6 +257,7 @@ def expectation_batch(
             coarse_cache[fkey] = FineReferenceCache(len(rot_g), len(sel_f.index), projector.rdtype, n_child)
         fine_ref = coarse_cache[fkey]
         fine_ref.fill(projector, sampling, pix_g, psi_g, sel_f.points, ridx[np.nonzero(sig.any(axis=2))[1]])
+    fine_phases = _fine_phase_table(coarse_cache, shifts_c, sampling, sel_f, pixel_size_A, N, rdt, cdt)
     per_particle = (sig.any(axis=2).sum(axis=1) + sig.any(axis=1).sum(axis=1)) * 8 * len(sel_f.index)
     results = []
     start = 0
@@ -266,7 +268,7 @@ def expectation_batch(
         part = slice(start, stop)
         results.append(_fine_pass(
             projector, data[part], ctf2[part], mult[part], sig2_shell, sampling, sig[part], lp[part],
-            ridx, pix_g, psi_g, shifts_c, sel_f, pixel_size_A=pixel_size_A, sigma_offset_A=sigma_offset_A,
+            ridx, pix_g, psi_g, shifts_c, sel_f, fine_phases, pixel_size_A=pixel_size_A, sigma_offset_A=sigma_offset_A,
             backprojector=backprojector, adaptive_fraction=adaptive_fraction, firstiter_cc=firstiter_cc,
             cdt=cdt, rdt=rdt, rotation_sums=_rotation_sums(coarse_cache, backprojector, sel_f, len(rot_g), cdt, rdt),
             fine_ref=fine_ref))
@@ -279,6 +281,29 @@ def expectation_batch(
         log_likelihood=np.concatenate([r.log_likelihood for r in results]),
         sigma2_num=sum(r.sigma2_num for r in results), sigma2_den=sum(r.sigma2_den for r in results),
     )
+
+
+#: Largest table of fine-translation phases kept for an iteration (bytes); beyond it each chunk
+#: computes the phases of its own fine translations.
+FINE_PHASE_BYTES = 256 << 20
+
+
+def _fine_phase_table(cache: dict | None, shifts_c: np.ndarray, sampling: Sampling, sel_f: "FourierSelection",
+                      pixel_size_A: float, N: int, rdt: type, cdt: type) -> np.ndarray | None:
+    """``φ_t(k)`` of every fine translation (row ``coarse · children + child``) at the fine points.
+
+    The fine translations are the oversampled children of the coarse grid, the same for every
+    particle; their phases are computed once per iteration (kept in ``cache``) instead of once
+    per particle and fine-pass chunk. None when the table would exceed :data:`FINE_PHASE_BYTES`.
+    """
+    ft = oversampled_translations(shifts_c, sampling.offset_step_A, pixel_size_A, sampling.oversampling)
+    ft = ft.reshape(-1, ft.shape[-1])
+    if cache is None or len(ft) * len(sel_f.index) * np.dtype(cdt).itemsize > FINE_PHASE_BYTES:
+        return None
+    key = ("fine_phases", N, len(sel_f.index), ft.tobytes(), np.dtype(cdt).str)
+    if key not in cache:
+        cache[key] = phase_factors(sel_f.points.astype(rdt), ft.astype(rdt), N).astype(cdt, copy=False)
+    return cache[key]
 
 
 class FineReferenceCache:
@@ -322,7 +347,7 @@ class FineReferenceCache:
 def _fine_pass(projector: Projector, data: np.ndarray, ctf2: np.ndarray, mult: np.ndarray,
                sig2_shell: np.ndarray, sampling: Sampling, sig: np.ndarray, lp: np.ndarray,
                ridx: np.ndarray, pix_g: np.ndarray, psi_g: np.ndarray, shifts_c: np.ndarray,
-               sel_f: "FourierSelection", *, pixel_size_A: float, sigma_offset_A: float,
+               sel_f: "FourierSelection", fine_phases: np.ndarray | None, *, pixel_size_A: float, sigma_offset_A: float,
                backprojector: BackProjector | None, adaptive_fraction: float, firstiter_cc: bool,
                cdt: type, rdt: type, rotation_sums: "RotationSums | None" = None,
                fine_ref: FineReferenceCache | None = None) -> BatchResult:
@@ -370,8 +395,14 @@ def _fine_pass(projector: Projector, data: np.ndarray, ctf2: np.ndarray, mult: n
         power = Vf.real ** 2 + Vf.imag ** 2
         del Vf
     K = len(sel_f.index)
-    kf = sel_f.points.astype(rdt)
-    phi_f = np.exp((-2j * np.pi / N) * np.einsum("ptj,kj->ptk", fshift.astype(rdt), kf)).astype(cdt)  # (P, Tf, K)
+    # phases of the fine translations: rows (coarse translation · children + child) of the table
+    fine_t = (np.maximum(t_list, 0)[:, :, None] * nchild_t + np.arange(nchild_t)).reshape(P, Tf)
+    if fine_phases is None:   # no iteration table: this chunk's distinct fine translations only
+        uniq_t, inv_t = np.unique(fine_t, return_inverse=True)
+        rows = phase_factors(sel_f.points.astype(rdt), ft_px.reshape(-1, 3)[uniq_t].astype(rdt), N).astype(cdt, copy=False)
+        phi_f = np.take(rows, inv_t.reshape(P, Tf), axis=0)            # (P, Tf, K)
+    else:
+        phi_f = np.take(fine_phases, fine_t, axis=0)                   # (P, Tf, K)
     terms_f = particle_terms(Xf, Wf, Mf, np.full_like(s2f, 0.5) if firstiter_cc else s2f, MULTIPLICITY_THRESHOLD)
     Aterm = gemm(power, terms_f.a[:, :, None].astype(power.dtype))[..., 0]   # (P, Rf): Σ_k a |V|²
     bphi = terms_f.b[:, None, :] * phi_f                               # (P, Tf, K)
@@ -399,30 +430,37 @@ def _fine_pass(projector: Projector, data: np.ndarray, ctf2: np.ndarray, mult: n
     kk = np.maximum(kidx, 0)
     w = np.take_along_axis(wf.w, kk[:, :, None], axis=1) * (kidx >= 0)[:, :, None]   # (P, Rk, Tf)
     rk = np.take_along_axis(rhs, kk[:, :, None], axis=1)               # (P, Rk, 2K)
-    Vf = (rk[..., :K] + 1j * rk[..., K:]).astype(cdt)                  # (P, Rk, K)
+    conj_v = np.empty(rk.shape[:2] + (K,), dtype=cdt)                  # (P, Rk, K): conj(V)
+    conj_v.real = rk[..., :K]
+    np.negative(rk[..., K:], out=conj_v.imag)
+    del rk
     power = np.take_along_axis(power, kk[:, :, None], axis=1)          # (P, Rk, K)
     Y = translation_sums(w, phi_f)                                     # (P, Rk, K): Σ_t w φ_t
     wr = w.sum(axis=2)                                                 # (P, Rk)
+    # noise power per shell: Σ_rt w |W V - X φ|² = W² Σ_r wr |V|² - 2 Re(W X Σ_r conj(V) Y) + |X|²
+    valid_k = Mf > MULTIPLICITY_THRESHOLD
+    U1 = np.einsum("pr,prk->pk", wr, power)
+    U2 = np.einsum("prk,prk->pk", conj_v, Y)
+    del conj_v, power
     if backprojector is not None:
         # samples that share a fine orientation (same coarse parent and child) are summed in the
-        # particle frame first, so each distinct orientation is back-projected once
-        keep = kidx >= 0
-        pk = np.nonzero(keep)[0]
-        fine_id = np.take_along_axis(fine_ids, kk, axis=1)[keep]
-        uniq, inverse = np.unique(fine_id, return_inverse=True)
-        order = np.argsort(inverse, kind="stable")
-        starts = np.flatnonzero(np.r_[True, np.diff(inverse[order]) != 0])
-        vals = np.add.reduceat(Y[keep][order] * (Xf * inv)[pk[order]], starts, axis=0)
-        wts = np.add.reduceat(wr[keep][order][:, None] * (Wf * inv)[pk[order]], starts, axis=0)
-        A_u = np.take_along_axis(Af, kk[:, :, None, None], axis=1)[keep][order[starts]]
+        # particle frame first, so each distinct orientation is back-projected once: a sparse
+        # (distinct orientations × kept samples) sum of the samples' data Y X / sigma2
+        pk, rk_i = np.nonzero(kidx >= 0)
+        col = kk[pk, rk_i]
+        uniq, first, inverse = np.unique(fine_ids[pk, col], return_index=True, return_inverse=True)
+        Y *= (Xf * inv)[:, None, :]                                    # in place: Y X / sigma2
+        group = scipy.sparse.csr_matrix((np.ones(len(pk), dtype=cdt), (inverse, pk * Y.shape[1] + rk_i)),
+                                        shape=(len(uniq), Y.shape[0] * Y.shape[1]))
+        vals = group @ Y.reshape(-1, K)                                # (U, K)
+        per_particle = np.zeros((len(uniq), P), dtype=rdt)             # Σ wr of each orientation, by particle
+        np.add.at(per_particle, (inverse, pk), wr[pk, rk_i])
+        wts = per_particle @ (Wf * inv)                                # (U, K)
+        A_u = Af[pk[first], col[first]]
         if rotation_sums is not None:
             rotation_sums.add(uniq, A_u, vals, wts)
         else:
             backprojector.insert(A_u, vals, wts, sel_f.points)
-    # noise power per shell: Σ_rt w |W V - X φ|² = W² Σ_r wr |V|² - 2 Re(W X Σ_r conj(V) Y) + |X|²
-    valid_k = Mf > MULTIPLICITY_THRESHOLD
-    U1 = np.einsum("pr,prk->pk", wr, power)
-    U2 = np.einsum("prk,prk->pk", np.conj(Vf), Y)
     resid = Wf ** 2 * U1 - 2.0 * np.real(Wf * Xf * U2) + (Xf.real ** 2 + Xf.imag ** 2)
     nsh = N // 2 + 1
     num = np.bincount(np.broadcast_to(sel_f.shell, resid.shape)[valid_k], weights=resid[valid_k], minlength=nsh)[:nsh]
