@@ -81,6 +81,9 @@ def main() -> None:
     ap.add_argument("--eval_every", type=int, default=10, help="truth FSC of the map every N iterations (0: end only)")
     ap.add_argument("--time_limit", type=float, default=0.0, help="stop iterating after this many seconds (0: none)")
     args = ap.parse_args()
+    from subtomo_nb._memory import keep_freed_memory
+
+    keep_freed_memory()   # as the CLI and job runner do (subtomo_nb._memory)
 
     oset, truth_path, _ = _prepare(args.project.absolute(), args.tiny, args.seed)
     truth, pix = read_map(truth_path)

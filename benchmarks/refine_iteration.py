@@ -65,6 +65,9 @@ def main() -> None:
     ap.add_argument("--sym", default="C6")
     ap.add_argument("--out", default=None, help="work directory (default: a temporary one)")
     args = ap.parse_args()
+    from subtomo_nb._memory import keep_freed_memory
+
+    keep_freed_memory()   # as the CLI and job runner do (subtomo_nb._memory)
 
     work = Path(args.out or tempfile.mkdtemp(prefix="refine_bench_"))
     if args.particles is None:
