@@ -428,13 +428,13 @@ def _fine_pass(projector: Projector, data: np.ndarray, ctf2: np.ndarray, mult: n
     kept = wf.w.sum(axis=2) > 0                                        # (P, Rf)
     kidx = _padded_indices(kept, max(int(kept.sum(axis=1).max()), 1))  # (P, Rk), -1 = padding
     kk = np.maximum(kidx, 0)
-    w = np.take_along_axis(wf.w, kk[:, :, None], axis=1) * (kidx >= 0)[:, :, None]   # (P, Rk, Tf)
-    rk = np.take_along_axis(rhs, kk[:, :, None], axis=1)               # (P, Rk, 2K)
+    w = _take_rows(wf.w, kk) * (kidx >= 0)[:, :, None]                # (P, Rk, Tf)
+    rk = _take_rows(rhs, kk)                                           # (P, Rk, 2K)
     conj_v = np.empty(rk.shape[:2] + (K,), dtype=cdt)                  # (P, Rk, K): conj(V)
     conj_v.real = rk[..., :K]
     np.negative(rk[..., K:], out=conj_v.imag)
     del rk
-    power = np.take_along_axis(power, kk[:, :, None], axis=1)          # (P, Rk, K)
+    power = _take_rows(power, kk)                                      # (P, Rk, K)
     Y = translation_sums(w, phi_f)                                     # (P, Rk, K): Σ_t w φ_t
     wr = w.sum(axis=2)                                                 # (P, Rk)
     # noise power per shell: Σ_rt w |W V - X φ|² = W² Σ_r wr |V|² - 2 Re(W X Σ_r conj(V) Y) + |X|²
@@ -571,6 +571,16 @@ def _cc_scores(terms: Any, power: np.ndarray, d2: np.ndarray) -> np.ndarray:
     B = 0.5 * (A[:, :, None] + terms.c[:, None, None] - d2)
     cc = B / np.sqrt(np.maximum(A, 1e-30)[:, :, None] * np.maximum(terms.c, 1e-30)[:, None, None])
     return -cc
+
+
+def _take_rows(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``a[p, idx[p, j]]`` for ``a`` ``(P, R, ...)`` and ``idx`` ``(P, J)``: whole rows copied at once.
+
+    The same as ``take_along_axis`` along axis 1, which indexes element by element.
+    """
+    P, R = a.shape[:2]
+    flat = (np.arange(P)[:, None] * R + idx).reshape(-1)
+    return np.take(a.reshape((P * R,) + a.shape[2:]), flat, axis=0).reshape(idx.shape + a.shape[2:])
 
 
 def _padded_indices(mask: np.ndarray, width: int) -> np.ndarray:
