@@ -370,8 +370,8 @@ class InitialModel:
         proj = Projector(self.classes_model[best].reference.astype(self.dtype), pad=self.opts.pad)
         rng = np.random.default_rng(self.opts.random_seed + 7919 * self.state.iteration)
         self.state.acc_rot, self.state.acc_trans_A = _estimate_accuracy(
-            proj, self.pset, np.arange(self.n), self.angles, self.offsets_A / self.pix, self.sigma2, self.box,
-            self.pix, self.tomograms, rng, self.dtype)
+            proj, self.pset, np.arange(self.n), self.angles, self.sigma2, self.box, self.pix,
+            self.state.current_size, self.tomograms, rng, self.dtype)
 
     # ------------------------------------------------------------------ E-step
     def _prior_angles(self) -> np.ndarray:
