@@ -145,16 +145,25 @@ def _close(client: object | None) -> None:
         close_if_owned(client)
 
 
+def refine_values(args: argparse.Namespace) -> dict:
+    """The refine3d job values of ``subtomo refine``'s arguments (``--no_align_ref_sym`` as an additional argument)."""
+    from subtomo_nb.jobs import values_from_args
+
+    values = values_from_args("refine3d", args)
+    if getattr(args, "no_align_ref_sym", False):
+        values["other_args"] = f"{values.get('other_args') or ''} --no_align_ref_sym".strip()
+    return values
+
+
 def _run_refine(args: argparse.Namespace) -> int:
     """``subtomo refine``: relion_refine --auto_refine with RELION's flags; writes run.out beside run_*."""
-    from subtomo_nb.jobs import values_from_args
     from subtomo_nb.jobs.progress import ProgressLog
     from subtomo_nb.jobs.runners import run_refine
 
     out = Path(args.o)
     job_dir = out.parent if out.name.startswith("run") else out
     job_dir.mkdir(parents=True, exist_ok=True)
-    values = values_from_args("refine3d", args)
+    values = refine_values(args)
     log = ProgressLog(job_dir, forward=lambda event: print(event.format(), flush=True))
     client = _local_client(values)
     try:
@@ -215,7 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func in (("extract", _run_extract), ("reconstruct", _run_reconstruct),
                        ("recentre", _run_star_handler), ("refine3d", _run_refine),
                        ("initial_model", _run_initial_model), ("align_symmetry", _run_align_symmetry)):
-        build_argparser(name, sub).set_defaults(func=func)
+        job_parser = build_argparser(name, sub)
+        job_parser.set_defaults(func=func)
+        if name == "refine3d":
+            job_parser.add_argument("--no_align_ref_sym", action="store_true",
+                                    help="not RELION's: refine a reference whose symmetry is off RELION's axes as it "
+                                         "is, instead of aligning it first (run.out reports the check)")
     _add_tutorial(sub)
     return parser
 
