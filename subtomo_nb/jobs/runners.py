@@ -167,7 +167,7 @@ def run_refine(
 
     def relay(event: dict) -> None:
         if event.get("kind") == "message":
-            progress(Progress(message=str(event["text"])))
+            progress(Progress(message=str(event["message"])))
         if event.get("kind") == "iteration":
             progress(Progress(message=f"iteration {event['iteration']}: {event['resolution_A']:.2f} Å, "
                               f"HEALPix order {event['healpix_order']}",

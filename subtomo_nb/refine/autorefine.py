@@ -605,7 +605,7 @@ class AutoRefine:
         """Iterate until convergence; returns the final iteration's summary."""
         if not self.opts.continue_from:
             if self.reference_check is not None and len(self.ops) > 1:
-                self.progress({"kind": "message", "text": self.reference_check.describe(self.opts.sym)})
+                self.progress({"kind": "message", "message": self.reference_check.describe(self.opts.sym)})
             write_iteration(self, final=False, initial=True)
         try:
             while not self.iterate():
