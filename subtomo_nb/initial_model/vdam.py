@@ -73,7 +73,7 @@ from subtomo_nb.refine.expectation import (
     expectation_batch,
     flush_rotation_sums,
 )
-from subtomo_nb.refine.sampling import Sampling
+from subtomo_nb.refine.sampling import Sampling, finer_translations
 from subtomo_nb.tasks.particle_data import load_particle_set, particle_transforms
 from subtomo_nb.tasks.reconstruct import common_box_and_pixel
 
@@ -339,29 +339,20 @@ class InitialModel:
         order = smp.healpix_order + 1
         if order >= o.auto_local_healpix_order:
             return
-        d = 2 * self.radius_px * self.pix
-        required = 360.0 / math.ceil(math.pi * d / s.current_resolution)
-        resol_ok = s.nr_iter_wo_resol_gain >= 1 or required < smp.fine_step
-        if not resol_ok:
+        # the initial-model job passes no --auto_resol_angles: only a stalled resolution lets it go on
+        if s.nr_iter_wo_resol_gain < 1:
             return
         if smp.fine_step < 0.75 * s.acc_rot:
             s.has_fine_enough_sampling = True
             return
         # translations (§6.11): finer step from the accuracy, range from the last offset changes
-        step_px = smp.offset_step_A / self.pix
-        new_step = max(min(1.5, 0.75 * s.acc_trans_A / self.pix) * 2 ** smp.oversampling, step_px / 2)
-        rng_px = 3.0 * s.change_offsets_A / self.pix
-        rng_px = max(min(rng_px, 1.3 * smp.offset_range_A / self.pix), 1.5 * new_step)
-        if rng_px > 4 * new_step:
-            rng_px /= 2
-        if rng_px > 4 * new_step:
-            new_step = rng_px / 4
-        if new_step > step_px:
-            new_step, rng_px = step_px, smp.offset_range_A / self.pix
-        s.sampling = smp.with_(healpix_order=order, offset_step_A=new_step * self.pix, offset_range_A=rng_px * self.pix)
+        step_A, range_A = finer_translations(smp.offset_step_A, smp.offset_range_A, s.acc_trans_A,
+                                             s.change_offsets_A, smp.oversampling)
+        s.sampling = smp.with_(healpix_order=order, offset_step_A=step_A, offset_range_A=range_A)
         s.nr_iter_wo_resol_gain = 0
         self.progress({"kind": "message", "message": f"iteration {s.iteration}: HEALPix order {order} "
-                       f"({angular_step(order, smp.oversampling):g}° fine), offsets {rng_px:.1f} px in {new_step:.2f} px"})
+                       f"({angular_step(order, smp.oversampling):g}° fine), offsets {range_A / self.pix:.1f} px "
+                       f"in {step_A / self.pix:.2f} px"})
 
     def _estimate_accuracy(self) -> None:
         from subtomo_nb.refine.autorefine import _estimate_accuracy

@@ -57,6 +57,7 @@ from subtomo_nb.refine.estep import ReferenceTerms
 from subtomo_nb.refine.expectation import (
     MULTIPLICITY_THRESHOLD,
     BatchResult,
+    CoarseReferenceCache,
     FineReferenceCache,
     expectation_batch,
     flush_rotation_sums,
@@ -198,10 +199,11 @@ class _EStepParams:
 
 def _shareable(value: Any) -> bool:
     """Reference values (arrays, tuples of arrays, :class:`ReferenceTerms`,
-    :class:`FineReferenceCache`) are shared by a worker's tasks; sums are not."""
+    :class:`CoarseReferenceCache`, :class:`FineReferenceCache`) are shared by a worker's tasks;
+    sums are not."""
     if isinstance(value, tuple):
         return all(isinstance(v, np.ndarray) for v in value)
-    return isinstance(value, (np.ndarray, ReferenceTerms, FineReferenceCache))
+    return isinstance(value, (np.ndarray, ReferenceTerms, CoarseReferenceCache, FineReferenceCache))
 
 
 def _estep_batch(batch: tuple[np.ndarray, np.ndarray, np.ndarray | None], reference: np.ndarray,

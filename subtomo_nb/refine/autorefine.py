@@ -43,7 +43,7 @@ from subtomo_nb.io.mrc import read_map
 from subtomo_nb.refine.expectation import expectation_batch, flush_rotation_sums
 from subtomo_nb.refine.outputs import write_iteration
 from subtomo_nb.refine.reference import check_reference_symmetry
-from subtomo_nb.refine.sampling import Sampling
+from subtomo_nb.refine.sampling import Sampling, finer_translations
 from subtomo_nb.tasks.particle_data import load_particle_set, particle_transforms
 from subtomo_nb.tasks.reconstruct import common_box_and_pixel
 
@@ -373,18 +373,9 @@ class AutoRefine:
             s.has_fine_enough_sampling = True
             return
         order = smp.healpix_order + 1
-        step_px = smp.offset_step_A / self.pix
-        new_step = max(min(1.5, 0.75 * s.acc_trans_A / self.pix) * 2, step_px / 2)
-        rng_px = 3.0 * s.change_offsets_A / self.pix
-        rng_px = min(rng_px, 1.3 * smp.offset_range_A / self.pix)
-        rng_px = max(rng_px, 1.5 * new_step)
-        if rng_px > 4 * new_step:
-            rng_px /= 2
-        if rng_px > 4 * new_step:
-            new_step = rng_px / 4
-        if new_step > step_px:
-            new_step, rng_px = step_px, smp.offset_range_A / self.pix
-        changes = dict(healpix_order=order, offset_step_A=new_step * self.pix, offset_range_A=rng_px * self.pix)
+        step_A, range_A = finer_translations(smp.offset_step_A, smp.offset_range_A, s.acc_trans_A,
+                                             s.change_offsets_A, smp.oversampling)
+        changes = dict(healpix_order=order, offset_step_A=step_A, offset_range_A=range_A)
         if order >= o.auto_local_healpix_order:
             sig = 2.0 * angular_step(order, 1)
             changes.update(sigma_rot=sig, sigma_tilt=sig, sigma_psi=sig)

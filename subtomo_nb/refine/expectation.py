@@ -51,6 +51,11 @@ FINE_BUDGET = 6_000_000
 #: in a global search at HEALPix order 3 brought thousands of coarse samples and the fine pass of
 #: one particle needed several GB. A deviation from RELION, bounding memory per particle.
 MAX_SIGNIFICANT_COARSE = 1000
+#: Largest (coarse orientations × Fourier points) of the coarse grid whose reference values a
+#: search restricted by priors keeps for the whole iteration (:class:`CoarseReferenceCache`; only
+#: the rows some batch reaches are filled: 12 bytes each in float32, e.g. HEALPix order 3 in C1
+#: with a 10° tilt prior, box 32: 18,000 rows, ~1.9 GB per half-set).
+COARSE_CACHE_POINTS = 400_000_000
 #: Largest (fine orientations × Fourier points) whose reference values a global search keeps for
 #: the whole iteration ([Re, Im] and |V|² in float32: 12 bytes each, at most ~770 MB per half-set).
 FINE_CACHE_POINTS = 64_000_000
@@ -211,6 +216,13 @@ def expectation_batch(
         if key not in coarse_cache:
             coarse_cache[key] = reference_terms(projector, rot_g, tilt_g, psi_g, sel_c.points)
         Vc = coarse_cache[key]
+    elif coarse_cache is not None and len(rot_g) * len(sel_c.index) <= COARSE_CACHE_POINTS:
+        # searches restricted by priors (tilt prior, local searches): each coarse orientation's
+        # reference values are interpolated once per iteration, when a batch first reaches it
+        lkey = ("coarse_rows",) + key[1:]
+        if lkey not in coarse_cache:
+            coarse_cache[lkey] = CoarseReferenceCache(len(rot_g), len(sel_c.index), projector.rdtype)
+        Vc = coarse_cache[lkey].fill(projector, rot_g, tilt_g, psi_g, sel_c.points, ridx)
     else:
         Vc = reference_terms(projector, rot_g[ridx], tilt_g[ridx], psi_g[ridx], sel_c.points)
     shifts_c = sampling.translations_px(pixel_size_A)
@@ -304,6 +316,61 @@ def _fine_phase_table(cache: dict | None, shifts_c: np.ndarray, sampling: Sampli
     if key not in cache:
         cache[key] = phase_factors(sel_f.points.astype(rdt), ft.astype(rdt), N).astype(cdt, copy=False)
     return cache[key]
+
+
+class CoarseReferenceCache:
+    """Reference values of the coarse orientations of one iteration, interpolated when first needed.
+
+    Row ``r`` holds coarse orientation ``r`` of the whole coarse grid: ``stacked`` ``[Re V, Im V]``
+    ``(Rc, 2K)`` and ``power`` ``|V|²`` ``(Rc, K)``. A search restricted by priors reaches a
+    different set of orientations in each batch (or the same band, e.g. a tilt prior shared by
+    all particles); the rows are interpolated once per iteration and reused by every batch. The
+    arrays are allocated empty, so rows never reached take no memory.
+    """
+
+    def __init__(self, n_coarse: int, n_points: int, rdtype: type) -> None:
+        self.stacked = np.empty((n_coarse, 2 * n_points), dtype=rdtype)
+        self.power = np.empty((n_coarse, n_points), dtype=rdtype)
+        self.filled = np.zeros(n_coarse, dtype=bool)
+
+    def fill(self, projector: Projector, rot: np.ndarray, tilt: np.ndarray, psi: np.ndarray,
+             points: np.ndarray, rows: np.ndarray) -> "CachedRows":
+        """Interpolate the ``rows`` (indices into the coarse grid ``rot, tilt, psi``) not filled yet.
+
+        Returns
+        -------
+        The rows, in the order given, as the coarse pass reads them (:class:`CachedRows`).
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        need = rows[~self.filled[rows]]
+        if len(need):
+            A = euler_to_matrix(rot[need], tilt[need], psi[need])
+            for s in range(0, len(need), ROTATION_CHUNK):
+                sl = slice(s, s + ROTATION_CHUNK)
+                _store_values(self, need[sl], projector.sample(A[sl], points))
+            self.filled[need] = True
+        return CachedRows(self, rows)
+
+
+@dataclass
+class CachedRows:
+    """Rows ``ids`` of a :class:`CoarseReferenceCache`, read as :class:`ReferenceTerms`."""
+
+    cache: CoarseReferenceCache
+    ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows(self, sl: slice) -> ReferenceTerms:
+        """The orientations ``sl`` of ``ids`` (copies of those rows)."""
+        i = self.ids[sl]
+        return ReferenceTerms(np.take(self.cache.stacked, i, axis=0), np.take(self.cache.power, i, axis=0))
+
+    @property
+    def power(self) -> np.ndarray:
+        """``|V|²`` of all rows ``(len(ids), K)``."""
+        return np.take(self.cache.power, self.ids, axis=0)
 
 
 class FineReferenceCache:

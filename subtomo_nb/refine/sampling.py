@@ -161,3 +161,33 @@ def log_translation_prior(shifts_px: np.ndarray, sigma_offset_A: float, pixel_si
 def default_psi_step(order: int) -> float:
     """RELION's psi step at a HEALPix order (degrees)."""
     return psi_step(order)
+
+
+def finer_translations(offset_step_A: float, offset_range_A: float, acc_trans_A: float,
+                       change_offsets_A: float, oversampling: int = 1) -> tuple[float, float]:
+    """Coarse translation step and range when auto-sampling goes one HEALPix order finer (Å).
+
+    RELION's ``updateAngularSampling`` for 3D pseudo-subtomograms (relion-conventions.md §6.11),
+    everything in Å as RELION keeps offsets: step ``min(1.5 Å, 0.75 acc_trans) · 2^oversampling``
+    but at least half the current step; range 3× the last rms offset change, at most 1.3× the
+    current range and at least 1.5 steps; halved if above 4 steps, and then the step raised to a
+    quarter of the range if still needed; the current step and range are kept when the new step
+    would be coarser.
+
+    Examples
+    --------
+    >>> finer_translations(21.6, 64.8, 3.0, 2.8)     # 2 px step at 10.8 Å/px: halved
+    (10.8, 16.200000000000003)
+    >>> finer_translations(10.8, 16.2, 40.0, 30.0)   # poor accuracy: still at most half the step
+    (5.4, 21.06)
+    """
+    new_step = max(min(1.5, 0.75 * acc_trans_A) * 2 ** oversampling, offset_step_A / 2.0)
+    new_range = min(3.0 * change_offsets_A, 1.3 * offset_range_A)
+    new_range = max(new_range, 1.5 * new_step)
+    if new_range > 4.0 * new_step:
+        new_range /= 2.0
+    if new_range > 4.0 * new_step:
+        new_step = new_range / 4.0
+    if new_step > offset_step_A:
+        return offset_step_A, offset_range_A
+    return new_step, new_range

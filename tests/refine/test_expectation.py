@@ -163,11 +163,16 @@ def test_fine_products_of_significant_pairs_equal_the_dense_product():
 
 
 def test_lazily_filled_fine_reference_equals_per_particle_interpolation(reference):
-    """A prior-restricted search with the per-iteration fine-reference cache (rows interpolated
+    """A prior-restricted search with the per-iteration coarse- and fine-reference caches (rows interpolated
     when first needed) gives the same poses, weights and sums as interpolating per particle; the
     cache's rows equal direct interpolation at the children's orientations."""
     from subtomo_nb.geometry.healpix import oversampled_children, psi_step
-    from subtomo_nb.refine.expectation import FineReferenceCache
+    from subtomo_nb.refine.expectation import (
+        CoarseReferenceCache,
+        FineReferenceCache,
+        FourierSelection,
+        reference_terms,
+    )
 
     vol, proj = reference
     s = Sampling(healpix_order=2, offset_range_A=2 * PIX, offset_step_A=2 * PIX, sym="C6", sigma_tilt=10.0)
@@ -192,6 +197,15 @@ def test_lazily_filled_fine_reference_equals_per_particle_interpolation(referenc
                for b in (slice(0, 3), slice(3, 6))]
     [fine] = [v for v in cache.values() if isinstance(v, FineReferenceCache)]
     assert 0 < fine.filled.sum() < len(rot)                  # only the neighbourhoods were interpolated
+    # the coarse rows: exactly those some particle's prior reaches, equal to direct interpolation
+    [coarse] = [v for v in cache.values() if isinstance(v, CoarseReferenceCache)]
+    reach = np.isfinite(log_orientation_prior(s, rot, tilt, psi, *prior.T)).any(axis=0)
+    assert 0 < reach.sum() < len(rot)
+    np.testing.assert_array_equal(coarse.filled, reach)
+    some = np.flatnonzero(reach)[::7]
+    direct = reference_terms(proj, rot[some], tilt[some], psi[some], FourierSelection.make(N, 8).points)
+    np.testing.assert_array_equal(coarse.stacked[some], direct.stacked)
+    np.testing.assert_array_equal(coarse.power[some], direct.power)
     for a, b in zip(with_cache, without):
         np.testing.assert_array_equal(a.rot, b.rot)
         np.testing.assert_array_equal(a.shift_px, b.shift_px)
