@@ -34,6 +34,7 @@ The numerical core does not import this module.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import operator
 import os
@@ -108,18 +109,30 @@ _PROJECTOR_LOCK = threading.Lock()
 #: Worker-local projectors: stream (job batches token + half) -> (reference key, Projector, cache of
 #: the coarse reference values, which are the same for every batch of an iteration and half).
 #: One entry per stream, replaced when the stream's reference key changes (a new iteration),
-#: so a worker holds at most one projector per half-set of each running job.
-_PROJECTORS: dict[str, tuple[str, Projector, dict]] = {}
+#: so a worker holds at most one projector per half-set of each running job; the last item is
+#: a digest of the reference, by which streams with equal references share projector and cache.
+_PROJECTORS: dict[str, tuple[str, Projector, dict, str]] = {}
 
 
 def _worker_projector(stream: str, ref_key: str, reference: np.ndarray, pad: float,
                       dtype: type) -> tuple[Projector, dict]:
-    """This worker's Projector of ``reference`` (built once per iteration and half) and its coarse cache."""
+    """This worker's Projector of ``reference`` (built once per iteration and half) and its coarse cache.
+
+    Streams whose references are equal (VDAM's two pseudo half-sets, the two halves of a first
+    auto-refine iteration) share one projector and one cache of reference values: those are a
+    function of the map alone, so they are interpolated once per worker, not once per half.
+    """
     with _PROJECTOR_LOCK:
         entry = _PROJECTORS.get(stream)
         if entry is None or entry[0] != ref_key:
             _PROJECTORS.pop(stream, None)       # free the last iteration's before building
-            entry = (ref_key, Projector(np.asarray(reference).astype(dtype), pad=pad), {})
+            ref = np.ascontiguousarray(np.asarray(reference).astype(dtype))
+            digest = hashlib.blake2b(ref.tobytes() + f"|{pad}|{ref.dtype.str}".encode(), digest_size=16).hexdigest()
+            twin = next((e for e in _PROJECTORS.values() if e[3] == digest), None)
+            if twin is not None:
+                entry = (ref_key, twin[1], twin[2], digest)
+            else:
+                entry = (ref_key, Projector(ref, pad=pad), {}, digest)
             _PROJECTORS[stream] = entry
         return entry[1], entry[2]
 

@@ -183,3 +183,27 @@ def test_in_memory_particle_set_and_release(cluster_client, estep_setup):
     pb.release()
     held = cluster_client.run(_cached_streams)
     assert not any(k.startswith(pb.token) for ks in held.values() for k in ks)
+
+
+def test_streams_with_equal_references_share_projector_and_cache() -> None:
+    """VDAM's two pseudo half-sets score the same map: a worker builds one projector and one cache
+    of reference values for both; a different map (or the next iteration's) gets its own."""
+    from subtomo_nb.parallel.estep import _PROJECTORS, _forget_streams, _worker_projector
+
+    rng = np.random.default_rng(3)
+    vol = rng.standard_normal((16, 16, 16))
+    other = vol.copy()
+    other[0, 0, 0] += 1e-3
+    try:
+        p1, c1 = _worker_projector("tst-share-h0", "ref-a", vol, 2, np.float32)
+        p2, c2 = _worker_projector("tst-share-h1", "ref-b", vol.copy(), 2, np.float32)
+        assert p2 is p1 and c2 is c1
+        p3, c3 = _worker_projector("tst-share-h1", "ref-c", other, 2, np.float32)   # next map of half 2
+        assert p3 is not p1 and c3 is not c1
+        p4, _ = _worker_projector("tst-share-h2", "ref-d", vol, 1, np.float32)      # other padding
+        assert p4 is not p1
+        np.testing.assert_array_equal(p3.sample(np.eye(3)[None], np.ones((1, 3))),
+                                      Projector(other.astype(np.float32), pad=2).sample(np.eye(3)[None], np.ones((1, 3))))
+    finally:
+        _forget_streams("tst-share-")
+    assert not any(k.startswith("tst-share-") for k in _PROJECTORS)
