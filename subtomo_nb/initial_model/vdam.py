@@ -333,12 +333,16 @@ class InitialModel:
         return min(coarse_size, self.state.current_size) / 2
 
     def _auto_sampling(self) -> None:
-        """One HEALPix order finer when the accuracy allows it (§6.11), never to local searches (§8.6)."""
+        """One HEALPix order finer when the accuracy allows it (§6.11), never to local searches (§8.6).
+
+        As RELION's ``updateAngularSampling`` for gradient runs, at the last global order the
+        translations still follow the accuracy while the HEALPix order stays.
+        """
         s, o = self.state, self.opts
         smp = s.sampling
         order = smp.healpix_order + 1
         if order >= o.auto_local_healpix_order:
-            return
+            order = smp.healpix_order
         # the initial-model job passes no --auto_resol_angles: only a stalled resolution lets it go on
         if s.nr_iter_wo_resol_gain < 1:
             return

@@ -376,3 +376,29 @@ def test_centre_positive_mass_moves_the_density_to_the_centre():
     out, shift = centre_positive_mass(vol)
     np.testing.assert_allclose(shift, [-3, 2, -1], atol=0.05)
     assert np.unravel_index(np.argmax(out), out.shape) == (16, 16, 16)
+
+
+def test_auto_sampling_stops_below_local_order_but_refines_translations(tiny_extract_3d, tmp_path):
+    """RELION's updateAngularSampling in gradient runs: a stalled resolution and a coarse enough
+    step give one HEALPix order finer; at the last global order (3 with local searches from 4)
+    the order stays and only the translations follow the accuracy; without a stall nothing moves."""
+    from subtomo_nb.initial_model.vdam import InitialModel, VdamOptions
+
+    opts = VdamOptions(particles=tiny_extract_3d, output_root=tmp_path / "run", nr_iter=10, particle_diameter=230.0)
+    job = InitialModel(opts)
+    s = job.state
+    s.acc_rot, s.acc_trans_A, s.change_offsets_A = 1.0, 1.0, 0.5 * job.pix
+    step0 = s.sampling.offset_step_A
+    s.nr_iter_wo_resol_gain = 0
+    job._auto_sampling()
+    assert s.sampling.healpix_order == 1 and s.sampling.offset_step_A == step0
+    for expected_order, expected_step in ((2, step0 / 2), (3, step0 / 4), (3, step0 / 8)):
+        s.nr_iter_wo_resol_gain = 1
+        job._auto_sampling()
+        assert s.sampling.healpix_order == expected_order
+        assert s.sampling.offset_step_A == pytest.approx(expected_step)
+        assert s.nr_iter_wo_resol_gain == 0
+    s.acc_rot = 10.0                                   # 3.75° fine step < 0.75 * 10°: fine enough
+    s.nr_iter_wo_resol_gain = 1
+    job._auto_sampling()
+    assert s.has_fine_enough_sampling and s.sampling.offset_step_A == pytest.approx(step0 / 8)
