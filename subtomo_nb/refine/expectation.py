@@ -127,12 +127,23 @@ def reference_terms(projector: Projector, rot: np.ndarray, tilt: np.ndarray, psi
     R, K = len(rot), len(points)
     rdt = projector.rdtype
     out = ReferenceTerms(stacked=np.empty((R, 2 * K), dtype=rdt), power=np.empty((R, K), dtype=rdt))
-    for s in range(0, R, ROTATION_CHUNK):
-        _store_values(out, slice(s, s + ROTATION_CHUNK), projector.sample(A[s:s + ROTATION_CHUNK], points))
+    _interpolate_rows(out, projector, A, None, points)
     return out
 
 
-def _store_values(out: "ReferenceTerms | FineReferenceCache", rows: Any, V: np.ndarray) -> None:
+def _interpolate_rows(out: "ReferenceTerms | _LazyReferenceRows", projector: Projector, A: np.ndarray,
+                      rows: np.ndarray | None, points: np.ndarray) -> None:
+    """Write the reference values at the orientations ``A`` (R, 3, 3) into ``rows`` of ``out``.
+
+    :data:`ROTATION_CHUNK` orientations at a time, so their complex values are never all held at
+    once; ``rows`` None means rows ``0 .. R-1``.
+    """
+    for s in range(0, len(A), ROTATION_CHUNK):
+        sl = slice(s, s + ROTATION_CHUNK)
+        _store_values(out, sl if rows is None else rows[sl], projector.sample(A[sl], points))
+
+
+def _store_values(out: "ReferenceTerms | _LazyReferenceRows", rows: Any, V: np.ndarray) -> None:
     """Write complex reference values ``V`` into rows ``rows`` of ``out.stacked`` and ``out.power``."""
     K = V.shape[-1]
     out.stacked[rows, :K] = V.real
@@ -318,19 +329,26 @@ def _fine_phase_table(cache: dict | None, shifts_c: np.ndarray, sampling: Sampli
     return cache[key]
 
 
-class CoarseReferenceCache:
+class _LazyReferenceRows:
+    """``stacked`` ``[Re V, Im V]`` ``(rows, 2K)`` and ``power`` ``|V|²`` ``(rows, K)`` of a fixed grid
+    of orientations, allocated empty: rows never written take no memory."""
+
+    def __init__(self, n_rows: int, n_points: int, rdtype: type) -> None:
+        self.stacked = np.empty((n_rows, 2 * n_points), dtype=rdtype)
+        self.power = np.empty((n_rows, n_points), dtype=rdtype)
+
+
+class CoarseReferenceCache(_LazyReferenceRows):
     """Reference values of the coarse orientations of one iteration, interpolated when first needed.
 
-    Row ``r`` holds coarse orientation ``r`` of the whole coarse grid: ``stacked`` ``[Re V, Im V]``
-    ``(Rc, 2K)`` and ``power`` ``|V|²`` ``(Rc, K)``. A search restricted by priors reaches a
-    different set of orientations in each batch (or the same band, e.g. a tilt prior shared by
-    all particles); the rows are interpolated once per iteration and reused by every batch. The
-    arrays are allocated empty, so rows never reached take no memory.
+    Row ``r`` holds coarse orientation ``r`` of the whole coarse grid (``(Rc, 2K)`` and
+    ``(Rc, K)``). A search restricted by priors reaches a different set of orientations in each
+    batch (or the same band, e.g. a tilt prior shared by all particles); the rows are
+    interpolated once per iteration and reused by every batch.
     """
 
     def __init__(self, n_coarse: int, n_points: int, rdtype: type) -> None:
-        self.stacked = np.empty((n_coarse, 2 * n_points), dtype=rdtype)
-        self.power = np.empty((n_coarse, n_points), dtype=rdtype)
+        super().__init__(n_coarse, n_points, rdtype)
         self.filled = np.zeros(n_coarse, dtype=bool)
 
     def fill(self, projector: Projector, rot: np.ndarray, tilt: np.ndarray, psi: np.ndarray,
@@ -344,10 +362,7 @@ class CoarseReferenceCache:
         rows = np.asarray(rows, dtype=np.int64)
         need = rows[~self.filled[rows]]
         if len(need):
-            A = euler_to_matrix(rot[need], tilt[need], psi[need])
-            for s in range(0, len(need), ROTATION_CHUNK):
-                sl = slice(s, s + ROTATION_CHUNK)
-                _store_values(self, need[sl], projector.sample(A[sl], points))
+            _interpolate_rows(self, projector, euler_to_matrix(rot[need], tilt[need], psi[need]), need, points)
             self.filled[need] = True
         return CachedRows(self, rows)
 
@@ -373,19 +388,17 @@ class CachedRows:
         return np.take(self.cache.power, self.ids, axis=0)
 
 
-class FineReferenceCache:
+class FineReferenceCache(_LazyReferenceRows):
     """Reference values of the fine orientations of one iteration, interpolated when first needed.
 
     Row ``coarse·8 + child`` holds the child ``child`` of coarse orientation ``coarse`` (of the
     whole coarse grid): ``stacked`` ``[Re V, Im V]`` ``(Rc·8, 2K)`` and ``power`` ``|V|²``
-    ``(Rc·8, K)``. Rows are filled for the coarse orientations some particle found significant;
-    the arrays are allocated empty, so untouched rows take no memory.
+    ``(Rc·8, K)``. Rows are filled for the coarse orientations some particle found significant.
     """
 
     def __init__(self, n_coarse: int, n_points: int, rdtype: type, n_child: int = 8) -> None:
+        super().__init__(n_coarse * n_child, n_points, rdtype)
         self.n_child = n_child
-        self.stacked = np.empty((n_coarse * n_child, 2 * n_points), dtype=rdtype)
-        self.power = np.empty((n_coarse * n_child, n_points), dtype=rdtype)
         self.filled = np.zeros(n_coarse, dtype=bool)
 
     def __getitem__(self, i: int) -> np.ndarray:
@@ -404,10 +417,7 @@ class FineReferenceCache:
         if c != self.n_child:
             raise ValueError(f"{c} children per coarse orientation, the cache was made for {self.n_child}")
         A = euler_to_matrix(frot.reshape(-1), ftilt.reshape(-1), fpsi.reshape(-1))
-        rows = (need[:, None] * c + np.arange(c)).reshape(-1)
-        for s in range(0, len(rows), ROTATION_CHUNK):
-            sl = slice(s, s + ROTATION_CHUNK)
-            _store_values(self, rows[sl], projector.sample(A[sl], points))
+        _interpolate_rows(self, projector, A, (need[:, None] * c + np.arange(c)).reshape(-1), points)
         self.filled[need] = True
 
 
