@@ -7,10 +7,16 @@ Friedel flip, corner rules and ``x = 0`` mirroring — in one pass per point, wi
 arrays of ``rotations × points × 8`` elements. Only the order of floating-point additions differs
 (rounding-level differences). The array versions remain the path for cupy arrays and the
 reference the tests compare against; these are used for numpy arrays when numba is installed.
-Each kernel runs on one thread in a fixed order, so results are reproducible run to run.
+Results are reproducible run to run and do not depend on the number of threads: called from the
+main thread (a notebook, a serial job) the kernels spread rotations over numba's threads, the
+gathers row by row (each output row written by one thread), the scatter in a fixed number of
+blocks of rotations with accumulators of their own, summed in block order; called from other
+threads (dask workers, sweeps) they run the same blocks on that one thread.
 """
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
@@ -22,71 +28,121 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
     numba = None
     HAVE_NUMBA = False
 
-__all__ = ["HAVE_NUMBA", "gather_rotated", "scatter_rotated"]
+__all__ = ["HAVE_NUMBA", "gather_rotated", "gather_rotated_terms", "parallel_allowed", "scatter_rotated"]
+
+
+def parallel_allowed() -> bool:
+    """Whether the compiled kernels may spread one call over threads.
+
+    Only calls from the main thread do: dask workers run tasks in their own threads (one core
+    each, already parallel across workers), parameter sweeps run jobs in threads, and numba's
+    fallback thread pool does not accept parallel launches from several threads at once.
+    """
+    return HAVE_NUMBA and threading.current_thread() is threading.main_thread() and numba.get_num_threads() > 1
+
+
+#: Largest memory (bytes) of the per-block accumulators of one parallel scatter.
+SCATTER_BLOCK_BYTES = 64 << 20
+#: Most blocks one scatter is split into (fixed, so results do not depend on the thread count).
+SCATTER_BLOCKS = 8
+#: Fewest rotations per scatter block.
+SCATTER_MIN_ROTATIONS = 32
 
 
 if HAVE_NUMBA:
 
-    @numba.njit(cache=True, nogil=True, fastmath=False)
-    def _gather(ext, m, width, A, pts, pad, r_max2, out):  # pragma: no cover - compiled
-        h = m // 2
+    @numba.njit(cache=True, nogil=True, fastmath=False, inline="always")
+    def _interp(ext, h, m, width, A, r, k0, k1, k2, pad, r_max2):  # pragma: no cover - compiled
+        """Trilinear value of the centred extension at ``pad · A[r]ᵀ k`` (0 beyond r_max)."""
         sz = (m + 1) * width
         sy = width
-        R = A.shape[0]
-        K = pts.shape[0]
-        for r in range(R):
-            for k in range(K):
-                k0 = pts[k, 0]
-                k1 = pts[k, 1]
-                k2 = pts[k, 2]
-                x = k0 * A[r, 0, 0] + k1 * A[r, 1, 0] + k2 * A[r, 2, 0]
-                y = k0 * A[r, 0, 1] + k1 * A[r, 1, 1] + k2 * A[r, 2, 1]
-                z = k0 * A[r, 0, 2] + k1 * A[r, 1, 2] + k2 * A[r, 2, 2]
-                if x * x + y * y + z * z > r_max2:
-                    out[r, k] = 0
-                    continue
-                x *= pad
-                y *= pad
-                z *= pad
-                neg = x < 0
-                if neg:
-                    x = -x
-                    y = -y
-                    z = -z
-                fx0 = np.floor(x)
-                fy0 = np.floor(y)
-                fz0 = np.floor(z)
-                fx = x - fx0
-                fy = y - fy0
-                fz = z - fz0
-                x0 = min(int(fx0), width - 2)
-                y0 = (int(fy0) + h) % m
-                z0 = (int(fz0) + h) % m
-                base = (z0 * (m + 1) + y0) * width + x0
-                a = ext[base]
-                c00 = a + fx * (ext[base + 1] - a)
-                a = ext[base + sy]
-                c01 = a + fx * (ext[base + sy + 1] - a)
-                a = ext[base + sz]
-                c10 = a + fx * (ext[base + sz + 1] - a)
-                a = ext[base + sz + sy]
-                c11 = a + fx * (ext[base + sz + sy + 1] - a)
-                c0 = c00 + fy * (c01 - c00)
-                c1 = c10 + fy * (c11 - c10)
-                v = c0 + fz * (c1 - c0)
-                out[r, k] = np.conj(v) if neg else v
+        x = k0 * A[r, 0, 0] + k1 * A[r, 1, 0] + k2 * A[r, 2, 0]
+        y = k0 * A[r, 0, 1] + k1 * A[r, 1, 1] + k2 * A[r, 2, 1]
+        z = k0 * A[r, 0, 2] + k1 * A[r, 1, 2] + k2 * A[r, 2, 2]
+        if x * x + y * y + z * z > r_max2:
+            return ext[0] * 0
+        x *= pad
+        y *= pad
+        z *= pad
+        neg = x < 0
+        if neg:
+            x = -x
+            y = -y
+            z = -z
+        fx0 = np.floor(x)
+        fy0 = np.floor(y)
+        fz0 = np.floor(z)
+        fx = x - fx0
+        fy = y - fy0
+        fz = z - fz0
+        x0 = min(int(fx0), width - 2)
+        y0 = (int(fy0) + h) % m
+        z0 = (int(fz0) + h) % m
+        base = (z0 * (m + 1) + y0) * width + x0
+        a = ext[base]
+        c00 = a + fx * (ext[base + 1] - a)
+        a = ext[base + sy]
+        c01 = a + fx * (ext[base + sy + 1] - a)
+        a = ext[base + sz]
+        c10 = a + fx * (ext[base + sz + 1] - a)
+        a = ext[base + sz + sy]
+        c11 = a + fx * (ext[base + sz + sy + 1] - a)
+        c0 = c00 + fy * (c01 - c00)
+        c1 = c10 + fy * (c11 - c10)
+        v = c0 + fz * (c1 - c0)
+        return np.conj(v) if neg else v
 
     @numba.njit(cache=True, nogil=True, fastmath=False)
-    def _scatter(A, pts, shared, values, weights, keep, pad, r_max2, n, mirror_x0,
-                 re, im, wt):  # pragma: no cover - compiled
+    def _gather_rotation(ext, m, width, A, r, pts, pad, r_max2, out):  # pragma: no cover - compiled
+        h = m // 2
+        for k in range(pts.shape[0]):
+            out[r, k] = _interp(ext, h, m, width, A, r, pts[k, 0], pts[k, 1], pts[k, 2], pad, r_max2)
+
+    @numba.njit(cache=True, nogil=True, fastmath=False)
+    def _gather(ext, m, width, A, pts, pad, r_max2, out):  # pragma: no cover - compiled
+        for r in range(A.shape[0]):
+            _gather_rotation(ext, m, width, A, r, pts, pad, r_max2, out)
+
+    @numba.njit(cache=True, nogil=True, fastmath=False, parallel=True)
+    def _gather_par(ext, m, width, A, pts, pad, r_max2, out):  # pragma: no cover - compiled
+        for r in numba.prange(A.shape[0]):
+            _gather_rotation(ext, m, width, A, r, pts, pad, r_max2, out)
+
+    @numba.njit(cache=True, nogil=True, fastmath=False)
+    def _gather_terms_rotation(ext, m, width, A, r, pts, pad, r_max2, rows, stacked, power):  # pragma: no cover
+        h = m // 2
+        K = pts.shape[0]
+        row = rows[r]
+        for k in range(K):
+            v = _interp(ext, h, m, width, A, r, pts[k, 0], pts[k, 1], pts[k, 2], pad, r_max2)
+            re = v.real
+            im = v.imag
+            stacked[row, k] = re
+            stacked[row, K + k] = im
+            power[row, k] = re * re + im * im
+
+    @numba.njit(cache=True, nogil=True, fastmath=False)
+    def _gather_terms(ext, m, width, A, pts, pad, r_max2, rows, stacked, power):  # pragma: no cover - compiled
+        for r in range(A.shape[0]):
+            _gather_terms_rotation(ext, m, width, A, r, pts, pad, r_max2, rows, stacked, power)
+
+    @numba.njit(cache=True, nogil=True, fastmath=False, parallel=True)
+    def _gather_terms_par(ext, m, width, A, pts, pad, r_max2, rows, stacked, power):  # pragma: no cover
+        for r in numba.prange(A.shape[0]):
+            _gather_terms_rotation(ext, m, width, A, r, pts, pad, r_max2, rows, stacked, power)
+
+    @numba.njit(cache=True, nogil=True, fastmath=False)
+    def _scatter_range(A, pts, shared, values, weights, keep, pad, r_max2, n, mirror_x0,
+                       r_start, r_stop, re, im, wt):  # pragma: no cover - compiled
         nh = n // 2 + 1
         lo = -(n // 2)
         hi = n - n // 2
-        R = A.shape[0]
         K = values.shape[1]
-        for r in range(R):
+        one_keep = keep.shape[0] == 1
+        for r in range(r_start, r_stop):
+            kr = 0 if one_keep else r
             for k in range(K):
-                kp = keep[r, k]
+                kp = keep[kr, k]
                 if kp == 0.0:
                     continue
                 if shared:
@@ -146,6 +202,26 @@ if HAVE_NUMBA:
                                 im[midx] -= c * vi
                                 wt[midx] += c * w
 
+    @numba.njit(cache=True, nogil=True, fastmath=False)
+    def _scatter(A, pts, shared, values, weights, keep, pad, r_max2, n, mirror_x0,
+                 re, im, wt):  # pragma: no cover - compiled
+        """Blocks ``b`` of rotations (``re[b]``, ...), one after the other."""
+        B = re.shape[0]
+        R = A.shape[0]
+        for b in range(B):
+            _scatter_range(A, pts, shared, values, weights, keep, pad, r_max2, n, mirror_x0,
+                           b * R // B, (b + 1) * R // B, re[b], im[b], wt[b])
+
+    @numba.njit(cache=True, nogil=True, fastmath=False, parallel=True)
+    def _scatter_par(A, pts, shared, values, weights, keep, pad, r_max2, n, mirror_x0,
+                     re, im, wt):  # pragma: no cover - compiled
+        """As :func:`_scatter`, the blocks on parallel threads (each into its own accumulators)."""
+        B = re.shape[0]
+        R = A.shape[0]
+        for b in numba.prange(B):
+            _scatter_range(A, pts, shared, values, weights, keep, pad, r_max2, n, mirror_x0,
+                           b * R // B, (b + 1) * R // B, re[b], im[b], wt[b])
+
 
 def gather_rotated(ext_flat: np.ndarray, m: int, width: int, A: np.ndarray, points: np.ndarray,
                    pad: float, r_max: float, cdtype: type) -> np.ndarray:
@@ -175,9 +251,29 @@ def gather_rotated(ext_flat: np.ndarray, m: int, width: int, A: np.ndarray, poin
     """
     rdt = np.float32 if np.dtype(cdtype) == np.complex64 else np.float64
     out = np.empty((A.shape[0], points.shape[0]), dtype=cdtype)
-    _gather(np.ascontiguousarray(ext_flat), int(m), int(width), np.ascontiguousarray(A, dtype=rdt),
-            np.ascontiguousarray(points, dtype=rdt), rdt(pad), rdt(r_max) ** 2, out)
+    kernel = _gather_par if parallel_allowed() and A.shape[0] > 1 else _gather
+    kernel(np.ascontiguousarray(ext_flat), int(m), int(width), np.ascontiguousarray(A, dtype=rdt),
+           np.ascontiguousarray(points, dtype=rdt), rdt(pad), rdt(r_max) ** 2, out)
     return out
+
+
+def gather_rotated_terms(ext_flat: np.ndarray, m: int, width: int, A: np.ndarray, points: np.ndarray,
+                         pad: float, r_max: float, rows: np.ndarray, stacked: np.ndarray,
+                         power: np.ndarray) -> None:
+    """:func:`gather_rotated` written straight into the E-step's row layout.
+
+    Row ``rows[r]`` of ``stacked`` ``(n, 2K)`` receives ``[Re V_r, Im V_r]`` and the same row of
+    ``power`` ``(n, K)`` receives ``|V_r|²`` (the values :func:`gather_rotated` returns, in one
+    pass, with no complex temporary). ``stacked`` and ``power`` are real arrays of the precision
+    ``ext_flat`` is stored in (complex64 -> float32); C-contiguous rows.
+    """
+    rdt = stacked.dtype.type
+    if power.dtype != stacked.dtype or not (stacked.flags.c_contiguous and power.flags.c_contiguous):
+        raise ValueError("stacked and power must be C-contiguous arrays of one real dtype")
+    kernel = _gather_terms_par if parallel_allowed() and A.shape[0] > 1 else _gather_terms
+    kernel(np.ascontiguousarray(ext_flat), int(m), int(width), np.ascontiguousarray(A, dtype=rdt),
+           np.ascontiguousarray(points, dtype=rdt), rdt(pad), rdt(r_max) ** 2,
+           np.ascontiguousarray(rows, dtype=np.int64), stacked, power)
 
 
 def scatter_rotated(n: int, A: np.ndarray, points: np.ndarray, values: np.ndarray, weights: np.ndarray,
@@ -196,8 +292,10 @@ def scatter_rotated(n: int, A: np.ndarray, points: np.ndarray, values: np.ndarra
         ``(R, 3, 3)`` rotations.
     points
         ``(K, 3)`` shared or ``(R, K, 3)`` per-rotation frequencies (unpadded Fourier pixels).
-    values, weights, keep
-        ``(R, K)`` complex values, real weights and 0/1 (or fractional) insertion factors.
+    values, weights
+        ``(R, K)`` complex values and real weights.
+    keep
+        ``(R, K)`` or ``(1, K)`` (shared by all rotations) 0/1 (or fractional) insertion factors.
     pad
         Padding factor.
     r_max
@@ -212,9 +310,13 @@ def scatter_rotated(n: int, A: np.ndarray, points: np.ndarray, values: np.ndarra
     """
     nh = n // 2 + 1
     size = n * n * nh
-    re = np.zeros(size)
-    im = np.zeros(size)
-    wt = np.zeros(size)
+    R = A.shape[0]
+    # rotations in a fixed number of blocks, each into its own accumulators, summed in order:
+    # the same result whether the blocks run on one thread or several
+    blocks = max(1, min(SCATTER_BLOCKS, R // SCATTER_MIN_ROTATIONS, SCATTER_BLOCK_BYTES // (24 * size)))
+    re = np.zeros((blocks, size))
+    im = np.zeros((blocks, size))
+    wt = np.zeros((blocks, size))
     pts = np.asarray(points, dtype=np.float64)
     shared = pts.ndim == 2
     pts3 = np.ascontiguousarray(pts[None] if shared else pts)
@@ -226,7 +328,14 @@ def scatter_rotated(n: int, A: np.ndarray, points: np.ndarray, values: np.ndarra
     weights = np.ascontiguousarray(weights)
     if weights.dtype not in (np.float32, np.float64):
         weights = weights.astype(np.float64)
-    _scatter(np.ascontiguousarray(A, dtype=np.float64), pts3, shared, values, weights,
-             np.ascontiguousarray(keep, dtype=np.float64), float(pad), float(r_max) ** 2, int(n), bool(mirror_x0),
-             re, im, wt)
+    keep = np.ascontiguousarray(keep, dtype=np.float64)
+    if keep.ndim != 2 or keep.shape[0] not in (1, R):
+        raise ValueError(f"keep must be (1, K) or (R, K), got {keep.shape}")
+    kernel = _scatter_par if blocks > 1 and parallel_allowed() else _scatter
+    kernel(np.ascontiguousarray(A, dtype=np.float64), pts3, shared, values, weights, keep, float(pad),
+           float(r_max) ** 2, int(n), bool(mirror_x0), re, im, wt)
+    if blocks > 1:
+        re, im, wt = re.sum(axis=0), im.sum(axis=0), wt.sum(axis=0)
+    else:
+        re, im, wt = re[0], im[0], wt[0]
     return (re + 1j * im).reshape(n, n, nh), wt.reshape(n, n, nh)

@@ -198,29 +198,35 @@ class BackProjector:
         pts = xp.asarray(points, dtype=xp.float64)
         if single and pts.ndim == values.ndim:
             pts = pts[None]
-        if pts.ndim == values.ndim:  # shared points (..., 3)
-            ref = xp.einsum("rji,...j->r...i", A, pts)
-            kk = xp.sum(pts * pts, axis=-1)[None]
-        else:
-            ref = xp.einsum("rji,r...j->r...i", A, pts)
-            kk = xp.sum(pts * pts, axis=-1)
+        shared = pts.ndim == values.ndim  # points (..., 3) shared by all rotations
         shp = (nrot,) + values.shape[1:]
-        keep = xp.broadcast_to(kk <= self.r_max ** 2, shp).astype(xp.float64)
+        w = xp.ones(shp) if weights is None else xp.asarray(weights)
+        if single and weights is not None and w.ndim == values.ndim:
+            w = w[None]
+        mk = None
         if mask is not None:
             mk = xp.asarray(mask, dtype=xp.float64)
             if single and mk.ndim == values.ndim:
                 mk = mk[None]
-            keep = keep * xp.broadcast_to(mk, shp)
-        w = xp.ones(shp) if weights is None else xp.asarray(weights)
-        if single and weights is not None and w.ndim == values.ndim:
-            w = w[None]
         if xp is np and HAVE_NUMBA:
-            # compiled single pass (same positions, corners and mirroring; no (R, K, 8) temporaries)
-            flat_pts = pts.reshape(-1, 3) if pts.ndim == values.ndim else pts.reshape(nrot, -1, 3)
+            # compiled single pass (same positions, corners and mirroring; no (R, K, 8) temporaries);
+            # the kernel skips points beyond r_max itself, so ``keep`` is only the mask (one row
+            # shared by all rotations when there is none)
+            flat_pts = pts.reshape(-1, 3) if shared else pts.reshape(nrot, -1, 3)
+            K = int(np.prod(values.shape[1:], dtype=np.int64))
+            keep = np.ones((1, K)) if mk is None else np.broadcast_to(mk, shp).reshape(nrot, -1)
             d, wt = scatter_rotated(self.padded, A, flat_pts, np.broadcast_to(values, shp).reshape(nrot, -1),
-                                    np.broadcast_to(w, shp).reshape(nrot, -1), keep.reshape(nrot, -1),
-                                    self.pad, np.inf)
+                                    np.broadcast_to(w, shp).reshape(nrot, -1), keep, self.pad, self.r_max)
         else:
+            if shared:
+                ref = xp.einsum("rji,...j->r...i", A, pts)
+                kk = xp.sum(pts * pts, axis=-1)[None]
+            else:
+                ref = xp.einsum("rji,r...j->r...i", A, pts)
+                kk = xp.sum(pts * pts, axis=-1)
+            keep = xp.broadcast_to(kk <= self.r_max ** 2, shp).astype(xp.float64)
+            if mk is not None:
+                keep = keep * xp.broadcast_to(mk, shp)
             d, (wt,) = trilinear_scatter_half(self.padded, ref * self.pad, xp.broadcast_to(values, shp),
                                               [xp.broadcast_to(w, shp)], mask=keep)
         self.data += d.astype(self.cdtype)

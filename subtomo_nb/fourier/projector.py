@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from subtomo_nb.fourier._kernels import HAVE_NUMBA, gather_rotated
+from subtomo_nb.fourier._kernels import HAVE_NUMBA, gather_rotated, gather_rotated_terms
 from subtomo_nb._array import get_xp
 from subtomo_nb.fourier.fft import rfft3
 from subtomo_nb.fourier.grid import freq_grid, half_points, round_half_away
@@ -389,6 +389,35 @@ class Projector:
             out = self._interpolate_xyz(ref[..., 0], ref[..., 1], ref[..., 2])
         out = out.reshape((A.shape[0],) + k.shape[:-1])
         return out[0] if single else out
+
+    def sample_terms(self, A: Any, points: Any, rows: Any, stacked: Any, power: Any) -> None:
+        """:meth:`sample` written into the E-step's real row layout.
+
+        Parameters
+        ----------
+        A
+            ``(R, 3, 3)`` rotation matrices.
+        points
+            ``(K, 3)`` particle-frame frequencies, Fourier pixels.
+        rows
+            ``(R,)`` integer rows of ``stacked`` and ``power`` to write.
+        stacked, power
+            ``(n, 2K)`` and ``(n, K)`` real arrays (``rdtype``): row ``rows[r]`` receives
+            ``[Re V_r, Im V_r]`` and ``|V_r|²`` with ``V_r = F_ref(A_rᵀ k)``.
+        """
+        xp = self.xp
+        A = xp.asarray(A).astype(self.rdtype).reshape((-1, 3, 3))
+        k = xp.asarray(points).astype(self.rdtype, copy=False).reshape(-1, 3)
+        if xp is np and HAVE_NUMBA and stacked.dtype == self.rdtype and power.dtype == self.rdtype \
+                and stacked.flags.c_contiguous and power.flags.c_contiguous:
+            gather_rotated_terms(self._ext_flat, self.padded, self._width, A, k, self.pad, self.r_max,
+                                 np.asarray(rows), stacked, power)
+            return
+        V = self.sample(A, k)
+        K = k.shape[0]
+        stacked[rows, :K] = V.real
+        stacked[rows, K:] = V.imag
+        power[rows] = V.real ** 2 + V.imag ** 2
 
     def rotate3d(self, A: Any, size: int | None = None) -> Any:
         """Half transforms of the rotated map, ``F_particle(k) = F_ref(A.T k)``.

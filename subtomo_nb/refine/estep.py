@@ -24,7 +24,10 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
 from subtomo_nb._array import get_xp
+from subtomo_nb.refine._kernels import translated_terms_into
 
 
 @dataclass
@@ -141,16 +144,24 @@ class ReferenceTerms:
         return ReferenceTerms(self.stacked[sl], self.power[sl])
 
 
-def translated_terms(terms: ParticleTerms, phases: Any) -> Any:
+def translated_terms(terms: ParticleTerms, phases: Any, out: Any | None = None) -> Any:
     """``[Re(b_p φ_t), Im(b_p φ_t)]`` as a ``(P·T, 2K)`` real matrix (row ``p·T + t``).
 
     The left factor of the ``B`` product; it depends on the batch and the translations only, so
-    it is formed once and multiplied with every chunk of orientations.
+    it is formed once and multiplied with every chunk of orientations. ``out``: a C-contiguous
+    ``(P·T, 2K)`` array of ``b``'s real precision to write into (reused between batches).
     """
     xp = get_xp(terms.b, phases)
     P, K = terms.b.shape
-    shifted = terms.b[:, None, :] * phases[None, :, :]           # (P, T, K)
-    return _stack_real(shifted.reshape(P * phases.shape[0], K), xp)
+    T = phases.shape[0]
+    if out is None:
+        out = xp.empty((P * T, 2 * K), dtype=terms.b.real.dtype)
+    if xp is np and translated_terms_into(terms.b, phases.astype(terms.b.dtype, copy=False), out):
+        return out
+    shifted = (terms.b[:, None, :] * phases[None, :, :]).reshape(P * T, K)   # (P·T, K)
+    out[:, :K] = shifted.real
+    out[:, K:] = shifted.imag
+    return out
 
 
 def squared_differences(terms: ParticleTerms, ref: Any, phases: Any, *, lhs: Any | None = None,

@@ -28,6 +28,7 @@ from subtomo_nb.fourier.projector import Projector
 from subtomo_nb.geometry.euler import euler_to_matrix
 from subtomo_nb.geometry.healpix import oversampled_children, psi_step
 from subtomo_nb.geometry.translations import oversampled_translations
+from subtomo_nb.refine._kernels import add_rows
 from subtomo_nb.refine.estep import (
     ReferenceTerms,
     gemm,
@@ -135,20 +136,13 @@ def _interpolate_rows(out: "ReferenceTerms | _LazyReferenceRows", projector: Pro
                       rows: np.ndarray | None, points: np.ndarray) -> None:
     """Write the reference values at the orientations ``A`` (R, 3, 3) into ``rows`` of ``out``.
 
-    :data:`ROTATION_CHUNK` orientations at a time, so their complex values are never all held at
-    once; ``rows`` None means rows ``0 .. R-1``.
+    ``rows`` None means rows ``0 .. R-1``. :data:`ROTATION_CHUNK` orientations at a time (the
+    array path forms their complex values first).
     """
+    rows = np.arange(len(A)) if rows is None else np.asarray(rows)
     for s in range(0, len(A), ROTATION_CHUNK):
         sl = slice(s, s + ROTATION_CHUNK)
-        _store_values(out, sl if rows is None else rows[sl], projector.sample(A[sl], points))
-
-
-def _store_values(out: "ReferenceTerms | _LazyReferenceRows", rows: Any, V: np.ndarray) -> None:
-    """Write complex reference values ``V`` into rows ``rows`` of ``out.stacked`` and ``out.power``."""
-    K = V.shape[-1]
-    out.stacked[rows, :K] = V.real
-    out.stacked[rows, K:] = V.imag
-    out.power[rows] = V.real ** 2 + V.imag ** 2
+        projector.sample_terms(A[sl], points, rows[sl], out.stacked, out.power)
 
 
 def expectation_batch(
@@ -238,7 +232,8 @@ def expectation_batch(
         Vc = reference_terms(projector, rot_g[ridx], tilt_g[ridx], psi_g[ridx], sel_c.points)
     shifts_c = sampling.translations_px(pixel_size_A)
     lpt_c = log_translation_prior(shifts_c, sigma_offset_A, pixel_size_A)
-    phi_c = phase_factors(sel_c.points.astype(rdt), shifts_c.astype(rdt), N)
+    phi_c = _cached(coarse_cache, ("coarse_phases", N, coarse_radius, shifts_c.tobytes(), np.dtype(rdt).str),
+                    lambda: phase_factors(sel_c.points.astype(rdt), shifts_c.astype(rdt), N))
     if firstiter_cc:
         terms = particle_terms(Xc, Wc, Mc, np.full_like(s2c, 0.5), MULTIPLICITY_THRESHOLD)
     else:
@@ -304,6 +299,15 @@ def expectation_batch(
         log_likelihood=np.concatenate([r.log_likelihood for r in results]),
         sigma2_num=sum(r.sigma2_num for r in results), sigma2_den=sum(r.sigma2_den for r in results),
     )
+
+
+def _cached(cache: dict | None, key: tuple, make: Any) -> Any:
+    """``cache[key]``, made by ``make()`` when missing (``make()`` itself when there is no cache)."""
+    if cache is None:
+        return make()
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
 
 
 #: Largest table of fine-translation phases kept for an iteration (bytes); beyond it each chunk
@@ -462,7 +466,10 @@ def _fine_pass(projector: Projector, data: np.ndarray, ctf2: np.ndarray, mult: n
     Xf, Wf, Mf = _gather(data, sel_f), _gather(ctf2, sel_f), _gather(mult, sel_f)
     s2f = sig2_shell[sel_f.shell].astype(rdt)
     Af = euler_to_matrix(frot, ftilt, fpsi)                            # (P, Rf, 3, 3)
-    fine_ids = (ridx[np.maximum(r_list, 0)][:, :, None] * nchild_r + np.arange(nchild_r)).reshape(P, Rf)
+    # padding entries (-1) read the particle's first significant orientation: a filled cache row
+    # (excluded from the weights below; an unfilled row holds whatever memory it was given)
+    r_safe = np.where(r_list >= 0, r_list, r_list[:, :1])
+    fine_ids = (ridx[r_safe][:, :, None] * nchild_r + np.arange(nchild_r)).reshape(P, Rf)
     if fine_ref is not None:   # rows of the iteration's fine reference values
         rhs = np.take(fine_ref[0], fine_ids, axis=0)                   # (P, Rf, 2K): [Re V, Im V]
         power = np.take(fine_ref[1], fine_ids, axis=0)                 # (P, Rf, K): |V|²
@@ -600,8 +607,9 @@ class RotationSums:
         self.used = np.zeros(n_ids, dtype=bool)
 
     def add(self, ids: np.ndarray, A: np.ndarray, values: np.ndarray, weights: np.ndarray) -> None:
-        self.values[ids] += values
-        self.weights[ids] += weights
+        """Add the sums of the distinct orientation ids ``ids``."""
+        add_rows(self.values, ids, values.astype(self.values.dtype, copy=False))
+        add_rows(self.weights, ids, weights.astype(self.weights.dtype, copy=False))
         self.A[ids] = A
         self.used[ids] = True
 

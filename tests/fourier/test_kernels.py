@@ -51,3 +51,47 @@ def test_scatter_equals_array_scatter():
     np.testing.assert_allclose(bp.data, d, rtol=0, atol=1e-12 * np.abs(d).max())
     np.testing.assert_allclose(bp.weight, w, rtol=0, atol=1e-12 * np.abs(w).max())
     assert np.abs(d).max() > 0 and np.count_nonzero(w) > 1000
+
+
+def test_blocked_scatter_equals_array_scatter_and_does_not_depend_on_threads(monkeypatch):
+    """Enough rotations for several scatter blocks: the same sums as the array code, and the
+    same bits whether the blocks run on numba's threads or one after the other."""
+    rng = np.random.default_rng(4)
+    n, pad, R = 12, 2, 4 * _kernels.SCATTER_MIN_ROTATIONS
+    A = _rotations(R, seed=5)
+    pts = half_points(n, 3, np).reshape(-1, 3)
+    vals = rng.normal(size=(R, len(pts))) + 1j * rng.normal(size=(R, len(pts)))
+    wts = rng.uniform(0.1, 1.0, size=(R, len(pts)))
+    results = []
+    for parallel in (True, False):
+        monkeypatch.setattr(_kernels, "parallel_allowed", lambda p=parallel: p)
+        bp = BackProjector(n, pad=pad, r_max=5)
+        bp.insert(A, vals, wts, pts)
+        results.append((bp.data.copy(), bp.weight.copy()))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    keep = (np.sum(pts ** 2, axis=1) <= 5 ** 2).astype(float)
+    ref = np.einsum("rji,kj->rki", A, pts) * bp.pad
+    d, (w,) = trilinear_scatter_half(bp.padded, ref, vals, [wts], mask=np.broadcast_to(keep, vals.shape))
+    np.testing.assert_allclose(results[0][0], d, rtol=0, atol=1e-12 * np.abs(d).max())
+    np.testing.assert_allclose(results[0][1], w, rtol=0, atol=1e-12 * np.abs(w).max())
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_gather_into_rows_equals_sample(monkeypatch, parallel):
+    monkeypatch.setattr(_kernels, "parallel_allowed", lambda: parallel)
+    rng = np.random.default_rng(6)
+    proj = Projector(rng.normal(size=(16, 16, 16)).astype(np.float32), pad=2)
+    A = _rotations(40, seed=7)
+    pts = half_points(16, 3, np, np.float32).reshape(-1, 3)
+    K = len(pts)
+    rows = rng.permutation(60)[:40]
+    stacked = np.full((60, 2 * K), np.nan, np.float32)
+    power = np.full((60, K), np.nan, np.float32)
+    proj.sample_terms(A, pts, rows, stacked, power)
+    V = proj.sample(A, pts)
+    np.testing.assert_array_equal(stacked[rows, :K], V.real)
+    np.testing.assert_array_equal(stacked[rows, K:], V.imag)
+    np.testing.assert_allclose(power[rows], V.real ** 2 + V.imag ** 2, rtol=1e-6)
+    untouched = np.setdiff1d(np.arange(60), rows)
+    assert np.isnan(stacked[untouched]).all() and np.isnan(power[untouched]).all()
