@@ -76,8 +76,14 @@ if HAVE_NUMBA:
         fy = y - fy0
         fz = z - fz0
         x0 = min(int(fx0), width - 2)
-        y0 = (int(fy0) + h) % m
-        z0 = (int(fz0) + h) % m
+        # the periodic index (int(floor) + h) mod m; for |y|, |z| <= h (r_max <= N/2) it lies in
+        # [0, m] and only m wraps, so the (slow) modulo is taken only outside [0, m)
+        y0 = int(fy0) + h
+        if y0 >= m or y0 < 0:
+            y0 %= m
+        z0 = int(fz0) + h
+        if z0 >= m or z0 < 0:
+            z0 %= m
         base = (z0 * (m + 1) + y0) * width + x0
         a = ext[base]
         c00 = a + fx * (ext[base + 1] - a)
@@ -192,7 +198,7 @@ if HAVE_NUMBA:
                                 continue
                             cx = fx if dx == 1 else 1.0 - fx
                             c = cx * cy * cz * kp
-                            idx = ((gz % n) * n + (gy % n)) * nh + gx
+                            idx = ((gz + n if gz < 0 else gz) * n + (gy + n if gy < 0 else gy)) * nh + gx
                             re[idx] += c * vr
                             im[idx] += c * vi
                             wt[idx] += c * w

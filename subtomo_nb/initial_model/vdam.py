@@ -45,7 +45,6 @@ import numpy as np
 import pandas as pd
 
 from subtomo_nb.fourier.backprojector import BackProjector
-from subtomo_nb.fourier.fft import shift_half
 from subtomo_nb.fourier.filters import low_pass
 from subtomo_nb.fourier.masks import soft_sphere
 from subtomo_nb.fourier.projector import Projector
@@ -74,7 +73,7 @@ from subtomo_nb.refine.expectation import (
     flush_rotation_sums,
 )
 from subtomo_nb.refine.sampling import Sampling, finer_translations
-from subtomo_nb.tasks.particle_data import load_particle_set, particle_transforms
+from subtomo_nb.tasks.particle_data import TransformCache, load_particle_set
 from subtomo_nb.tasks.reconstruct import common_box_and_pixel
 
 __all__ = ["InitialModel", "VdamOptions", "parse_other_args", "run_from_args", "run_initial_model_job", "vdam_options"]
@@ -235,8 +234,7 @@ class InitialModel:
             self.progress({"kind": "message", "message": f"mask diameter {opts.particle_diameter:g} Å "
                            f"reaches beyond the box ({self.box * self.pix:.0f} Å)"})
         self.mask = soft_sphere(self.box, self.radius_px, MASK_EDGE_PX)
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
-        self._cache_bytes = 0
+        self._particles = TransformCache(self.pset, self.tomograms, self.dtype, CACHE_BYTES)
         self._full_batches = None  # ParticleBatches of every particle (parallel path)
         ini_shell = max(math.floor(0.07 * self.box + 0.5), 1)
         self.ini_high = self.box * self.pix / ini_shell
@@ -256,31 +254,9 @@ class InitialModel:
         o = self.opts
         return o.max_significant if o.max_significant > 0 else MAX_SIGNIFICANT_PER_CLASS * o.nr_classes
 
-    def _raw(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Unshifted transforms, CTF² and multiplicities of ``rows`` (kept in memory while they fit)."""
-        missing = [int(r) for r in rows if int(r) not in self._cache]
-        if missing:
-            data, ctf2, mult = particle_transforms(self.pset, np.asarray(missing), tomograms=self.tomograms,
-                                                   apply_origins=False, dtype=self.dtype)
-            for i, r in enumerate(missing):
-                entry = (data[i], ctf2[i], None if mult is None else mult[i])
-                size = sum(a.nbytes for a in entry if a is not None)
-                if self._cache_bytes + size <= CACHE_BYTES:
-                    self._cache[r] = entry
-                    self._cache_bytes += size
-            fresh = {r: (data[i], ctf2[i], None if mult is None else mult[i]) for i, r in enumerate(missing)}
-        else:
-            fresh = {}
-        entries = [self._cache.get(int(r)) or fresh[int(r)] for r in rows]
-        data = np.stack([e[0] for e in entries])
-        ctf2 = np.stack([e[1] for e in entries])
-        mult = None if any(e[2] is None for e in entries) else np.stack([e[2] for e in entries])
-        return data, ctf2, mult
-
     def _transforms(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Transforms of ``rows`` shifted by their current offsets, CTF² (ones without --ctf), multiplicities."""
-        data, ctf2, mult = self._raw(rows)
-        data = shift_half(data, self.offsets_A[rows] / self.pix).astype(data.dtype)
+        data, ctf2, mult = self._particles.shifted(rows, self.offsets_A[rows] / self.pix)
         if not self.opts.ctf:
             ctf2 = (mult > MULTIPLICITY_THRESHOLD).astype(ctf2.dtype) if mult is not None else np.ones_like(ctf2)
         return data, ctf2, mult

@@ -44,7 +44,7 @@ from subtomo_nb.refine.expectation import expectation_batch, flush_rotation_sums
 from subtomo_nb.refine.outputs import write_iteration
 from subtomo_nb.refine.reference import check_reference_symmetry
 from subtomo_nb.refine.sampling import Sampling, finer_translations
-from subtomo_nb.tasks.particle_data import load_particle_set, particle_transforms
+from subtomo_nb.tasks.particle_data import TransformCache, load_particle_set, particle_transforms
 from subtomo_nb.tasks.reconstruct import common_box_and_pixel
 
 #: Soft-edge width of the particle and solvent masks (pixels, RELION's --maskedge).
@@ -290,6 +290,8 @@ class AutoRefine:
         self.pset, self.tomograms = load_particle_set(opts.particles, opts.tomograms)
         self.box, self.pix = common_box_and_pixel(self.pset)
         self.dtype = np.float32 if opts.dtype == "float32" else np.float64
+        # serial E-steps read each particle once and keep it (as the dask workers keep theirs)
+        self._particles = TransformCache(self.pset, self.tomograms, self.dtype)
         self.ops = point_group(opts.sym)
         self.rng = np.random.default_rng(opts.random_seed)
         tab = self.pset.particles
@@ -423,8 +425,7 @@ class AutoRefine:
             rows = rows[np.lexsort((rot, np.round(tilt / (3 * s.sampling.coarse_step))))]
         for start in range(0, len(rows), o.batch_size):
             idx = rows[start:start + o.batch_size]
-            data, ctf2, mult = particle_transforms(self.pset, idx, tomograms=self.tomograms, dtype=self.dtype,
-                                                   origins=self.offsets_A[idx] / self.pix)
+            data, ctf2, mult = self._particles.shifted(idx, self.offsets_A[idx] / self.pix)
             if not o.ctf:
                 ctf2 = (mult > 0.01).astype(self.dtype) if mult is not None else np.ones_like(ctf2)
             res = expectation_batch(proj, data, ctf2, mult, half.sigma2, s.sampling, prior[idx],

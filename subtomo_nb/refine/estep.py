@@ -96,6 +96,11 @@ def phase_factors(kvec: Any, shifts: Any, box: int) -> Any:
     """
     xp = get_xp(kvec, shifts)
     arg = (-2.0 * xp.pi / box) * (shifts @ kvec.T)
+    if xp is np:   # cos and sin of a real array (vectorised) instead of a complex exp
+        out = np.empty(arg.shape, dtype=np.result_type(arg.dtype, np.complex64))
+        np.cos(arg, out=out.real)
+        np.sin(arg, out=out.imag)
+        return out
     return xp.exp(1j * arg)
 
 

@@ -128,3 +128,58 @@ def particle_transforms(
         shift = origins_px(pset, rows) if origins is None else np.asarray(origins, dtype=np.float64)
         data = shift_half(data, shift).astype(cdtype)
     return data, ctf2, mult
+
+
+#: Default memory (bytes) a :class:`TransformCache` keeps.
+TRANSFORM_CACHE_BYTES = 2 * 1024 ** 3
+
+
+class TransformCache:
+    """Unshifted half transforms, CTF² and multiplicities of particles, kept in memory while they fit.
+
+    A serial job (auto-refine, the initial model) scores every particle each iteration; it reads
+    and transforms each one once, as the dask workers keep theirs. Particles beyond ``max_bytes``
+    are read again whenever they are needed.
+
+    Parameters
+    ----------
+    pset, tomograms
+        Particle set and tomogram set (tomograms: needed for 2D stacks).
+    dtype
+        Real precision of the arrays (complex of the same precision for the data).
+    max_bytes
+        Most memory kept (bytes).
+    """
+
+    def __init__(self, pset: ParticleSet, tomograms: TomogramSet | None, dtype: type,
+                 max_bytes: int = TRANSFORM_CACHE_BYTES) -> None:
+        self.pset, self.tomograms, self.dtype, self.max_bytes = pset, tomograms, dtype, int(max_bytes)
+        self._entries: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
+        self.nbytes = 0
+
+    def raw(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Unshifted ``(data, ctf2, multiplicity)`` of ``rows`` (as ``particle_transforms(apply_origins=False)``)."""
+        missing = [int(r) for r in rows if int(r) not in self._entries]
+        fresh: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
+        if missing:
+            data, ctf2, mult = particle_transforms(self.pset, np.asarray(missing), tomograms=self.tomograms,
+                                                   apply_origins=False, dtype=self.dtype)
+            for i, r in enumerate(missing):
+                entry = (data[i], ctf2[i], None if mult is None else mult[i])
+                fresh[r] = entry
+                size = sum(a.nbytes for a in entry if a is not None)
+                if self.nbytes + size <= self.max_bytes:
+                    self._entries[r] = entry
+                    self.nbytes += size
+        entries = [self._entries.get(int(r)) or fresh[int(r)] for r in rows]
+        data = np.stack([e[0] for e in entries])
+        ctf2 = np.stack([e[1] for e in entries])
+        mult = None if any(e[2] is None for e in entries) else np.stack([e[2] for e in entries])
+        return data, ctf2, mult
+
+    def shifted(self, rows: np.ndarray, origins_px: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(data, ctf2, multiplicity)`` of ``rows`` with the data shifted by ``+origins_px`` ``(B, 3)``
+        (the values ``particle_transforms(..., origins=origins_px)`` returns)."""
+        data, ctf2, mult = self.raw(rows)
+        data = shift_half(data, np.asarray(origins_px, dtype=np.float64)).astype(data.dtype)
+        return data, ctf2, mult
