@@ -39,7 +39,7 @@ from subtomo_nb.refine.estep import (
     translation_sums,
     weights_from_diff2,
 )
-from subtomo_nb.refine.sampling import Sampling, batch_rotations, log_orientation_prior, log_translation_prior
+from subtomo_nb.refine.sampling import OrientationGrid, Sampling, batch_orientation_prior, log_translation_prior
 
 #: Multiplicity below which a voxel carries no data (RELION's --subtomo_multi_thr).
 MULTIPLICITY_THRESHOLD = 0.01
@@ -213,23 +213,23 @@ def expectation_batch(
     sel_c = FourierSelection.make(N, coarse_radius)
     Xc, Wc, Mc = _gather(data, sel_c), _gather(ctf2, sel_c), _gather(mult, sel_c)
     s2c = sig2_shell[sel_c.shell].astype(rdt)
-    rot_g, tilt_g, psi_g, pix_g = sampling.coarse_grid()
-    logp = log_orientation_prior(sampling, rot_g, tilt_g, psi_g, *prior_angles.T)
-    ridx = batch_rotations(logp)
+    grid = sampling.grid()
+    n_grid = len(grid)
+    ridx, lp = batch_orientation_prior(sampling, grid, *prior_angles.T)   # reachable orientations
     key = ("coarse", sampling.healpix_order, sampling.sym, coarse_radius)
-    if coarse_cache is not None and len(ridx) == len(rot_g):  # global search: same for all batches
+    if coarse_cache is not None and len(ridx) == n_grid:  # global search: same for all batches
         if key not in coarse_cache:
-            coarse_cache[key] = reference_terms(projector, rot_g, tilt_g, psi_g, sel_c.points)
+            coarse_cache[key] = reference_terms(projector, *grid.angles(ridx)[:3], sel_c.points)
         Vc = coarse_cache[key]
-    elif coarse_cache is not None and len(rot_g) * len(sel_c.index) <= COARSE_CACHE_POINTS:
+    elif coarse_cache is not None and n_grid * len(sel_c.index) <= COARSE_CACHE_POINTS:
         # searches restricted by priors (tilt prior, local searches): each coarse orientation's
         # reference values are interpolated once per iteration, when a batch first reaches it
         lkey = ("coarse_rows",) + key[1:]
         if lkey not in coarse_cache:
-            coarse_cache[lkey] = CoarseReferenceCache(len(rot_g), len(sel_c.index), projector.rdtype)
-        Vc = coarse_cache[lkey].fill(projector, rot_g, tilt_g, psi_g, sel_c.points, ridx)
+            coarse_cache[lkey] = CoarseReferenceCache(n_grid, len(sel_c.index), projector.rdtype)
+        Vc = coarse_cache[lkey].fill(projector, grid, sel_c.points, ridx)
     else:
-        Vc = reference_terms(projector, rot_g[ridx], tilt_g[ridx], psi_g[ridx], sel_c.points)
+        Vc = reference_terms(projector, *grid.angles(ridx)[:3], sel_c.points)
     shifts_c = sampling.translations_px(pixel_size_A)
     lpt_c = log_translation_prior(shifts_c, sigma_offset_A, pixel_size_A)
     phi_c = _cached(coarse_cache, ("coarse_phases", N, coarse_radius, shifts_c.tobytes(), np.dtype(rdt).str),
@@ -246,7 +246,6 @@ def expectation_batch(
     del lhs
     if firstiter_cc:
         d2 = _cc_scores(terms, Vc.power, d2)
-    lp = logp[:, ridx]
     d2[~np.isfinite(lp)] = np.inf
     if firstiter_cc:
         # RELION's --firstiter_cc picks the best correlation: the priors only exclude samples, they
@@ -264,17 +263,17 @@ def expectation_batch(
     sig = wc.w > 0                                                     # (P, Rc, Tc)
     sel_f = FourierSelection.make(N, fine_radius)
     fine_ref = None
-    n_child = oversampled_children(pix_g[:1], psi_g[:1], sampling.healpix_order, sampling.oversampling,
+    n_child = oversampled_children(grid.pixel[:1], grid.psi[:1], sampling.healpix_order, sampling.oversampling,
                                    psi_step(sampling.healpix_order))[0].shape[-1]
-    if coarse_cache is not None and len(rot_g) * n_child * len(sel_f.index) <= FINE_CACHE_POINTS:
+    if coarse_cache is not None and n_grid * n_child * len(sel_f.index) <= FINE_CACHE_POINTS:
         # the fine orientations are children of the coarse grid, shared by the particles (all of
         # them in a global search; neighbourhoods of their priors otherwise): each one's
         # reference values are interpolated once per iteration, when first needed
         fkey = ("fine", sampling.healpix_order, sampling.oversampling, sampling.sym, fine_radius)
         if fkey not in coarse_cache:
-            coarse_cache[fkey] = FineReferenceCache(len(rot_g), len(sel_f.index), projector.rdtype, n_child)
+            coarse_cache[fkey] = FineReferenceCache(n_grid, len(sel_f.index), projector.rdtype, n_child)
         fine_ref = coarse_cache[fkey]
-        fine_ref.fill(projector, sampling, pix_g, psi_g, sel_f.points, ridx[np.nonzero(sig.any(axis=2))[1]])
+        fine_ref.fill(projector, sampling, grid, sel_f.points, ridx[np.nonzero(sig.any(axis=2))[1]])
     fine_phases = _fine_phase_table(coarse_cache, shifts_c, sampling, sel_f, pixel_size_A, N, rdt, cdt)
     per_particle = (sig.any(axis=2).sum(axis=1) + sig.any(axis=1).sum(axis=1)) * 8 * len(sel_f.index)
     results = []
@@ -286,9 +285,9 @@ def expectation_batch(
         part = slice(start, stop)
         results.append(_fine_pass(
             projector, data[part], ctf2[part], mult[part], sig2_shell, sampling, sig[part], lp[part],
-            ridx, pix_g, psi_g, shifts_c, sel_f, fine_phases, pixel_size_A=pixel_size_A, sigma_offset_A=sigma_offset_A,
+            ridx, grid, shifts_c, sel_f, fine_phases, pixel_size_A=pixel_size_A, sigma_offset_A=sigma_offset_A,
             backprojector=backprojector, adaptive_fraction=adaptive_fraction, firstiter_cc=firstiter_cc,
-            cdt=cdt, rdt=rdt, rotation_sums=_rotation_sums(coarse_cache, backprojector, sel_f, len(rot_g), cdt, rdt),
+            cdt=cdt, rdt=rdt, rotation_sums=_rotation_sums(coarse_cache, backprojector, sel_f, n_grid, cdt, rdt),
             fine_ref=fine_ref))
         start = stop
     return BatchResult(
@@ -355,9 +354,9 @@ class CoarseReferenceCache(_LazyReferenceRows):
         super().__init__(n_coarse, n_points, rdtype)
         self.filled = np.zeros(n_coarse, dtype=bool)
 
-    def fill(self, projector: Projector, rot: np.ndarray, tilt: np.ndarray, psi: np.ndarray,
-             points: np.ndarray, rows: np.ndarray) -> "CachedRows":
-        """Interpolate the ``rows`` (indices into the coarse grid ``rot, tilt, psi``) not filled yet.
+    def fill(self, projector: Projector, grid: OrientationGrid, points: np.ndarray,
+             rows: np.ndarray) -> "CachedRows":
+        """Interpolate the ``rows`` (indices into the coarse ``grid``) not filled yet.
 
         Returns
         -------
@@ -366,7 +365,7 @@ class CoarseReferenceCache(_LazyReferenceRows):
         rows = np.asarray(rows, dtype=np.int64)
         need = rows[~self.filled[rows]]
         if len(need):
-            _interpolate_rows(self, projector, euler_to_matrix(rot[need], tilt[need], psi[need]), need, points)
+            _interpolate_rows(self, projector, euler_to_matrix(*grid.angles(need)[:3]), need, points)
             self.filled[need] = True
         return CachedRows(self, rows)
 
@@ -408,14 +407,15 @@ class FineReferenceCache(_LazyReferenceRows):
     def __getitem__(self, i: int) -> np.ndarray:
         return (self.stacked, self.power)[i]
 
-    def fill(self, projector: Projector, sampling: Sampling, pix_g: np.ndarray, psi_g: np.ndarray,
+    def fill(self, projector: Projector, sampling: Sampling, grid: OrientationGrid,
              points: np.ndarray, coarse_ids: np.ndarray) -> None:
         """Interpolate the children of ``coarse_ids`` (indices into the coarse grid) not filled yet."""
         need = np.unique(np.asarray(coarse_ids, dtype=np.int64))
         need = need[~self.filled[need]]
         if len(need) == 0:
             return
-        frot, ftilt, fpsi = oversampled_children(pix_g[need], psi_g[need], sampling.healpix_order,
+        _, _, psi_n, pix_n = grid.angles(need)
+        frot, ftilt, fpsi = oversampled_children(pix_n, psi_n, sampling.healpix_order,
                                                  sampling.oversampling, psi_step(sampling.healpix_order))
         c = frot.shape[-1]
         if c != self.n_child:
@@ -427,7 +427,7 @@ class FineReferenceCache(_LazyReferenceRows):
 
 def _fine_pass(projector: Projector, data: np.ndarray, ctf2: np.ndarray, mult: np.ndarray,
                sig2_shell: np.ndarray, sampling: Sampling, sig: np.ndarray, lp: np.ndarray,
-               ridx: np.ndarray, pix_g: np.ndarray, psi_g: np.ndarray, shifts_c: np.ndarray,
+               ridx: np.ndarray, grid: OrientationGrid, shifts_c: np.ndarray,
                sel_f: "FourierSelection", fine_phases: np.ndarray | None, *, pixel_size_A: float, sigma_offset_A: float,
                backprojector: BackProjector | None, adaptive_fraction: float, firstiter_cc: bool,
                cdt: type, rdt: type, rotation_sums: "RotationSums | None" = None,
@@ -444,7 +444,8 @@ def _fine_pass(projector: Projector, data: np.ndarray, ctf2: np.ndarray, mult: n
     t_list = _padded_indices(sig_t, Tmax)                              # (P, Tmax)
     o = sampling.oversampling
     cr = ridx[np.maximum(r_list, 0)]
-    frot, ftilt, fpsi = oversampled_children(pix_g[cr], psi_g[cr], sampling.healpix_order, o,
+    _, _, psi_cr, pix_cr = grid.angles(cr)
+    frot, ftilt, fpsi = oversampled_children(pix_cr, psi_cr, sampling.healpix_order, o,
                                              psi_step(sampling.healpix_order))   # (P, Rmax, 8)
     nchild_r = frot.shape[-1]
     ft_px = oversampled_translations(shifts_c, sampling.offset_step_A, pixel_size_A, o)  # (Tc, 8, 3)

@@ -4,20 +4,32 @@ A :class:`Sampling` holds the state RELION keeps in ``HealpixSampling`` and the 
 counters change: HEALPix order (coarse), psi step, offset range/step (Å), oversampling order,
 symmetry, and the angular prior widths of local searches (relion-conventions.md §6.9–§6.12).
 
-Priors are evaluated for a whole batch of particles against the whole coarse grid in one
-vectorised call (:func:`log_orientation_prior`), and the batch is then scored on the union of the
-orientations any of its particles can reach (:func:`batch_rotations`), so a batch always runs as
-matrix products, global or local.
+Priors are evaluated for a whole batch of particles in one vectorised call, and the batch is then
+scored on the union of the orientations any of its particles can reach, so a batch always runs
+as matrix products, global or local. RELION's priors are products of a direction factor (tilt
+prior, local searches) and a psi factor, so :func:`batch_orientation_prior` evaluates them on the
+grid's directions and psi angles separately (:class:`OrientationGrid`) and forms the joint prior
+only on the reachable orientations: a local search at HEALPix order 7 (25 million orientations in
+C6) needs memory for its neighbourhoods, not for the whole grid. :func:`log_orientation_prior` is
+the same prior on explicit orientations (dense; tests and small grids).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import numpy as np
 
 from subtomo_nb.geometry.euler import euler_to_matrix
-from subtomo_nb.geometry.healpix import angular_step, direction_vectors, orientation_grid, psi_step, sampling_directions
+from subtomo_nb.geometry.healpix import (
+    angular_step,
+    direction_vectors,
+    orientation_grid,
+    psi_angles,
+    psi_step,
+    sampling_directions,
+)
 from subtomo_nb.geometry.symmetry import symmetry_pairs
 from subtomo_nb.geometry.translations import translation_grid
 
@@ -73,9 +85,51 @@ class Sampling:
         npsi = len(psi) // len(pix)
         return rot, tilt, psi, np.repeat(pix, npsi)
 
+    def grid(self) -> "OrientationGrid":
+        """The coarse orientations as directions × psi angles (never expanded whole)."""
+        return _orientation_grid(int(self.healpix_order), self.sym)
+
     def translations_px(self, pixel_size_A: float) -> np.ndarray:
         """Coarse translations ``(T, 3)`` in pixels (sphere of radius offset_range)."""
         return translation_grid(self.offset_range_A, self.offset_step_A, pixel_size_A, dim=3)
+
+
+@dataclass(frozen=True, eq=False)
+class OrientationGrid:
+    """The coarse orientations of a HEALPix order: every direction with every psi angle.
+
+    Orientation ``r`` is direction ``r // n_psi`` with psi ``r % n_psi`` (direction-major, as
+    :meth:`Sampling.coarse_grid` and RELION's ``getPositionSamplingPoint``).
+
+    Attributes
+    ----------
+    rot, tilt : (D,) direction angles (degrees).
+    pixel : (D,) NEST pixel of each direction.
+    psi : (n_psi,) psi angles (degrees).
+    """
+
+    rot: np.ndarray
+    tilt: np.ndarray
+    pixel: np.ndarray
+    psi: np.ndarray
+
+    @property
+    def n_psi(self) -> int:
+        return len(self.psi)
+
+    def __len__(self) -> int:
+        return len(self.rot) * len(self.psi)
+
+    def angles(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(rot, tilt, psi, pixel)`` of orientations ``idx`` (any shape)."""
+        d, j = np.divmod(np.asarray(idx, dtype=np.int64), self.n_psi)
+        return self.rot[d], self.tilt[d], self.psi[j], self.pixel[d]
+
+
+@lru_cache(maxsize=8)
+def _orientation_grid(order: int, sym: str) -> OrientationGrid:
+    rot, tilt, pix = sampling_directions(order, sym)
+    return OrientationGrid(rot, tilt, pix, psi_angles(order))
 
 
 def _wrap180(d: np.ndarray) -> np.ndarray:
@@ -140,6 +194,107 @@ def log_orientation_prior(
     top = np.where(finite, logp, -np.inf).max(axis=1, keepdims=True)
     norm = np.log(np.where(finite, np.exp(logp - top), 0.0).sum(axis=1, keepdims=True)) + top
     return logp - norm
+
+
+def _log_direction_prior(sampling: Sampling, rot: np.ndarray, tilt: np.ndarray, prior_rot: np.ndarray,
+                         prior_tilt: np.ndarray) -> np.ndarray:
+    """Unnormalised log prior ``(P, D)`` of directions (0 everywhere without a direction prior)."""
+    s = sampling
+    P, D = len(prior_rot), len(rot)
+    if not (s.sigma_tilt > 0 or s.sigma_rot > 0):
+        return np.zeros((P, D))
+    L, Rm = symmetry_pairs(s.sym)
+    v = direction_vectors(rot, tilt)                                       # (D, 3)
+    vp = direction_vectors(prior_rot, prior_tilt)                          # (P, 3)
+    mates = np.einsum("sij,skj,pk->psi", L, Rm, vp)                        # (P, S, 3): L R^T v
+    if s.is_local:
+        cos = np.max(mates @ v.T, axis=1)                                  # (P, D)
+        ang = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+        sig = max(s.sigma_rot, s.sigma_tilt)
+    else:  # tilt prior only: tilt of each symmetry mate of the prior direction
+        mate_tilt = np.degrees(np.arccos(np.clip(mates[..., 2], -1.0, 1.0)))  # (P, S)
+        ang = np.abs(tilt[None, None, :] - mate_tilt[:, :, None]).min(axis=1)
+        sig = s.sigma_tilt
+    return np.where(ang <= SIGMA_CUTOFF * sig, -0.5 * (ang / sig) ** 2, -np.inf)
+
+
+def _log_psi_prior(sampling: Sampling, psi: np.ndarray, prior_psi: np.ndarray) -> np.ndarray:
+    """Unnormalised log prior ``(P, n_psi)`` of psi angles (0 everywhere without a psi prior)."""
+    s = sampling
+    if not s.sigma_psi > 0:
+        return np.zeros((len(prior_psi), len(psi)))
+    d = np.abs(_wrap180(psi[None, :] - prior_psi[:, None]))
+    return np.where(d <= SIGMA_CUTOFF * s.sigma_psi, -0.5 * (d / s.sigma_psi) ** 2, -np.inf)
+
+
+def _nearest_orientation(grid: OrientationGrid, prior_rot: float, prior_tilt: float, prior_psi: float) -> int:
+    """Index of the grid orientation closest to one orientation (largest trace of Aᵀ A_r),
+    evaluated a block of directions at a time."""
+    Ap = euler_to_matrix(prior_rot, prior_tilt, prior_psi)
+    best, best_tr = 0, -np.inf
+    block = max(1, 2_000_000 // grid.n_psi)
+    for d0 in range(0, len(grid.rot), block):
+        idx = np.arange(d0 * grid.n_psi, min(len(grid.rot), d0 + block) * grid.n_psi)
+        rot, tilt, psi, _ = grid.angles(idx)
+        tr = np.einsum("ij,rij->r", Ap, euler_to_matrix(rot, tilt, psi))
+        k = int(np.argmax(tr))
+        if tr[k] > best_tr:
+            best, best_tr = int(idx[k]), float(tr[k])
+    return best
+
+
+def batch_orientation_prior(sampling: Sampling, grid: OrientationGrid, prior_rot: np.ndarray,
+                            prior_tilt: np.ndarray, prior_psi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The orientations a batch can reach and their normalised log priors.
+
+    The prior of :func:`log_orientation_prior`, evaluated as a direction factor ``(P, D)`` and a
+    psi factor ``(P, n_psi)`` and joined only on the reachable orientations.
+
+    Parameters
+    ----------
+    sampling
+        The sampling (symmetry and sigmas).
+    grid
+        The coarse grid (:meth:`Sampling.grid`).
+    prior_rot, prior_tilt, prior_psi
+        ``(P,)`` prior centres (degrees).
+
+    Returns
+    -------
+    ridx : (R',) sorted indices into ``grid`` that some particle of the batch can reach.
+    logp : (P, R') each particle's normalised log prior of those orientations (−inf: not searched).
+    """
+    prior_rot, prior_tilt, prior_psi = (np.atleast_1d(np.asarray(a, dtype=np.float64))
+                                        for a in (prior_rot, prior_tilt, prior_psi))
+    npsi = grid.n_psi
+    ld = _log_direction_prior(sampling, grid.rot, grid.tilt, prior_rot, prior_tilt)   # (P, D)
+    lpsi = _log_psi_prior(sampling, grid.psi, prior_psi)                                # (P, n_psi)
+    ok_d, ok_j = np.isfinite(ld), np.isfinite(lpsi)
+    empty = ~(ok_d.any(axis=1) & ok_j.any(axis=1))
+    d_any = np.flatnonzero(ok_d[~empty].any(axis=0))
+    j_any = np.flatnonzero(ok_j[~empty].any(axis=0))
+    if (~empty).any() and len(d_any) * len(j_any) <= 4 * int((ok_d.sum(axis=1) * ok_j.sum(axis=1)).max()):
+        # (directions any particle reaches) × (psi any reaches) is not much more than one
+        # particle's own set (global searches, a shared tilt band): take it whole
+        cand = (d_any[:, None] * npsi + j_any[None, :]).ravel()
+    else:  # each particle's own (directions × psi), then the union
+        parts = [(np.flatnonzero(ok_d[p])[:, None] * npsi + np.flatnonzero(ok_j[p])[None, :]).ravel()
+                 for p in np.flatnonzero(~empty)]
+        cand = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+    nearest = {int(p): _nearest_orientation(grid, prior_rot[p], prior_tilt[p], prior_psi[p])
+               for p in np.flatnonzero(empty)}     # a prior that excludes everything (RELION)
+    ridx = np.unique(np.concatenate([cand, np.fromiter(nearest.values(), dtype=np.int64, count=len(nearest))]))
+    d, j = np.divmod(ridx, npsi)
+    logp = ld[:, d] + lpsi[:, j]                                                   # (P, R')
+    for p, r in nearest.items():
+        logp[p] = np.where(ridx == r, 0.0, -np.inf)
+    finite = np.isfinite(logp)
+    reach = finite.any(axis=0)                     # drop what no particle reaches
+    if not reach.all():
+        ridx, logp, finite = ridx[reach], logp[:, reach], finite[:, reach]
+    top = np.where(finite, logp, -np.inf).max(axis=1, keepdims=True)
+    norm = np.log(np.where(finite, np.exp(logp - top), 0.0).sum(axis=1, keepdims=True)) + top
+    return ridx, logp - norm
 
 
 def batch_rotations(logp: np.ndarray) -> np.ndarray:

@@ -1,10 +1,21 @@
-"""Auto-sampling's translation rule (RELION's updateAngularSampling, offsets in Å)."""
+"""Auto-sampling's translation rule (RELION's updateAngularSampling, offsets in Å), and the
+batch's orientation prior."""
 
 from __future__ import annotations
 
+import tracemalloc
+
+import numpy as np
 import pytest
 
-from subtomo_nb.refine.sampling import finer_translations
+from subtomo_nb.geometry.healpix import angular_step, direction_vectors
+from subtomo_nb.refine.sampling import (
+    Sampling,
+    batch_orientation_prior,
+    batch_rotations,
+    finer_translations,
+    log_orientation_prior,
+)
 
 PIX = 10.8
 
@@ -31,3 +42,66 @@ def test_wide_range_is_halved_then_the_step_raised() -> None:
     # 4 px step halved to 21.6 Å; range 3 * 10 Å = 30 Å is raised to 1.5 steps (32.4 Å)
     step, rng = finer_translations(4 * PIX, 60.0, 1.0, 10.0)
     assert (step, rng) == pytest.approx((2 * PIX, 32.4))
+
+
+@pytest.mark.parametrize("sigmas", [dict(), dict(sigma_tilt=10.0), dict(sigma_psi=12.0),
+                                    dict(sigma_rot=7.5, sigma_tilt=7.5, sigma_psi=7.5),
+                                    dict(sigma_rot=3.0, sigma_tilt=3.0, sigma_psi=3.0)])
+def test_factorised_batch_prior_equals_the_dense_prior(sigmas) -> None:
+    """Direction × psi factors joined on the reachable orientations = the dense (P, R) prior."""
+    s = Sampling(healpix_order=3, sym="C6", **sigmas)
+    rot, tilt, psi, pix = s.coarse_grid()
+    rng = np.random.default_rng(3)
+    prior = np.stack([rng.uniform(-180, 180, 9), rng.uniform(0, 180, 9), rng.uniform(-180, 180, 9)], axis=1)
+    dense = log_orientation_prior(s, rot, tilt, psi, *prior.T)
+    ridx, logp = batch_orientation_prior(s, s.grid(), *prior.T)
+    np.testing.assert_array_equal(ridx, batch_rotations(dense))
+    np.testing.assert_allclose(logp, dense[:, ridx], rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(np.isfinite(logp), np.isfinite(dense[:, ridx]))
+    g = s.grid()
+    for got, want in zip(g.angles(ridx), (rot[ridx], tilt[ridx], psi[ridx], pix[ridx])):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_prior_that_excludes_everything_keeps_the_nearest_orientation() -> None:
+    s = Sampling(healpix_order=2, sym="C1", sigma_psi=0.5)   # 3σ = 1.5° between psi samples 7.5° apart
+    rot, tilt, psi, _ = s.coarse_grid()
+    prior = np.array([[10.0, 50.0, 3.7], [0.0, 90.0, 0.5]])
+    dense = log_orientation_prior(s, rot, tilt, psi, *prior.T)
+    ridx, logp = batch_orientation_prior(s, s.grid(), *prior.T)
+    np.testing.assert_array_equal(ridx, batch_rotations(dense))
+    np.testing.assert_allclose(logp, dense[:, ridx])
+    assert np.isfinite(logp[0]).sum() == 1
+
+
+def test_local_search_at_order_7_needs_memory_for_its_neighbourhoods_only() -> None:
+    """HEALPix order 7 in C6 has ~25 million orientations (the whole grid as angles: ~800 MB);
+    a batch's local prior touches only its neighbourhoods."""
+    sig = 2 * angular_step(7, 1)
+    s = Sampling(healpix_order=7, sym="C6", sigma_rot=sig, sigma_tilt=sig, sigma_psi=sig)
+    g = s.grid()
+    assert len(g) > 20_000_000
+    rng = np.random.default_rng(5)
+    prior = np.stack([rng.uniform(-180, 180, 16), rng.uniform(20, 160, 16), rng.uniform(-180, 180, 16)], axis=1)
+    tracemalloc.start()
+    ridx, logp = batch_orientation_prior(s, g, *prior.T)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 300e6, peak
+    np.testing.assert_allclose(np.exp(logp).sum(axis=1), 1.0)
+    rot, tilt, psi, _ = g.angles(ridx)
+    v = direction_vectors(rot, tilt)
+    for p in range(16):
+        ok = np.isfinite(logp[p])
+        assert 10 < ok.sum() < 100_000
+        # RELION's local search: the direction within 3σ of the prior's closest symmetry mate
+        # (C6 about z: the prior direction turned by multiples of 60° in rot), psi within 3σ
+        mates = direction_vectors(prior[p, 0] + 60.0 * np.arange(6), np.full(6, prior[p, 1]))
+        ang = np.degrees(np.arccos(np.clip((v[ok] @ mates.T).max(axis=1), -1, 1)))
+        dpsi = np.abs((psi[ok] - prior[p, 2] + 180.0) % 360.0 - 180.0)
+        assert ang.max() <= 3 * sig + 1e-6 and dpsi.max() <= 3 * sig + 1e-6
+        # and nothing within those bounds is left out: every grid orientation that meets them is kept
+        near_d = np.flatnonzero(np.degrees(np.arccos(np.clip((direction_vectors(g.rot, g.tilt) @ mates.T).max(axis=1),
+                                                             -1, 1))) <= 3 * sig)
+        near_j = np.flatnonzero(np.abs((g.psi - prior[p, 2] + 180.0) % 360.0 - 180.0) <= 3 * sig)
+        assert ok.sum() == len(near_d) * len(near_j)
