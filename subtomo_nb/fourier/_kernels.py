@@ -139,7 +139,9 @@ if HAVE_NUMBA:
 
     @numba.njit(cache=True, nogil=True, fastmath=False)
     def _scatter_range(A, pts, shared, values, weights, keep, pad, r_max2, n, mirror_x0,
-                       r_start, r_stop, re, im, wt):  # pragma: no cover - compiled
+                       r_start, r_stop, acc):  # pragma: no cover - compiled
+        """Rotations ``r_start .. r_stop-1`` into ``acc`` ``(voxels, 3)``: (Re, Im, weight) side by
+        side, so each corner is one cache line."""
         nh = n // 2 + 1
         lo = -(n // 2)
         hi = n - n // 2
@@ -199,34 +201,34 @@ if HAVE_NUMBA:
                             cx = fx if dx == 1 else 1.0 - fx
                             c = cx * cy * cz * kp
                             idx = ((gz + n if gz < 0 else gz) * n + (gy + n if gy < 0 else gy)) * nh + gx
-                            re[idx] += c * vr
-                            im[idx] += c * vi
-                            wt[idx] += c * w
+                            acc[idx, 0] += c * vr
+                            acc[idx, 1] += c * vi
+                            acc[idx, 2] += c * w
                             if mirror_x0 and gx == 0 and c != 0.0:
                                 midx = (((-gz) % n) * n + ((-gy) % n)) * nh
-                                re[midx] += c * vr
-                                im[midx] -= c * vi
-                                wt[midx] += c * w
+                                acc[midx, 0] += c * vr
+                                acc[midx, 1] -= c * vi
+                                acc[midx, 2] += c * w
 
     @numba.njit(cache=True, nogil=True, fastmath=False)
     def _scatter(A, pts, shared, values, weights, keep, pad, r_max2, n, mirror_x0,
-                 re, im, wt):  # pragma: no cover - compiled
-        """Blocks ``b`` of rotations (``re[b]``, ...), one after the other."""
-        B = re.shape[0]
+                 acc):  # pragma: no cover - compiled
+        """Blocks ``b`` of rotations (into ``acc[b]``), one after the other."""
+        B = acc.shape[0]
         R = A.shape[0]
         for b in range(B):
             _scatter_range(A, pts, shared, values, weights, keep, pad, r_max2, n, mirror_x0,
-                           b * R // B, (b + 1) * R // B, re[b], im[b], wt[b])
+                           b * R // B, (b + 1) * R // B, acc[b])
 
     @numba.njit(cache=True, nogil=True, fastmath=False, parallel=True)
     def _scatter_par(A, pts, shared, values, weights, keep, pad, r_max2, n, mirror_x0,
-                     re, im, wt):  # pragma: no cover - compiled
+                     acc):  # pragma: no cover - compiled
         """As :func:`_scatter`, the blocks on parallel threads (each into its own accumulators)."""
-        B = re.shape[0]
+        B = acc.shape[0]
         R = A.shape[0]
         for b in numba.prange(B):
             _scatter_range(A, pts, shared, values, weights, keep, pad, r_max2, n, mirror_x0,
-                           b * R // B, (b + 1) * R // B, re[b], im[b], wt[b])
+                           b * R // B, (b + 1) * R // B, acc[b])
 
 
 def gather_rotated(ext_flat: np.ndarray, m: int, width: int, A: np.ndarray, points: np.ndarray,
@@ -320,9 +322,7 @@ def scatter_rotated(n: int, A: np.ndarray, points: np.ndarray, values: np.ndarra
     # rotations in a fixed number of blocks, each into its own accumulators, summed in order:
     # the same result whether the blocks run on one thread or several
     blocks = max(1, min(SCATTER_BLOCKS, R // SCATTER_MIN_ROTATIONS, SCATTER_BLOCK_BYTES // (24 * size)))
-    re = np.zeros((blocks, size))
-    im = np.zeros((blocks, size))
-    wt = np.zeros((blocks, size))
+    acc = np.zeros((blocks, size, 3))
     pts = np.asarray(points, dtype=np.float64)
     shared = pts.ndim == 2
     pts3 = np.ascontiguousarray(pts[None] if shared else pts)
@@ -339,9 +339,6 @@ def scatter_rotated(n: int, A: np.ndarray, points: np.ndarray, values: np.ndarra
         raise ValueError(f"keep must be (1, K) or (R, K), got {keep.shape}")
     kernel = _scatter_par if blocks > 1 and parallel_allowed() else _scatter
     kernel(np.ascontiguousarray(A, dtype=np.float64), pts3, shared, values, weights, keep, float(pad),
-           float(r_max) ** 2, int(n), bool(mirror_x0), re, im, wt)
-    if blocks > 1:
-        re, im, wt = re.sum(axis=0), im.sum(axis=0), wt.sum(axis=0)
-    else:
-        re, im, wt = re[0], im[0], wt[0]
-    return (re + 1j * im).reshape(n, n, nh), wt.reshape(n, n, nh)
+           float(r_max) ** 2, int(n), bool(mirror_x0), acc)
+    acc = acc.sum(axis=0) if blocks > 1 else acc[0]
+    return (acc[:, 0] + 1j * acc[:, 1]).reshape(n, n, nh), acc[:, 2].reshape(n, n, nh)

@@ -148,3 +148,19 @@ def test_cupy_matches_numpy():
     g = [cp.asarray(x) for x in (kvec, ref, data, ctf2, mult, sigma2, shifts)]
     d_cp = squared_differences(particle_terms(g[2], g[3], g[4], g[5]), g[1], phase_factors(g[0], g[6], box))
     np.testing.assert_allclose(cp.asnumpy(d_cp), d_np, rtol=1e-4)
+
+
+@pytest.mark.parametrize("rdt", [np.float32, np.float64])
+@pytest.mark.parametrize("per_particle", [False, True])
+def test_translation_sums_of_real_weights_equal_the_complex_product(rdt, per_particle):
+    from subtomo_nb.refine.estep import translation_sums
+
+    rng = np.random.default_rng(11)
+    P, R, T, K = 3, 5, 7, 40
+    w = rng.uniform(0, 1, (P, R, T)).astype(rdt)
+    shape = (P, T, K) if per_particle else (T, K)
+    phases = np.exp(1j * rng.uniform(-np.pi, np.pi, shape)).astype(np.result_type(rdt, np.complex64))
+    Y = translation_sums(w, phases)
+    ref = np.einsum("prt,ptk->prk", w.astype(np.complex128), np.broadcast_to(phases, (P, T, K)).astype(np.complex128))
+    assert Y.shape == (P, R, K) and Y.dtype == phases.dtype
+    np.testing.assert_allclose(Y, ref, rtol=0, atol=(1e-5 if rdt == np.float32 else 1e-12) * np.abs(ref).max())
