@@ -128,8 +128,10 @@ class OrientationGrid:
 
 @lru_cache(maxsize=8)
 def _orientation_grid(order: int, sym: str) -> OrientationGrid:
-    rot, tilt, pix = sampling_directions(order, sym)
-    return OrientationGrid(rot, tilt, pix, psi_angles(order))
+    arrays = (*sampling_directions(order, sym), psi_angles(order))
+    for a in arrays:   # shared by every caller of this (order, symmetry): read-only
+        a.setflags(write=False)
+    return OrientationGrid(*arrays)
 
 
 def _wrap180(d: np.ndarray) -> np.ndarray:
