@@ -88,8 +88,6 @@ MIN_RESOLUTION_SHELL = 5
 MAX_SIGNIFICANT_PER_CLASS = 100
 #: Auto-sampling and the accuracy estimate run every this many iterations.
 AUTO_SAMPLING_EVERY = 10
-#: Particles whose transforms are kept in memory between iterations (serial E-step).
-CACHE_BYTES = 2 * 1024 ** 3
 
 
 @dataclass
@@ -234,7 +232,7 @@ class InitialModel:
             self.progress({"kind": "message", "message": f"mask diameter {opts.particle_diameter:g} Å "
                            f"reaches beyond the box ({self.box * self.pix:.0f} Å)"})
         self.mask = soft_sphere(self.box, self.radius_px, MASK_EDGE_PX)
-        self._particles = TransformCache(self.pset, self.tomograms, self.dtype, CACHE_BYTES)
+        self._particles = TransformCache(self.pset, self.tomograms, self.dtype)
         self._full_batches = None  # ParticleBatches of every particle (parallel path)
         ini_shell = max(math.floor(0.07 * self.box + 0.5), 1)
         self.ini_high = self.box * self.pix / ini_shell

@@ -164,26 +164,9 @@ def log_orientation_prior(
     prior_rot, prior_tilt, prior_psi
         ``(P,)`` prior centres (degrees).
     """
-    P, R = len(prior_rot), len(rot)
-    logp = np.zeros((P, R))
-    s = sampling
-    if s.sigma_tilt > 0 or s.sigma_rot > 0:
-        L, Rm = symmetry_pairs(s.sym)
-        v = direction_vectors(rot, tilt)                                   # (R, 3)
-        vp = direction_vectors(prior_rot, prior_tilt)                      # (P, 3)
-        mates = np.einsum("sij,skj,pk->psi", L, Rm, vp)                    # (P, S, 3): L R^T v
-        if s.is_local:
-            cos = np.einsum("psi,ri->psr", mates, v)                       # (P, S, R)
-            ang = np.degrees(np.arccos(np.clip(cos.max(axis=1), -1.0, 1.0)))
-            sig = max(s.sigma_rot, s.sigma_tilt)
-        else:  # tilt prior only: tilt of each symmetry mate of the prior direction
-            mate_tilt = np.degrees(np.arccos(np.clip(mates[..., 2], -1.0, 1.0)))  # (P, S)
-            ang = np.abs(tilt[None, None, :] - mate_tilt[:, :, None]).min(axis=1)
-            sig = s.sigma_tilt
-        logp += np.where(ang <= SIGMA_CUTOFF * sig, -0.5 * (ang / sig) ** 2, -np.inf)
-    if s.sigma_psi > 0:
-        d = np.abs(_wrap180(psi[None, :] - prior_psi[:, None]))
-        logp += np.where(d <= SIGMA_CUTOFF * s.sigma_psi, -0.5 * (d / s.sigma_psi) ** 2, -np.inf)
+    # each orientation read as a direction (rot, tilt) and a psi
+    logp = (_log_direction_prior(sampling, rot, tilt, prior_rot, prior_tilt)
+            + _log_psi_prior(sampling, psi, prior_psi))
     # a particle whose prior excludes everything keeps its nearest orientation (RELION)
     empty = ~np.isfinite(logp).any(axis=1)
     if empty.any():
@@ -192,6 +175,11 @@ def log_orientation_prior(
         tr = np.einsum("pij,rij->pr", Ap, A)
         logp[empty] = -np.inf
         logp[np.flatnonzero(empty), np.argmax(tr, axis=1)] = 0.0
+    return _normalised(logp)
+
+
+def _normalised(logp: np.ndarray) -> np.ndarray:
+    """``logp`` minus each row's log-sum-exp over its finite entries (−inf entries stay −inf)."""
     finite = np.isfinite(logp)
     top = np.where(finite, logp, -np.inf).max(axis=1, keepdims=True)
     norm = np.log(np.where(finite, np.exp(logp - top), 0.0).sum(axis=1, keepdims=True)) + top
@@ -290,13 +278,10 @@ def batch_orientation_prior(sampling: Sampling, grid: OrientationGrid, prior_rot
     logp = ld[:, d] + lpsi[:, j]                                                   # (P, R')
     for p, r in nearest.items():
         logp[p] = np.where(ridx == r, 0.0, -np.inf)
-    finite = np.isfinite(logp)
-    reach = finite.any(axis=0)                     # drop what no particle reaches
+    reach = np.isfinite(logp).any(axis=0)          # drop what no particle reaches
     if not reach.all():
-        ridx, logp, finite = ridx[reach], logp[:, reach], finite[:, reach]
-    top = np.where(finite, logp, -np.inf).max(axis=1, keepdims=True)
-    norm = np.log(np.where(finite, np.exp(logp - top), 0.0).sum(axis=1, keepdims=True)) + top
-    return ridx, logp - norm
+        ridx, logp = ridx[reach], logp[:, reach]
+    return ridx, _normalised(logp)
 
 
 def batch_rotations(logp: np.ndarray) -> np.ndarray:
