@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from subtomo_nb._array import get_xp
-from subtomo_nb.refine._kernels import translated_terms_into
+from subtomo_nb.refine._kernels import posterior_weights, translated_terms_into
 
 
 @dataclass
@@ -259,6 +259,14 @@ def weights_from_diff2(
     max_significant
         Cap on the number of kept samples per particle (RELION's ``--maxsig``).
     """
+    # the compiled pass; not for fraction 1 (keep until the cumulative sum reaches 1.0 exactly),
+    # where the kept set depends on how the sums round
+    if adaptive_fraction < 1.0 and (max_significant is None or max_significant > 0):
+        fast = posterior_weights(diff2, log_prior_rot, log_prior_trans, adaptive_fraction, max_significant)
+        if fast is not None:
+            w, pmax, n_sig, log_lik, best, threshold = fast
+            return Weights(w=w, pmax=pmax, n_significant=n_sig, log_likelihood=log_lik, best=best,
+                           threshold=threshold)
     xp = get_xp(diff2)
     P, R, T = diff2.shape
     logw = -diff2

@@ -344,15 +344,23 @@ class _LazyReferenceRows:
 class CoarseReferenceCache(_LazyReferenceRows):
     """Reference values of the coarse orientations of one iteration, interpolated when first needed.
 
-    Row ``r`` holds coarse orientation ``r`` of the whole coarse grid (``(Rc, 2K)`` and
-    ``(Rc, K)``). A search restricted by priors reaches a different set of orientations in each
-    batch (or the same band, e.g. a tilt prior shared by all particles); the rows are
-    interpolated once per iteration and reused by every batch.
+    A search restricted by priors reaches a different set of orientations in each batch (or the
+    same band, e.g. a tilt prior shared by all particles); the rows are interpolated once per
+    iteration and reused by every batch. Orientations get rows (*slots*) in the order they are
+    first reached, so the orientations of a batch are mostly consecutive rows, which the coarse
+    pass reads as views instead of copies (all of them when every batch reaches the same band).
+    ``(Rc, 2K)`` and ``(Rc, K)`` rows are reserved; only those written take memory.
     """
 
     def __init__(self, n_coarse: int, n_points: int, rdtype: type) -> None:
         super().__init__(n_coarse, n_points, rdtype)
-        self.filled = np.zeros(n_coarse, dtype=bool)
+        self.slot = np.full(n_coarse, -1, dtype=np.int64)
+        self.n_used = 0
+
+    @property
+    def filled(self) -> np.ndarray:
+        """``(Rc,)`` bool: which coarse orientations have their row."""
+        return self.slot >= 0
 
     def fill(self, projector: Projector, grid: OrientationGrid, points: np.ndarray,
              rows: np.ndarray) -> "CachedRows":
@@ -363,32 +371,42 @@ class CoarseReferenceCache(_LazyReferenceRows):
         The rows, in the order given, as the coarse pass reads them (:class:`CachedRows`).
         """
         rows = np.asarray(rows, dtype=np.int64)
-        need = rows[~self.filled[rows]]
+        need = rows[self.slot[rows] < 0]
         if len(need):
-            _interpolate_rows(self, projector, euler_to_matrix(*grid.angles(need)[:3]), need, points)
-            self.filled[need] = True
-        return CachedRows(self, rows)
+            need = need[np.sort(np.unique(need, return_index=True)[1])]   # first-reached order
+            slots = np.arange(self.n_used, self.n_used + len(need))
+            _interpolate_rows(self, projector, euler_to_matrix(*grid.angles(need)[:3]), slots, points)
+            self.slot[need] = slots
+            self.n_used += len(need)
+        return CachedRows(self, self.slot[rows])
+
+
+def _rows_of(a: np.ndarray, i: np.ndarray) -> np.ndarray:
+    """``a[i]``: a view where ``i`` are consecutive rows, else a copy."""
+    if len(i) and i[-1] - i[0] == len(i) - 1 and (len(i) == 1 or np.all(np.diff(i) == 1)):
+        return a[i[0]:i[-1] + 1]
+    return np.take(a, i, axis=0)
 
 
 @dataclass
 class CachedRows:
-    """Rows ``ids`` of a :class:`CoarseReferenceCache`, read as :class:`ReferenceTerms`."""
+    """Rows ``slots`` of a :class:`CoarseReferenceCache`, read as :class:`ReferenceTerms`."""
 
     cache: CoarseReferenceCache
-    ids: np.ndarray
+    slots: np.ndarray
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.slots)
 
     def rows(self, sl: slice) -> ReferenceTerms:
-        """The orientations ``sl`` of ``ids`` (copies of those rows)."""
-        i = self.ids[sl]
-        return ReferenceTerms(np.take(self.cache.stacked, i, axis=0), np.take(self.cache.power, i, axis=0))
+        """The orientations ``sl`` of this batch (views of consecutive cache rows, else copies)."""
+        i = self.slots[sl]
+        return ReferenceTerms(_rows_of(self.cache.stacked, i), _rows_of(self.cache.power, i))
 
     @property
     def power(self) -> np.ndarray:
-        """``|V|²`` of all rows ``(len(ids), K)``."""
-        return np.take(self.cache.power, self.ids, axis=0)
+        """``|V|²`` of all rows ``(len(slots), K)``."""
+        return _rows_of(self.cache.power, self.slots)
 
 
 class FineReferenceCache(_LazyReferenceRows):
