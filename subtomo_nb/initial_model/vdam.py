@@ -72,7 +72,7 @@ from subtomo_nb.refine.expectation import (
     expectation_batch,
     flush_rotation_sums,
 )
-from subtomo_nb.refine.sampling import Sampling, finer_translations
+from subtomo_nb.refine.sampling import Sampling, coarse_radius, finer_translations
 from subtomo_nb.tasks.particle_data import TransformCache, load_particle_set
 from subtomo_nb.tasks.reconstruct import common_box_and_pixel
 
@@ -301,10 +301,8 @@ class InitialModel:
 
     def _coarse_radius(self) -> float:
         """Coarse-pass radius from the coarse angular step (§6.8), within the current size."""
-        d = 2 * self.radius_px * self.pix
-        coarse_res = (self.state.sampling.coarse_step / 360.0 * math.pi * d) / 1.2
-        coarse_size = 2 * math.ceil(self.pix * self.box / coarse_res)
-        return min(coarse_size, self.state.current_size) / 2
+        return coarse_radius(self.state.sampling.coarse_step, 2 * self.radius_px * self.pix, self.pix, self.box,
+                             self.state.current_size)
 
     def _auto_sampling(self) -> None:
         """One HEALPix order finer when the accuracy allows it (§6.11), never to local searches (§8.6).

@@ -43,7 +43,7 @@ from subtomo_nb.io.mrc import read_map
 from subtomo_nb.refine.expectation import expectation_batch, flush_rotation_sums
 from subtomo_nb.refine.outputs import write_iteration
 from subtomo_nb.refine.reference import check_reference_symmetry
-from subtomo_nb.refine.sampling import Sampling, finer_translations
+from subtomo_nb.refine.sampling import Sampling, coarse_radius, finer_translations
 from subtomo_nb.tasks.particle_data import TransformCache, load_particle_set, particle_transforms
 from subtomo_nb.tasks.reconstruct import common_box_and_pixel
 
@@ -353,10 +353,7 @@ class AutoRefine:
 
     def _coarse_radius(self) -> float:
         d = 2 * _particle_radius_px(self.opts, self.box, self.pix) * self.pix
-        rotated = self.state.sampling.coarse_step / 360.0 * math.pi * d
-        coarse_res = rotated / 1.2
-        coarse_size = 2 * math.ceil(self.pix * self.box / coarse_res)
-        return min(coarse_size, self.state.current_size) / 2
+        return coarse_radius(self.state.sampling.coarse_step, d, self.pix, self.box, self.state.current_size)
 
     def _update_sampling(self) -> None:
         """Auto-sampling (§6.11): go finer when resolution and hidden variables allow."""

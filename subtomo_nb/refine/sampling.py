@@ -16,6 +16,7 @@ the same prior on explicit orientations (dense; tests and small grids).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
@@ -333,3 +334,23 @@ def finer_translations(offset_step_A: float, offset_range_A: float, acc_trans_A:
     if new_step > offset_step_A:
         return offset_step_A, offset_range_A
     return new_step, new_range
+
+
+def coarse_radius(coarse_step_deg: float, particle_diameter_A: float, pixel_size_A: float, box: int,
+                  current_size: int) -> float:
+    """Fourier radius (pixels) of the coarse pass: half of RELION's coarse image size (§6.8).
+
+    A coarse angular step moves the particle's edge by ``step/360 · π · diameter``; the coarse
+    pass uses the resolution ``that / 1.2``, i.e. ``coarse_size = 2 ceil(pix · box / res)``, never
+    more than the current image size.
+
+    Examples
+    --------
+    >>> coarse_radius(7.5, 230.0, 10.8, 32, 32)     # 12.5 Å coarse resolution: the whole box
+    16.0
+    >>> coarse_radius(30.0, 230.0, 10.8, 32, 32)    # 50 Å: 2 ceil(6.9) = 14
+    7.0
+    """
+    rotated = coarse_step_deg / 360.0 * math.pi * particle_diameter_A
+    coarse_size = 2 * math.ceil(pixel_size_A * box / (rotated / 1.2))
+    return min(coarse_size, current_size) / 2

@@ -105,3 +105,18 @@ def test_local_search_at_order_7_needs_memory_for_its_neighbourhoods_only() -> N
                                                              -1, 1))) <= 3 * sig)
         near_j = np.flatnonzero(np.abs((g.psi - prior[p, 2] + 180.0) % 360.0 - 180.0) <= 3 * sig)
         assert ok.sum() == len(near_d) * len(near_j)
+
+
+def test_coarse_radius_follows_relions_coarse_size():
+    """coarse_size = 2 ceil(pix·box / (step/360 · π · D / 1.2)), at most the current size (§6.8)."""
+    from subtomo_nb.refine.sampling import coarse_radius
+
+    # 30° at 230 Å: 60.2 Å / 1.2 = 50.2 Å -> 2 ceil(345.6 / 50.2) = 14
+    assert coarse_radius(30.0, 230.0, 10.8, 32, 32) == 7.0
+    # 15°: 25.1 Å -> 2 ceil(13.8) = 28
+    assert coarse_radius(15.0, 230.0, 10.8, 32, 32) == 14.0
+    # 7.5°: 12.5 Å -> 56, capped by the box's current size
+    assert coarse_radius(7.5, 230.0, 10.8, 32, 32) == 16.0
+    assert coarse_radius(7.5, 230.0, 10.8, 32, 20) == 10.0
+    # a larger particle's edge moves further per step: a coarser resolution, a smaller radius
+    assert coarse_radius(30.0, 460.0, 10.8, 64, 64) == 7.0 < coarse_radius(30.0, 230.0, 10.8, 64, 64) == 14.0
