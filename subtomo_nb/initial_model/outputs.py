@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from subtomo_nb.io._paths import project_relative
 from subtomo_nb.io.mrc import write_map
 from subtomo_nb.io.optimisation_set import (
     OptimisationSet,
@@ -51,16 +52,6 @@ def iteration_names(root: str | os.PathLike, iteration: int, n_classes: int) -> 
     return names
 
 
-def _star_name(path: Path, project_dir: str | os.PathLike | None) -> str:
-    """``path`` relative to the project directory when it lies under it, else as given."""
-    if project_dir is not None:
-        try:
-            return str(Path(path).absolute().relative_to(Path(project_dir).absolute()))
-        except ValueError:
-            pass
-    return str(path)
-
-
 def model_blocks(job: InitialModel, names: dict[str, Path]) -> dict:
     """The ``_model.star`` tables (one ``model_class_K`` per class)."""
     s, o = job.state, job.opts
@@ -81,7 +72,7 @@ def model_blocks(job: InitialModel, names: dict[str, Path]) -> dict:
         "rlnLogLikelihood": float(s.log_likelihood), "rlnAveragePmax": float(s.ave_pmax),
     }
     classes = pd.DataFrame({
-        "rlnReferenceImage": [_star_name(names[f"class{k + 1}"], o.project_dir) for k in range(K)],
+        "rlnReferenceImage": [project_relative(names[f"class{k + 1}"], o.project_dir) for k in range(K)],
         "rlnClassDistribution": [float(c.pdf) for c in job.classes_model],
         "rlnAccuracyRotations": [float(s.acc_rot)] * K,
         "rlnAccuracyTranslationsAngst": [float(s.acc_trans_A)] * K,
@@ -133,10 +124,10 @@ def optimiser_block(job: InitialModel, names: dict[str, Path]) -> dict:
     s, o = job.state, job.opts
     ini, fin = subset_sizes(job.n, o.grad_ini_subset, o.grad_fin_subset)
     return {
-        "rlnOutputRootName": _star_name(job.root, o.project_dir),
-        "rlnModelStarFile": _star_name(names["model"], o.project_dir),
-        "rlnExperimentalDataStarFile": _star_name(names["data"], o.project_dir),
-        "rlnTomoTomogramsFile": _star_name(tomograms_file(job), o.project_dir) if tomograms_file(job) else "",
+        "rlnOutputRootName": project_relative(job.root, o.project_dir),
+        "rlnModelStarFile": project_relative(names["model"], o.project_dir),
+        "rlnExperimentalDataStarFile": project_relative(names["data"], o.project_dir),
+        "rlnTomoTomogramsFile": project_relative(tomograms_file(job), o.project_dir) if tomograms_file(job) else "",
         "rlnTomoTrajectoriesFile": "",
         "rlnCurrentIteration": int(s.iteration), "rlnNumberOfIterations": int(o.nr_iter),
         "rlnDoSplitRandomHalves": 0, "rlnJoinHalvesUntilThisResolution": -1.0,
@@ -282,10 +273,10 @@ def finish_job(job: InitialModel) -> dict[str, Path]:
     job.alignment = result
     initial = out_dir / "initial_model.mrc"
     write_map(initial, np.asarray(result.volume, np.float32), job.pix)
-    oset = OptimisationSet({"rlnTomoParticlesFile": _star_name(names["data"], o.project_dir)})
+    oset = OptimisationSet({"rlnTomoParticlesFile": project_relative(names["data"], o.project_dir)})
     tomo = tomograms_file(job)
     if tomo is not None:
-        oset["rlnTomoTomogramsFile"] = _star_name(tomo, o.project_dir)
+        oset["rlnTomoTomogramsFile"] = project_relative(tomo, o.project_dir)
     oset_path = Path(f"{job.root}_optimisation_set.star")
     write_optimisation_set(oset_path, oset)
     out = {"initial_model": initial, "optimisation_set": oset_path, "data": names["data"], "model": names["model"],

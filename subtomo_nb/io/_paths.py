@@ -10,7 +10,7 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["split_image_name", "find_project_dir", "resolve_relative"]
+__all__ = ["split_image_name", "find_project_dir", "resolve_relative", "project_relative"]
 
 _STACK_INDEX = re.compile(r"^(\d+)@(.+)$")
 
@@ -85,3 +85,26 @@ def resolve_relative(project_dir: str | os.PathLike | None, file_name: str) -> P
         return p
     base = Path(project_dir) if project_dir is not None else Path.cwd()
     return base / p
+
+
+def project_relative(path: str | os.PathLike, project_dir: str | os.PathLike | None) -> str:
+    """The name to write in a STAR file for ``path``: the inverse of :func:`resolve_relative`.
+
+    Relative to ``project_dir`` (None: the current directory) when the file lies under it, as
+    RELION writes names; absolute otherwise, so that resolving the name against the project
+    directory finds the file again wherever it is.
+
+    Examples
+    --------
+    >>> project_relative("/data/proj/Refine3D/job002/run_data.star", "/data/proj")
+    'Refine3D/job002/run_data.star'
+    >>> project_relative("/scratch/run_data.star", "/data/proj")
+    '/scratch/run_data.star'
+    """
+    p = Path(path).absolute()
+    base = (Path(project_dir) if project_dir is not None else Path.cwd()).absolute()
+    try:
+        rel = os.path.relpath(p, base)
+    except ValueError:          # another drive (Windows)
+        return str(p)
+    return str(p) if rel == ".." or rel.startswith(".." + os.sep) else rel

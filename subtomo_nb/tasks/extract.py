@@ -48,7 +48,7 @@ from subtomo_nb.fourier.filters import fourier_crop
 from subtomo_nb.fourier.stack2d import stack_to_pseudo_subtomo
 from subtomo_nb.geometry.euler import euler_to_matrix
 from subtomo_nb.geometry.tilt_series import projection_matrices
-from subtomo_nb.io._paths import find_project_dir, resolve_relative, split_image_name
+from subtomo_nb.io._paths import find_project_dir, project_relative, resolve_relative, split_image_name
 from subtomo_nb.io.errors import InputError
 from subtomo_nb.io.mrc import read_header, read_map
 from subtomo_nb.io.optimisation_set import OptimisationSet, read_optimisation_set, write_optimisation_set
@@ -336,14 +336,6 @@ def _read_inputs(source: str | os.PathLike | OptimisationSet, tomograms: str | o
     return Path(source), Path(tomograms), None
 
 
-def _relative_to(path: Path, base: Path) -> str:
-    try:
-        rel = os.path.relpath(path.absolute(), base.absolute())
-    except ValueError:
-        return str(path.absolute())
-    return str(path.absolute()) if rel.startswith("..") else rel
-
-
 def _optics_table(optics_in: pd.DataFrame | None, particles: pd.DataFrame, tset: TomogramSet,
                   binning: float, crop: int, dim: int) -> tuple[pd.DataFrame, np.ndarray]:
     """RELION's extraction optics table and each particle's optics group."""
@@ -498,7 +490,7 @@ def extract_subtomos(
     keep = np.zeros(len(parts), dtype=bool)
     new_centred = np.zeros((len(parts), 3))
     visible_str = np.empty(len(parts), dtype=object)
-    out_rel = _relative_to(out, project)
+    out_rel = project_relative(out, project)
     image_names = np.empty(len(parts), dtype=object)
     ctf_names = np.empty(len(parts), dtype=object)
     pool = ThreadPoolExecutor(max_workers=int(n_workers)) if int(n_workers) > 1 else None
@@ -582,7 +574,7 @@ def extract_subtomos(
     # RELION's OptimisationSet::write keeps particles, tomograms, trajectories and manifolds only
     entries = {k: v for k, v in (oset_in.to_dict() if oset_in is not None else {}).items()
                if k in ("rlnTomoTrajectoriesFile", "rlnTomoManifoldsFile")}
-    entries["rlnTomoParticlesFile"] = _relative_to(part_out, project)
-    entries["rlnTomoTomogramsFile"] = _relative_to(tomo_path, project)
+    entries["rlnTomoParticlesFile"] = project_relative(part_out, project)
+    entries["rlnTomoTomogramsFile"] = project_relative(tomo_path, project)
     write_optimisation_set(out / "optimisation_set.star", OptimisationSet(entries))
     return part_out

@@ -402,3 +402,21 @@ def test_auto_sampling_stops_below_local_order_but_refines_translations(tiny_ext
     s.nr_iter_wo_resol_gain = 1
     job._auto_sampling()
     assert s.has_fine_enough_sampling and s.sampling.offset_step_A == pytest.approx(step0 / 8)
+
+
+def test_job_directory_given_relative_to_the_current_directory_outside_the_project(tiny_extract_3d, tiny_project,
+                                                                                    tmp_path, monkeypatch):
+    """The model STAR names its class maps so that the job's own last step (align_symmetry of the
+    largest class) finds them: an output root given relative to the current directory, outside
+    the project directory, used to be written as given and then looked for under the project."""
+    from subtomo_nb.initial_model.vdam import InitialModel, VdamOptions
+
+    monkeypatch.chdir(tmp_path)
+    opts = VdamOptions(particles=tiny_extract_3d, output_root=Path("im") / "run", nr_iter=1, particle_diameter=230.0,
+                       sym="C6", run_in_c1=True, sigma_tilt=10.0, random_seed=1, max_significant=5,
+                       project_dir=tiny_project["project_dir"])
+    job = InitialModel(opts, progress=lambda e: None)
+    job.run()
+    assert (tmp_path / "im" / "initial_model.mrc").is_file()
+    name = read_star(tmp_path / "im" / "run_it001_model.star")["model_classes"]["rlnReferenceImage"].iloc[0]
+    assert Path(name) == tmp_path / "im" / "run_it001_class001.mrc"
