@@ -21,7 +21,7 @@ reached (truth FSC 0.5 and RELION's estimate).
 
 ``--time_limit`` stops iterating after that many seconds (outputs of the last iteration reached
 are still written and aligned) and extrapolates the whole job's time from the seconds per
-particle of the iterations done and the mini-batch schedule. Prints numbers; asserts nothing.
+particle of the mini-batches done at the last HEALPix order and the mini-batch schedule. Prints numbers; asserts nothing.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def main() -> None:
                 line += f"  | truth FSC0.5 {s.resolution_05_A:6.1f} Å ({s.hand})"
                 if first_40["truth"] is None and s.resolution_05_A <= 40.0:
                     first_40["truth"] = it
-        rows.append((it, e["subset"], e["seconds"]))
+        rows.append((it, e["subset"], e["seconds"], e["healpix_order"]))
         print(line, flush=True)
         if over:
             stopped = True
@@ -153,8 +153,13 @@ def main() -> None:
     if stopped:
         budget = schedules.iteration_budget(opts.nr_iter, opts.grad_ini_frac, opts.grad_fin_frac)
         todo = sum(schedules.subset_size(i, budget, job.n) for i in range(len(rows) + 1, opts.nr_iter + 1))
+        # the remaining mini-batches run at the last HEALPix order (VDAM's auto-sampling never
+        # goes past order 3): their rate, not the mean over the cheaper early orders
+        last = [r for r in rows if r[3] == rows[-1][3]]
+        rate = sum(r[2] for r in last) / max(sum(r[1] for r in last), 1)
         print(f"stopped at {args.time_limit:.0f} s: the whole job would take about "
-              f"{t_total + todo * sec / max(done, 1):.0f} s at the same seconds per particle")
+              f"{t_total + todo * rate:.0f} s at {rate:.3f} s per particle (the HEALPix order {rows[-1][3]} "
+              f"mini-batches')")
 
 
 if __name__ == "__main__":
