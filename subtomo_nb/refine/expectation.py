@@ -16,6 +16,7 @@ Nothing here loops over particles or orientations in Python.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -356,6 +357,9 @@ class CoarseReferenceCache(_LazyReferenceRows):
         super().__init__(n_coarse, n_points, rdtype)
         self.slot = np.full(n_coarse, -1, dtype=np.int64)
         self.n_used = 0
+        # a dask worker's tasks share the cache; with several threads per worker two batches
+        # may fill at once, and slots must be handed out (and written) by one at a time
+        self._lock = threading.Lock()
 
     @property
     def filled(self) -> np.ndarray:
@@ -371,14 +375,15 @@ class CoarseReferenceCache(_LazyReferenceRows):
         The rows, in the order given, as the coarse pass reads them (:class:`CachedRows`).
         """
         rows = np.asarray(rows, dtype=np.int64)
-        need = rows[self.slot[rows] < 0]
-        if len(need):
-            need = need[np.sort(np.unique(need, return_index=True)[1])]   # first-reached order
-            slots = np.arange(self.n_used, self.n_used + len(need))
-            _interpolate_rows(self, projector, euler_to_matrix(*grid.angles(need)[:3]), slots, points)
-            self.slot[need] = slots
-            self.n_used += len(need)
-        return CachedRows(self, self.slot[rows])
+        with self._lock:
+            need = rows[self.slot[rows] < 0]
+            if len(need):
+                need = need[np.sort(np.unique(need, return_index=True)[1])]   # first-reached order
+                slots = np.arange(self.n_used, self.n_used + len(need))
+                _interpolate_rows(self, projector, euler_to_matrix(*grid.angles(need)[:3]), slots, points)
+                self.slot[need] = slots
+                self.n_used += len(need)
+            return CachedRows(self, self.slot[rows])
 
 
 def _rows_of(a: np.ndarray, i: np.ndarray) -> np.ndarray:

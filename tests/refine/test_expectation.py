@@ -224,3 +224,28 @@ def test_lazily_filled_fine_reference_equals_per_particle_interpolation(referenc
     K = V.shape[1]
     np.testing.assert_array_equal(fine.stacked[c * 8:(c + 1) * 8, :K], V.real)
     np.testing.assert_allclose(fine.power[c * 8:(c + 1) * 8], V.real ** 2 + V.imag ** 2, rtol=1e-6)  # float32 rounding
+
+
+def test_coarse_cache_filled_from_several_threads_at_once(reference):
+    """A dask worker with several threads may fill its shared coarse cache from two batches at
+    once: every orientation still gets one row of its own, equal to direct interpolation."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from subtomo_nb.refine.expectation import CoarseReferenceCache, FourierSelection, reference_terms
+
+    _vol, proj = reference
+    s = Sampling(healpix_order=2, sym="C1")
+    grid = s.grid()
+    pts = FourierSelection.make(N, 6).points
+    cache = CoarseReferenceCache(len(grid), len(pts), proj.rdtype)
+    rng = np.random.default_rng(4)
+    wanted = [np.sort(rng.choice(len(grid), 700, replace=False)) for _ in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda r: cache.fill(proj, grid, pts, r), wanted))
+    reached = np.unique(np.concatenate(wanted))
+    assert cache.n_used == len(reached)
+    np.testing.assert_array_equal(np.sort(cache.slot[reached]), np.arange(len(reached)))
+    direct = reference_terms(proj, *grid.angles(reached)[:3], pts)
+    np.testing.assert_array_equal(cache.stacked[cache.slot[reached]], direct.stacked)
+    for rows, cr in zip(wanted, got):
+        np.testing.assert_array_equal(cr.rows(slice(None)).power, cache.power[cache.slot[rows]])
