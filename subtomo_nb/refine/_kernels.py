@@ -199,12 +199,10 @@ def posterior_weights(diff2: np.ndarray, log_prior_rot: np.ndarray | None, log_p
     if not HAVE_NUMBA or not isinstance(diff2, np.ndarray) or diff2.ndim != 3:
         return None
     P, R, T = diff2.shape
-    lpr = np.zeros((1, R)) if log_prior_rot is None else np.asarray(log_prior_rot)
-    lpt = np.zeros((1, T)) if log_prior_trans is None else np.asarray(log_prior_trans)
-    if not isinstance(lpr, np.ndarray) or not isinstance(lpt, np.ndarray):
+    if any(a is not None and not isinstance(a, np.ndarray) for a in (log_prior_rot, log_prior_trans)):
         return None
-    lpr = lpr.reshape(-1, R) if lpr.ndim == 1 else lpr
-    lpt = lpt.reshape(-1, T) if lpt.ndim == 1 else lpt
+    lpr = np.zeros((1, R)) if log_prior_rot is None else np.atleast_2d(log_prior_rot)   # (1 or P, R)
+    lpt = np.zeros((1, T)) if log_prior_trans is None else np.atleast_2d(log_prior_trans)
     arrays = [diff2] + [a for a in (log_prior_rot, log_prior_trans) if a is not None]
     if np.result_type(*arrays) != np.float64 or P == 0 or R * T == 0:
         return None
