@@ -13,6 +13,7 @@ from subtomo_nb.fourier.fft import half_shape, irfft2, irfft3, rfft2, rfft3, shi
 from subtomo_nb.fourier.filters import (
     apply_b_factor,
     fourier_crop,
+    fourier_crop_half,
     fourier_pad,
     low_pass,
     low_pass_weights,
@@ -49,6 +50,7 @@ __all__ = [
     "centred_radius",
     "downsampled_average",
     "fourier_crop",
+    "fourier_crop_half",
     "fourier_pad",
     "freq_grid",
     "fsc",

@@ -108,6 +108,33 @@ def _window_half(F: Any, n_old: int, n_new: int, nd: int) -> Any:
     return out
 
 
+def fourier_crop_half(F: Any, n_old: int, n_new: int, ndim: int = 2) -> Any:
+    """Window half transforms of ``n_old``-pixel boxes to ``n_new`` pixels, in Fourier space.
+
+    Keeps the rows (and slices) ``-n_new/2 .. n_new/2-1`` and the columns ``0 .. n_new/2`` of the
+    source as they are, including the source's column ``x = n_new/2``, which becomes the new
+    Nyquist column (RELION's ``Resampling::FourierCrop_fftwHalfStack``). Unlike
+    :func:`fourier_crop` nothing passes through real space at the new size, so that column is
+    not made Hermitian before later operations (phase shifts, CTF) act on it.
+
+    Parameters
+    ----------
+    F
+        Half transforms ``(..., n_old, [n_old,] n_old//2+1)``.
+    n_old, n_new
+        Box sizes (pixels), ``n_new <= n_old``.
+    ndim
+        2 or 3.
+
+    Returns
+    -------
+    Half transforms ``(..., n_new, [n_new,] n_new//2+1)``, same dtype and scale.
+    """
+    if n_new > n_old:
+        raise ValueError("fourier_crop_half: n_new larger than n_old")
+    return _window_half(F, int(n_old), int(n_new), int(ndim))
+
+
 def fourier_crop(x: Any, new_size: int, ndim: int | None = None) -> Any:
     """Bin a map by Fourier cropping to ``new_size`` pixels (pixel size grows by ``N / new_size``).
 

@@ -27,7 +27,7 @@ __all__ = ["stack_to_pseudo_subtomo"]
 
 
 def stack_to_pseudo_subtomo(images_half: Any, ctf_weights_half: Any, proj_rows: Any, box_3d: int,
-                            data_scale: float = 1.0) -> tuple[Any, Any, Any]:
+                            data_scale: float = 1.0, insert_mask: Any = None) -> tuple[Any, Any, Any]:
     """Insert a particle's 2D tilt images into a 3D pseudo-subtomogram.
 
     Parameters
@@ -44,10 +44,15 @@ def stack_to_pseudo_subtomo(images_half: Any, ctf_weights_half: Any, proj_rows: 
     box_3d
         Box of the pseudo-subtomogram (pixels).
     data_scale
-        Factor applied to the data transform before the inverse FT. With our 1/N-normalised
-        transforms a 2D slice of a projection is ``b`` times the 3D transform, so
-        ``data_scale = 1 / b`` puts ``data`` on the :func:`rfft3` scale of a 3D map; RELION's
-        own factor (``sqrt(s2D/s3D)`` in its FFT convention) is not applied here.
+        Factor applied to the data transform before the inverse FT (:func:`irfft3`, the
+        unnormalised inverse sum). With our 1/N-normalised transforms a 2D slice of a projection
+        is ``b`` times the 3D transform, so ``data_scale = 1 / b`` puts ``data`` on the
+        :func:`rfft3` scale of a 3D map; extraction passes RELION's factor instead
+        (:func:`subtomo_nb.tasks.extract.relion_data_scale`).
+    insert_mask
+        Optional ``(F, b, b//2+1)`` boolean: 2D pixels to insert (RELION inserts only
+        ``x < xRanges(y, f)``, ``Tomogram::findDoseXRanges``); the others add nothing to any of
+        the three volumes.
 
     Returns
     -------
@@ -69,6 +74,8 @@ def stack_to_pseudo_subtomo(images_half: Any, ctf_weights_half: Any, proj_rows: 
     pos = k2[None, ..., 0:1] * u[:, None, None, :] + k2[None, ..., 1:2] * v[:, None, None, :]
     kx, ky = freq_grid(b, 2, xp)
     keep = ~((kx == 0) & (ky < 0))
+    if insert_mask is not None:
+        keep = keep & xp.asarray(insert_mask, dtype=bool)
     scale = xp.linalg.norm(u, axis=-1) * xp.linalg.norm(v, axis=-1)  # |u||v| per tilt
     shp = X.shape
     W = xp.broadcast_to(xp.asarray(ctf_weights_half), shp)

@@ -34,6 +34,7 @@ __all__ = [
     "validate_particles",
     "pixel_size",
     "box_size",
+    "subtomogram_binning",
     "is_2d_stack",
     "optics_row",
     "resolve_path",
@@ -446,6 +447,24 @@ def pixel_size(pset: ParticleSet, optics_group: int | None = None) -> float:
         Å per pixel.
     """
     return _optics_pixel_size(pset.path, pset.optics, _optics_position(pset, optics_group))
+
+
+def subtomogram_binning(pset: ParticleSet, optics_group: int | None = None) -> float:
+    """Binning of the extracted particles relative to the tilt series (``rlnTomoSubtomogramBinning``).
+
+    Where the column is absent, ``rlnImagePixelSize / rlnTomoTiltSeriesPixelSize`` (both are
+    written by relion_tomo_subtomo), else 1.
+    """
+    row = optics_row(pset, optics_group)
+    if "rlnTomoSubtomogramBinning" in row.index:
+        b = float(row["rlnTomoSubtomogramBinning"])
+    elif "rlnImagePixelSize" in row.index and "rlnTomoTiltSeriesPixelSize" in row.index:
+        b = float(row["rlnImagePixelSize"]) / float(row["rlnTomoTiltSeriesPixelSize"])
+    else:
+        b = 1.0
+    if not np.isfinite(b) or b <= 0:
+        raise InputError(pset.path, f"binning {b} is not a positive number", field="rlnTomoSubtomogramBinning")
+    return b
 
 
 def box_size(pset: ParticleSet, optics_group: int | None = None) -> int:

@@ -5,19 +5,21 @@ For every particle and every tilt ``f`` where it is visible (relion-conventions.
 1. position ``pos = coordinate − A_subtomo · origin / TS_pixel`` (tomogram pixels; RELION's
    ``apply_offsets``), projected ``q_f = P_f · pos``;
 2. a square of ``s0 = binning · box`` tilt-image pixels starting at ``round(q_f) − s0/2`` is cut
-   (indices clamped to the image), Fourier-cropped to ``box`` (``fourier.filters.fourier_crop``),
-   divided by ``binning`` (RELION's ``extractAt2D_Fourier``) and shifted by
+   (indices clamped to the image), cropped to ``box`` in Fourier space
+   (``fourier.filters.fourier_crop_half``), divided by ``binning`` (RELION's
+   ``extractAt2D_Fourier``) and shifted by
    ``−(q_f − round(q_f)) / binning`` binned pixels so the particle sits at the box centre;
 3. multiplied by ``−c_f`` with ``c_f = CTF_f · dw_f`` (RELION's CTF with the defocus at the
    particle's depth, ``Tomogram::getCtf``, and the exposure filter for the cumulative dose):
-   CTF-premultiplied, contrast inverted (particles white); frequencies where the dose weight is
-   below 0.01 are dropped (``--cutoff_fract``); weight ``c_f²``;
+   CTF-premultiplied up to Nyquist, contrast inverted (particles white); weight ``c_f²``;
 4. back in real space, RELION's ``cropCircle`` (radius ``crop/2``, 5-pixel cosine fall-off,
    mean outside the circle subtracted first);
 5. ``stack2d=True``: the central ``crop × crop`` of each visible tilt is written to
    ``Subtomograms/<rlnTomoParticleName>_stack2d.mrcs``; ``stack2d=False``: the tilts are inserted
    into a ``crop³`` half transform (``fourier.stack2d.stack_to_pseudo_subtomo``, projection rows
-   ``(crop/box) · P_f(3×3) · A_subtomo``) and written as ``_data.mrc`` + ``_weights.mrc``.
+   ``(crop/box) · P_f(3×3) · A_subtomo``; only the pixels of :func:`dose_insertion_mask`:
+   inside the 2D Nyquist circle, dose weight above 0.01, ``--cutoff_fract``) and written as
+   ``_data.mrc`` + ``_weights.mrc``.
 
 Visibility (``Tomogram::getVisibilityMinFramesMaxDose``): the projected position lies more than
 ``binning · crop / 2`` pixels inside the tilt image, the cumulative dose is at most ``max_dose``
@@ -28,9 +30,12 @@ The output ``particles.star`` keeps the input columns, applies the origins to th
 columns (``rlnCtfDataAreCtfPremultiplied``, ``rlnImageDimensionality``,
 ``rlnTomoSubtomogramBinning``, ``rlnImagePixelSize``, ``rlnImageSize``).
 
-Scale: ``_data.mrc`` is the inverse :func:`~subtomo_nb.fourier.fft.irfft3` of the inserted sum
-times ``1 / box`` (the scale of a 3D map, ``stack_to_pseudo_subtomo``'s ``data_scale``), not
-RELION's own FFT-convention factor; the 2D stacks carry RELION's values (``/ binning``).
+Scale and content of the 3D pseudo-subtomograms are relion_tomo_subtomo's (RELION 5,
+``SubtomoProgram::processTomograms``; docs/internals.md): ``CTF · dose`` premultiplies every
+frequency; the insertion uses only the 2D pixels inside the Nyquist circle whose dose weight
+exceeds ``--cutoff_fract`` (:func:`dose_insertion_mask`); ``_data.mrc`` carries RELION's FFT
+scale (:func:`relion_data_scale`), and ``_weights.mrc`` the CTF² and multiplicity sums as they
+are. The 2D stacks carry RELION's values (``/ binning``).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ import pandas as pd
 
 from subtomo_nb.fourier.ctf import ctf_2d, dose_weight_2d
 from subtomo_nb.fourier.fft import irfft2, rfft2, shift_half
-from subtomo_nb.fourier.filters import fourier_crop
+from subtomo_nb.fourier.filters import fourier_crop_half
 from subtomo_nb.fourier.stack2d import stack_to_pseudo_subtomo
 from subtomo_nb.geometry.euler import euler_to_matrix
 from subtomo_nb.geometry.tilt_series import projection_matrices
@@ -52,13 +57,14 @@ from subtomo_nb.io._paths import find_project_dir, project_relative, resolve_rel
 from subtomo_nb.io.errors import InputError
 from subtomo_nb.io.mrc import read_header, read_map
 from subtomo_nb.io.optimisation_set import OptimisationSet, read_optimisation_set, write_optimisation_set
-from subtomo_nb.io.particles import ParticleSet, pixel_size, visible_frames, write_particles
+from subtomo_nb.io.particles import ParticleSet, pixel_size, subtomogram_binning, visible_frames, write_particles
 from subtomo_nb.io.star import read_star
 from subtomo_nb.io.subtomo import PseudoSubtomo, read_particle_stack2d, write_pseudo_subtomo, write_stack2d
 from subtomo_nb.io.tomograms import TomogramSet, read_tomograms
 
 __all__ = ["extract_subtomos", "load_tilt_stack", "extract_tilt_patches", "crop_circle", "particle_positions",
-           "tilt_ctf_weights", "tilt_image_size", "stack2d_pseudo_subtomo", "DOSE_CUTOFF_FRACTION",
+           "tilt_ctf_weights", "dose_insertion_mask", "relion_data_scale", "tilt_image_size",
+           "stack2d_pseudo_subtomo", "DOSE_CUTOFF_FRACTION",
            "CIRCLE_FALLOFF_PX"]
 
 #: Frequencies whose dose weight falls below this are ignored (RELION ``--cutoff_fract``).
@@ -119,8 +125,9 @@ def extract_tilt_patches(stack: np.ndarray, frames: np.ndarray, centres_xy: np.n
     -------
     numpy.ndarray
         complex64 ``(N, box, box//2+1)`` half transforms (:func:`~subtomo_nb.fourier.fft.rfft2`
-        convention) of the Fourier-cropped patches divided by ``binning`` (RELION), shifted so
-        that each position lies on the box centre.
+        convention) of the patches, cropped in Fourier space to ``box``
+        (:func:`~subtomo_nb.fourier.filters.fourier_crop_half`) and divided by ``binning``
+        (RELION), shifted so that each position lies on the box centre.
     """
     s0 = int(binning * box + 0.5)
     F, H, W = stack.shape
@@ -138,10 +145,9 @@ def extract_tilt_patches(stack: np.ndarray, frames: np.ndarray, centres_xy: np.n
         ix = np.clip(start[:, 0:1] + off[None, :], 0, W - 1)
         iy = np.clip(start[:, 1:2] + off[None, :], 0, H - 1)
         patches = stack[frames[:, None, None], iy[:, :, None], ix[:, None, :]]
-    patches = patches.astype(np.float32, copy=False)
-    if s0 != box:
-        patches = fourier_crop(patches, box, ndim=2).astype(np.float32) / np.float32(binning)
-    X = rfft2(patches)
+    X = rfft2(patches.astype(np.float32, copy=False))
+    if s0 != box:  # RELION crops in Fourier space, then divides by the binning (extractAt2D_Fourier)
+        X = fourier_crop_half(X, s0, box, ndim=2) / np.float32(binning)
     return shift_half(X, -(c - r) / binning, box).astype(np.complex64)
 
 
@@ -229,13 +235,17 @@ def load_tilt_stack(tset: TomogramSet, name: str) -> np.ndarray:
 
 def tilt_ctf_weights(tomo_row: pd.Series, table: pd.DataFrame, P: np.ndarray, pos: np.ndarray,
                      pidx: np.ndarray, fidx: np.ndarray, box: int, bin_pix: float,
-                     bfactor_per_dose: float = 0.0) -> np.ndarray:
+                     bfactor_per_dose: float = 0.0, return_dose: bool = False
+                     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """CTF × dose weight ``c_f`` of each observation (particle ``pidx``, tilt ``fidx``).
 
     The defocus is the tilt's, changed by ``hand · TS pixel · slope · depth`` with the particle's
-    depth along the tilt's beam (RELION's ``Tomogram::getCtf``); frequencies where the dose weight
-    falls below :data:`DOSE_CUTOFF_FRACTION` are zeroed. Returns ``(n_obs, box, box//2+1)`` float32
-    on the half grid of a ``box`` image with ``bin_pix`` Å pixels.
+    depth along the tilt's beam (RELION's ``Tomogram::getCtf``). As relion_tomo_subtomo, ``c_f``
+    covers every frequency up to Nyquist (its comment: "Apply doseWeights until Nyquist
+    frequency! Otherwise, convolution artefacts when do_circle_crop"); the dose cut-off
+    (``--cutoff_fract``) only limits which pixels a 3D insertion uses
+    (:func:`dose_insertion_mask`). Returns ``(n_obs, box, box//2+1)`` float32 on the half grid
+    of a ``box`` image with ``bin_pix`` Å pixels; with ``return_dose`` also the dose weights.
     """
     pix = float(tomo_row["rlnTomoTiltSeriesPixelSize"])
     hand = float(tomo_row["rlnTomoHand"]) if "rlnTomoHand" in tomo_row.index else -1.0
@@ -255,7 +265,60 @@ def tilt_ctf_weights(tomo_row: pd.Series, table: pd.DataFrame, P: np.ndarray, po
                  float(tomo_row["rlnAmplitudeContrast"]), du[fidx] + dz, dv[fidx] + dz, da[fidx],
                  phase[fidx], bfac[fidx], scale[fidx], dtype=np.float32)
     dw = dose_weight_2d(box, bin_pix, dose[fidx], bfactor_per_dose=bfactor_per_dose, dtype=np.float32)
-    return np.where(dw >= DOSE_CUTOFF_FRACTION, ctf * dw, np.float32(0.0))
+    c = ctf * dw
+    return (c, dw) if return_dose else c
+
+
+def dose_insertion_mask(dose_weights: np.ndarray, cutoff_fraction: float = DOSE_CUTOFF_FRACTION) -> np.ndarray:
+    """Which half-grid pixels of each tilt a 3D insertion uses (RELION's ``findDoseXRanges``).
+
+    For every tilt and row ``y`` (signed ``yy``), RELION keeps the columns ``x < xRange(y)``,
+    where ``xRange(y)`` is one more than the last ``x`` with ``x ≤ sqrt(s²/4 − yy²)`` (inside the
+    2D Nyquist circle) whose dose weight exceeds ``cutoff_fraction``, or 0 if there is none.
+
+    Parameters
+    ----------
+    dose_weights
+        ``(..., s, s//2+1)`` dose weights on the half grid of an ``s``-pixel image.
+    cutoff_fraction
+        RELION's ``--cutoff_fract``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean, the shape of ``dose_weights``.
+    """
+    dw = np.asarray(dose_weights)
+    s, sh = dw.shape[-2], dw.shape[-1]
+    y = np.arange(s)
+    yy = np.where(y < s // 2, y, y - s).astype(np.float64)
+    x = np.arange(sh)
+    with np.errstate(invalid="ignore"):
+        xmax = np.sqrt(s * s / 4.0 - yy * yy)                       # NaN (no column) never occurs for |yy| <= s/2
+    cond = (x[None, :] <= xmax[:, None]) & (dw > cutoff_fraction)
+    xrange = (cond * (x + 1)).max(axis=-1, keepdims=True)           # last kept x + 1, 0 if none
+    return x < xrange
+
+
+def relion_data_scale(box: int, crop: int, binning: float) -> float:
+    """Factor between our summed 3D insertion and relion_tomo_subtomo's ``_data.mrc``.
+
+    RELION transforms the ``s0 = round(binning · box)`` tilt-image patches with unitary FFTs
+    (``FFT::Both``: ``1/s0`` on a 2D forward transform), divides by ``binning`` after Fourier
+    cropping, inserts, multiplies the 3D sum by ``normfft = box / (crop · sqrt(binning))`` (where
+    that differs from 1 by more than 1e-4) and inverts with the unitary 3D FFT (``1/crop^1.5``).
+    Our patches are transformed with the ``1/N`` forward convention (:func:`~subtomo_nb.fourier.fft.rfft2`),
+    which is ``s0`` times smaller, and :func:`~subtomo_nb.fourier.fft.irfft3` is the unnormalised
+    inverse, so RELION's volume is ``irfft3(sum) · s0 · normfft / crop^1.5``, i.e.
+    ``sqrt(binning) · box² / crop^2.5`` up to the rounding of ``s0``. Our box-grid transforms
+    carry ``1 / box²``, so relative to the particle images RELION's scale does not depend on
+    ``box``: a sum of crop-grid transforms takes ``sqrt(binning / crop)``.
+    """
+    s0 = int(binning * box + 0.5)
+    normfft = box / (crop * np.sqrt(binning))
+    if abs(normfft - 1.0) <= 1e-4:
+        normfft = 1.0
+    return float(s0 * normfft / crop ** 1.5)
 
 
 def tilt_image_size(tset: TomogramSet, name: str) -> tuple[int, int]:
@@ -298,10 +361,13 @@ def stack2d_pseudo_subtomo(pset: ParticleSet, tset: TomogramSet, index: int) -> 
     crop = imgs.shape[-1]
     group = int(row["rlnOpticsGroup"].iloc[0])
     bpd = float(trow["rlnCtfBfactorPerElectronDose"]) if "rlnCtfBfactorPerElectronDose" in trow.index else 0.0
-    c = tilt_ctf_weights(trow, table, P, pos, np.zeros(len(frames), dtype=np.int64), frames, crop,
-                         pixel_size(pset, group), bpd)
+    c, dw = tilt_ctf_weights(trow, table, P, pos, np.zeros(len(frames), dtype=np.int64), frames, crop,
+                             pixel_size(pset, group), bpd, return_dose=True)
     rows = np.einsum("fij,jk->fik", P[frames, :3, :3], A[0])[:, :2, :]
-    data, ctf2, mult = stack_to_pseudo_subtomo(rfft2(imgs), c * c, rows, crop, data_scale=1.0 / crop)
+    binning = subtomogram_binning(pset, group)
+    data, ctf2, mult = stack_to_pseudo_subtomo(rfft2(imgs), c * c, rows, crop,
+                                               data_scale=float(np.sqrt(binning / crop)),
+                                               insert_mask=dose_insertion_mask(dw))
     return PseudoSubtomo(data=data.astype(np.float32), ctf2=ctf2.astype(np.float32),
                          multiplicity=mult.astype(np.float32))
 
@@ -389,7 +455,8 @@ def _process_chunk(stack: np.ndarray, P: np.ndarray, table: pd.DataFrame, tomo_r
     q = np.einsum("fij,pj->pfi", P[:, :3, :], ph)  # (p, F, 3)
     qs = q[pidx, fidx]
     X = extract_tilt_patches(stack, fidx, qs[:, :2], box, binning)
-    c = tilt_ctf_weights(tomo_row, table, P, pos, pidx, fidx, box, bin_pix, bfactor_per_dose)
+    c, dw = tilt_ctf_weights(tomo_row, table, P, pos, pidx, fidx, box, bin_pix, bfactor_per_dose,
+                             return_dose=True)
     X = X * (-c)
     W = c * c
     boundary = (box - crop) // 2
@@ -397,6 +464,8 @@ def _process_chunk(stack: np.ndarray, P: np.ndarray, table: pd.DataFrame, tomo_r
     if not stack2d:
         X = rfft2(real)
         rows = (crop / box) * np.einsum("fij,pjk->pfik", P[:, :3, :3], A)[pidx, fidx][:, :2, :]
+        keep = dose_insertion_mask(dw)
+        data_scale = relion_data_scale(box, crop, binning)
     starts = np.concatenate([[0], np.cumsum(vis.sum(axis=1))])
     for p, root in enumerate(out_roots):
         sl = slice(int(starts[p]), int(starts[p + 1]))
@@ -404,7 +473,8 @@ def _process_chunk(stack: np.ndarray, P: np.ndarray, table: pd.DataFrame, tomo_r
             imgs = real[sl, boundary:boundary + crop, boundary:boundary + crop]
             write_stack2d(f"{root}_stack2d.mrcs", imgs, bin_pix, float16=float16)
         else:
-            data, ctf2, mult = stack_to_pseudo_subtomo(X[sl], W[sl], rows[sl], crop, data_scale=1.0 / box)
+            data, ctf2, mult = stack_to_pseudo_subtomo(X[sl], W[sl], rows[sl], crop, data_scale=data_scale,
+                                                       insert_mask=keep[sl])
             ps = PseudoSubtomo(data=data.astype(np.float32), ctf2=ctf2.astype(np.float32),
                                multiplicity=mult.astype(np.float32))
             write_pseudo_subtomo(f"{root}_data.mrc", f"{root}_weights.mrc", ps, bin_pix, float16=float16)
