@@ -7,6 +7,7 @@ Usage::
     python benchmarks/initial_model.py --tiny --iter 20        # the tiny preset
     python benchmarks/initial_model.py --sigma_tilt -1         # without the tilt prior
     python benchmarks/initial_model.py --time_limit 540        # stop after 9 minutes, extrapolate
+    python benchmarks/initial_model.py --stop_after 46         # stop after mini-batch 46 of the 100
 
 The project (``simulate_project`` defaults, or ``--tiny``) is simulated into ``--project`` when
 it has no ``optimisation_set.star`` yet, and extracted at bin 4, box 32 as 3D pseudo-subtomograms
@@ -80,6 +81,8 @@ def main() -> None:
     ap.add_argument("--j", type=int, default=1, help="dask workers for the E-step (1: serial)")
     ap.add_argument("--eval_every", type=int, default=10, help="truth FSC of the map every N iterations (0: end only)")
     ap.add_argument("--time_limit", type=float, default=0.0, help="stop iterating after this many seconds (0: none)")
+    ap.add_argument("--stop_after", type=int, default=0,
+                    help="stop after this mini-batch of the --iter schedule (0: none); the same maps on any machine load")
     args = ap.parse_args()
     from subtomo_nb._memory import keep_freed_memory
 
@@ -118,7 +121,8 @@ def main() -> None:
         if first_40["relion"] is None and e["resolution_A"] <= 40.0:
             first_40["relion"] = it
         written = it == opts.nr_iter or it % write_every == 0
-        over = args.time_limit > 0 and time.perf_counter() - t_start > args.time_limit
+        over = ((args.time_limit > 0 and time.perf_counter() - t_start > args.time_limit)
+                or (args.stop_after > 0 and it >= args.stop_after))
         if written or over:
             write_iteration(job)
             if args.eval_every > 0:
@@ -157,7 +161,7 @@ def main() -> None:
         # goes past order 3): their rate, not the mean over the cheaper early orders
         last = [r for r in rows if r[3] == rows[-1][3]]
         rate = sum(r[2] for r in last) / max(sum(r[1] for r in last), 1)
-        print(f"stopped at {args.time_limit:.0f} s: the whole job would take about "
+        print(f"stopped after mini-batch {len(rows)}: the whole job would take about "
               f"{t_total + todo * rate:.0f} s at {rate:.3f} s per particle (the HEALPix order {rows[-1][3]} "
               f"mini-batches')")
 
