@@ -67,7 +67,8 @@ __all__ = ["extract_subtomos", "load_tilt_stack", "extract_tilt_patches", "crop_
            "stack2d_pseudo_subtomo", "DOSE_CUTOFF_FRACTION",
            "CIRCLE_FALLOFF_PX"]
 
-#: Frequencies whose dose weight falls below this are ignored (RELION ``--cutoff_fract``).
+#: 2D pixels whose dose weight does not exceed this are not inserted into a 3D pseudo-subtomogram
+#: (RELION ``--cutoff_fract``, ``Tomogram::findDoseXRanges``).
 DOSE_CUTOFF_FRACTION = 0.01
 #: Width of the soft edge of RELION's circular crop of 2D images (pixels).
 CIRCLE_FALLOFF_PX = 5.0
@@ -293,8 +294,7 @@ def dose_insertion_mask(dose_weights: np.ndarray, cutoff_fraction: float = DOSE_
     y = np.arange(s)
     yy = np.where(y < s // 2, y, y - s).astype(np.float64)
     x = np.arange(sh)
-    with np.errstate(invalid="ignore"):
-        xmax = np.sqrt(s * s / 4.0 - yy * yy)                       # NaN (no column) never occurs for |yy| <= s/2
+    xmax = np.sqrt(s * s / 4.0 - yy * yy)                           # |yy| <= s/2: never negative
     cond = (x[None, :] <= xmax[:, None]) & (dw > cutoff_fraction)
     xrange = (cond * (x + 1)).max(axis=-1, keepdims=True)           # last kept x + 1, 0 if none
     return x < xrange
