@@ -342,7 +342,7 @@ def _collect(
         elif not os.access(path, os.R_OK):
             errors[p.key] = InputError(path, "file is not readable (permission denied)", field=_cli_field(jt, p.key))
         else:
-            reads.setdefault(os.path.realpath(path), p.label.strip())
+            reads.setdefault(os.path.realpath(path), p.label.strip().rstrip(":").strip())
 
     # Options we do not implement are refused, naming them.
     for key, (rule, flag, off) in _UNSUPPORTED.get(jt.name, {}).items():
