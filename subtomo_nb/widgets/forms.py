@@ -560,12 +560,32 @@ class JobForm:
             self._set_status("stop requested: the job stops at its next progress event", "running")
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait for the background run; True if it has ended (or none was started)."""
+        """Wait for the background run; True if it has ended (or none was started).
+
+        Ctrl-C (the notebook's interrupt) while waiting stops the job as **Stop** does and waits
+        for it to end cleanly; the status then names the iteration it stopped at.
+        """
         thread = self._thread
         if thread is not None:
-            thread.join(timeout)
+            try:
+                thread.join(timeout)
+            except KeyboardInterrupt:
+                self.stop()
+                thread.join()
             return not thread.is_alive()
         return True
+
+    def stopped_message(self) -> str:
+        """What the status says after a stop: the job, its last finished iteration, and how to go on."""
+        where = self._relative(self.job_dir)
+        last = last_optimiser(self.job_dir) if self.job_dir is not None and self.job_dir.is_dir() else None
+        m = re.search(r"_it(\d+)", last.name) if last is not None else None
+        if m is None:
+            return f"stopped: {where} (RELION_JOB_EXIT_ABORTED) before any iteration finished"
+        text = f"stopped: {where} (RELION_JOB_EXIT_ABORTED) after iteration {int(m.group(1))}"
+        if self.can_continue():
+            text += f": press Continue to go on from {last.name}"
+        return text
 
     def _start(self, continue_dir: Path | None) -> bool:
         if self.running:
@@ -605,7 +625,7 @@ class JobForm:
         except JobStopped as exc:
             self.error = exc
             self.job_dir = continue_dir or self._new_job_dir() or self.job_dir
-            self._set_status(f"stopped: {self._relative(self.job_dir)} (RELION_JOB_EXIT_ABORTED)", "stopped")
+            self._set_status(self.stopped_message(), "stopped")
         except JobFailedError as exc:
             self.error = exc
             self.job_dir = exc.job_dir
