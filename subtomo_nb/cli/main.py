@@ -16,6 +16,7 @@ Sub-commands::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -50,6 +51,14 @@ def _check(job_type: str, args: argparse.Namespace, outputs: list, *, is_continu
         print(f"subtomo {args.command}: warning: {line}", file=sys.stderr)
         args._warnings = [*getattr(args, "_warnings", []), line]
     return values
+
+
+def _in_job_dir(args: argparse.Namespace, job_dir: Path) -> None:
+    """Record the job directory (for the log of an internal error); temporary files and dask spill go inside it."""
+    from subtomo_nb.jobs.scratch import job_scratch
+
+    args._log_dir = job_dir
+    args._stack.enter_context(job_scratch(job_dir))
 
 
 def _check_directory(path: str, args: argparse.Namespace) -> None:
@@ -118,7 +127,7 @@ def _run_extract(args: argparse.Namespace) -> int:
 
     o = Path(args.o)
     _check("extract", args, [o / "particles.star", o / "optimisation_set.star", Output(o / "Subtomograms", prefix=True)])
-    args._log_dir = o
+    _in_job_dir(args, o)
     out = extract_subtomos(args.ios, args.tomograms, args.o, binning=args.bin, box=args.b, crop=args.crop,
                            max_dose=args.max_dose, min_frames=args.min_frames, stack2d=args.stack2d,
                            float16=args.float16, n_workers=args.j)
@@ -146,7 +155,7 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
         raise InputError(o, "the output map must be an .mrc (or .map) file", field="--o")
     stem = o.with_suffix("")
     values = _check("reconstruct", args, [o, Path(f"{stem}_half1.mrc"), Path(f"{stem}_half2.mrc"), Path(f"{stem}_fsc.star")])
-    args._log_dir = o.parent
+    _in_job_dir(args, o.parent)
     if values["binning"] != 1 or values["box_size"] not in (128, None):
         print(f"subtomo reconstruct: warning: averaging at the particles' own box and binning; not applied: "
               f"--bin {values['binning']:g} --b {values['box_size']}", file=sys.stderr)
@@ -179,7 +188,7 @@ def _run_star_handler(args: argparse.Namespace) -> int:
         print("subtomo star-handler: only --center is implemented; nothing to do", file=sys.stderr)
         return 2
     _check("recentre", args, [Path(args.o)])
-    args._log_dir = Path(args.o).parent
+    _in_job_dir(args, Path(args.o).parent)
     out = recentre_star(args.i, args.o, (args.center_X, args.center_Y, args.center_Z),
                         ignore_optics=args.ignore_optics, angpix=args.angpix)
     print(f"re-centred particles: {out}")
@@ -231,7 +240,7 @@ def _run_refine(args: argparse.Namespace) -> int:
     values = _check("refine3d", args, [root.with_name(root.name + "_data.star")] if is_continue
                     else [Output(root, prefix=True)], is_continue=is_continue)
     job_dir.mkdir(parents=True, exist_ok=True)
-    args._log_dir = job_dir
+    _in_job_dir(args, job_dir)
     log = ProgressLog(job_dir, forward=lambda event: print(event.format(), flush=True))
     for line in getattr(args, "_warnings", []):
         log.write(f"WARNING: {line}")
@@ -257,7 +266,7 @@ def _run_initial_model(args: argparse.Namespace) -> int:
     out = Path(args.o)
     job_dir = out.parent if out.name.startswith("run") else out
     _check("initial_model", args, [Output(job_dir / "run", prefix=True), job_dir / "initial_model.mrc"])
-    args._log_dir = job_dir
+    _in_job_dir(args, job_dir)
     return int(run_from_args(args))
 
 
@@ -269,7 +278,7 @@ def _run_align_symmetry(args: argparse.Namespace) -> int:
     if out.suffix.lower() not in (".mrc", ".map"):
         out = out / OUTPUT_NAME
     _check("align_symmetry", args, [out])
-    args._log_dir = out.parent
+    _in_job_dir(args, out.parent)
     return int(run_from_args(args))
 
 
@@ -368,8 +377,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _raise_terminated)
     except ValueError:  # not the main thread (main() called from a thread): keep the default
         previous = None
+    args._stack = contextlib.ExitStack()
     try:
-        return int(args.func(args))
+        with args._stack:
+            return int(args.func(args))
     except InputError as err:
         if debug:
             raise
