@@ -334,10 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _continue_hint(job_dir: Path, root: Path) -> str:
     """Which iteration a stopped refine finished last, and the command that continues it."""
-    done = sorted(job_dir.glob(f"{root.name}_it[0-9][0-9][0-9]_optimiser.star"))
+    # an iteration is finished when its state (written last, after the optimiser file) is there
+    done = sorted(p for p in job_dir.glob(f"{root.name}_it[0-9][0-9][0-9]_state.npz")
+                  if p.with_name(p.name.replace("_state.npz", "_optimiser.star")).is_file())
     if not done:
         return "no iteration finished; start the job again"
-    last = done[-1]
+    last = done[-1].with_name(done[-1].name.replace("_state.npz", "_optimiser.star"))
     return (f"the last finished iteration is {int(last.name[len(root.name) + 3:len(root.name) + 6])}: continue with "
             f"subtomo refine --continue {last} --o {root}")
 

@@ -147,9 +147,14 @@ def matching_files(project_dir: str | os.PathLike, pattern: str, *, limit: int =
 def last_optimiser(job_dir: str | os.PathLike) -> Path | None:
     """The last iteration's ``*_optimiser.star`` of a job directory (None if there is none).
 
-    Files are ordered by their ``_itNNN`` number (files without one come last, by mtime).
+    Files are ordered by their ``_itNNN`` number (files without one come last, by mtime). When
+    some iterations have their saved state (``*_state.npz``, written after the optimiser file: the
+    iteration finished), only those count: a job killed while writing an iteration continues from
+    the one before.
     """
     files = list(Path(job_dir).glob("*_optimiser.star"))
+    finished = [p for p in files if p.with_name(p.name.replace("_optimiser.star", "_state.npz")).is_file()]
+    files = finished or files
     if not files:
         return None
 
