@@ -412,6 +412,32 @@ def _image_files(pset: Any) -> dict[str, str]:
     return out
 
 
+def _check_first_image(pset: Any, box: int, pixel: float) -> None:
+    """The first particle's image has the optics table's box and pixel size (its MRC header only).
+
+    3D pseudo-subtomograms are ``box``³; 2D stacks hold ``box`` x ``box`` images. A header pixel
+    size of 0 or 1 Å counts as unset.
+    """
+    from subtomo_nb.io._paths import split_image_name
+    from subtomo_nb.io.errors import InputError
+    from subtomo_nb.io.mrc import read_header
+    from subtomo_nb.io.particles import is_2d_stack, resolve_path
+
+    if len(pset.particles) == 0 or "rlnImageName" not in pset.particles.columns:
+        return
+    image = resolve_path(pset, split_image_name(str(pset.particles["rlnImageName"].iloc[0]))[1])
+    header = read_header(image)
+    shape = header.shape
+    ok = shape[-2:] == (box, box) if is_2d_stack(pset) else shape == (box, box, box)
+    if not ok:
+        raise InputError(pset.path, f"the image {image.name} holds shape {shape} [z, y, x], the optics table's "
+                         f"box is {box}", row=1, field="rlnImageSize")
+    pix = header.pixel_size_A
+    if pix not in _UNSET_PIXEL and abs(pix - pixel) > 1e-3 * pixel:
+        raise InputError(pset.path, f"the image {image.name} has pixel size {pix:g} Å in its header, the optics "
+                         f"table says {pixel:g} Å", row=1, field="rlnImagePixelSize")
+
+
 def check_map(
     path: str | os.PathLike,
     *,
@@ -510,6 +536,7 @@ def check_inputs(
                 if len(pset.particles) == 0:
                     raise InputError(particles_path, "the particle set is empty (no rows)", field="data_particles")
                 box, pixel = common_box_and_pixel(pset)
+                _check_first_image(pset, box, pixel)
                 reads.update({k: w for k, w in _image_files(pset).items() if k not in reads})
             else:  # extract (picks) and recentre: the particle table only
                 blocks = read_star(path)

@@ -44,6 +44,10 @@ def project(tiny_project, tiny_extract_3d, tmp_path_factory) -> Path:
     zero = dict(blocks)
     zero["optics"] = blocks["optics"].assign(rlnImagePixelSize=[0.0])
     write_star(root / "pix0.star", zero)
+    for name, label, value in (("box48.star", "rlnImageSize", 48), ("pix54.star", "rlnImagePixelSize", 5.4)):
+        changed = dict(blocks)
+        changed["optics"] = blocks["optics"].assign(**{label: [value]})
+        write_star(root / name, changed)
     write_star(root / "noparticles.star", {"general": blocks["general"], "optics": blocks["optics"]})
     (root / "notes.txt").write_text("a note, not a STAR file\n")
     ref, pix = read_map(root / REF)
@@ -86,6 +90,12 @@ def _cases() -> list[tuple[str, list[str], str]]:
          "subtomo reconstruct: error: {P}/empty.star: field data_particles: the particle set is empty (no rows)"),
         ("reconstruct-pixel-size-0", ["reconstruct", "--i", "pix0.star", "--o", "Reconstruct/job1/merged.mrc"],
          "subtomo reconstruct: error: {P}/pix0.star: row 1, field rlnImagePixelSize: pixel size 0 in data_optics is not positive"),
+        ("reconstruct-optics-box-not-the-images", ["reconstruct", "--i", "box48.star", "--o", "Reconstruct/job1/merged.mrc"],
+         "subtomo reconstruct: error: {P}/box48.star: row 1, field rlnImageSize: the image {IMG}_data.mrc holds shape "
+         "(32, 32, 32) [z, y, x], the optics table's box is 48"),
+        ("reconstruct-optics-pixel-not-the-images", ["reconstruct", "--i", "pix54.star", "--o", "Reconstruct/job1/merged.mrc"],
+         "subtomo reconstruct: error: {P}/pix54.star: row 1, field rlnImagePixelSize: the image {IMG}_data.mrc has "
+         "pixel size 10.8 Å in its header, the optics table says 5.4 Å"),
         # names and ranges
         ("reconstruct-sym-Q3", ["reconstruct", "--i", R, "--o", "Reconstruct/job1/merged.mrc", "--sym", "Q3"],
          f"subtomo reconstruct: error: field --sym: Symmetry: unknown symmetry 'Q3' (RELION point groups: {GROUPS}): "
@@ -192,7 +202,8 @@ def test_bad_input_one_line_exit_1_inputs_unchanged(project, monkeypatch, capsys
     before = digest(project)
     rc = main(argv)
     err = capsys.readouterr().err
-    assert err == expected.replace("{P}", str(project)) + "\n"
+    first = read_star(project / R)["particles"]["rlnImageName"].iloc[0]
+    assert err == expected.replace("{P}", str(project)).replace("{IMG}", Path(first).name[:-len("_data.mrc")]) + "\n"
     assert rc == 1
     assert digest(project) == before   # no input changed, nothing written (no file added or removed)
 
