@@ -248,3 +248,45 @@ def test_output_directory_read_only_for_real(project, monkeypatch, capsys):
             f"subtomo reconstruct: error: {project}/ro: field --o: directory is not writable (permission denied)\n")
     finally:
         locked.chmod(0o755)
+
+
+def test_internal_error_says_bug_and_where_the_traceback_is(project, monkeypatch, capsys):
+    import subtomo_nb.tasks.reconstruct as reconstruct
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("float division by zero")
+
+    monkeypatch.setattr(reconstruct, "reconstruct_particles", broken)
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("SUBTOMO_DEBUG", raising=False)
+    assert main(["reconstruct", "--i", R, "--o", "Reconstruct/job030/merged.mrc"]) == 70
+    log = project / "Reconstruct" / "job030" / "run.err"
+    assert capsys.readouterr().err == (
+        "subtomo reconstruct: internal error (this is a bug in subtomo_nb, please report it): ZeroDivisionError: "
+        "float division by zero; the traceback is in Reconstruct/job030/run.err (or rerun with SUBTOMO_DEBUG=1)\n")
+    text = log.read_text()
+    assert text.startswith("Traceback (most recent call last):") and "ZeroDivisionError" in text
+    shutil.rmtree(project / "Reconstruct" / "job030")
+
+
+def test_subtomo_debug_shows_the_traceback(project, monkeypatch):
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("SUBTOMO_DEBUG", "1")
+    before = digest(project)
+    with pytest.raises(Exception) as info:
+        main(["reconstruct", "--i", R, "--o", "Reconstruct/job1/merged.mrc", "--sym", "Q3"])
+    assert type(info.value).__name__ == "InputError" and "unknown symmetry 'Q3'" in str(info.value)
+    assert digest(project) == before
+
+
+def test_api_run_function_checks_first(project, tmp_path):
+    """The Python API's run functions go through the same check (an unknown symmetry, nothing written)."""
+    from subtomo_nb.io.errors import InputError
+    from subtomo_nb.jobs.runners import run_reconstruct
+
+    job = tmp_path / "Reconstruct" / "job031"
+    with pytest.raises(InputError, match=r"^field --sym: Symmetry: unknown symmetry 'Q3'"):
+        run_reconstruct({**__import__("subtomo_nb.jobs", fromlist=["get_job_type"]).get_job_type("reconstruct")
+                         .defaults(), "use_direct_entries": True, "in_particles": str(project / R), "sym_name": "Q3"},
+                        job, project_dir=project, progress=lambda event: None)
+    assert not job.exists()
