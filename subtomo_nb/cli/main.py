@@ -307,9 +307,16 @@ def _run_tutorial(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``subtomo <command>: error: ...``), exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``subtomo`` argument parser."""
-    parser = argparse.ArgumentParser(prog="subtomo", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="subtomo", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_simulate(sub)
     # job types come from the registry, so the CLI and the notebook forms cannot disagree

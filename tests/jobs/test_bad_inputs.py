@@ -290,3 +290,22 @@ def test_api_run_function_checks_first(project, tmp_path):
                          .defaults(), "use_direct_entries": True, "in_particles": str(project / R), "sym_name": "Q3"},
                         job, project_dir=project, progress=lambda event: None)
     assert not job.exists()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (REFINE + ["--healpix_order", "12"],
+     "subtomo refine: error: argument --healpix_order: invalid choice: 12 (choose from 0, 1, 2, 3, 4, 5, 6, 7, 8) "
+     "(see subtomo refine --help)"),
+    (["reconstruct", "--i", R, "--o", "Reconstruct/job1/merged.mrc", "--bogus"],
+     "subtomo: error: unrecognized arguments: --bogus (see subtomo --help)"),
+    (["reconstruct", "--i", R, "--o", "Reconstruct/job1/merged.mrc", "--sym"],
+     "subtomo reconstruct: error: argument --sym: expected one argument (see subtomo reconstruct --help)"),
+], ids=["healpix-order-13", "unknown-option", "option-without-value"])
+def test_command_line_errors_are_one_line_exit_2(project, monkeypatch, capsys, argv, expected):
+    monkeypatch.chdir(project)
+    before = digest(project)
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert capsys.readouterr().err == expected + "\n"
+    assert digest(project) == before
