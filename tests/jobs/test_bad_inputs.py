@@ -309,3 +309,17 @@ def test_command_line_errors_are_one_line_exit_2(project, monkeypatch, capsys, a
     assert info.value.code == 2
     assert capsys.readouterr().err == expected + "\n"
     assert digest(project) == before
+
+
+def test_gpu_with_a_gpu_warns_once_and_runs_on_the_cpu(project, monkeypatch):
+    """With a GPU visible, --gpu is not refused: one warning line (the CLI and run.out carry it)."""
+    import subtomo_nb.parallel.client as client
+    from subtomo_nb.cli.main import build_parser, refine_values
+    from subtomo_nb.jobs.validate import check_job
+
+    monkeypatch.setattr(client, "gpu_count", lambda: 1)
+    monkeypatch.chdir(project)
+    values = refine_values(build_parser().parse_args(REFINE + ["--gpu"]))
+    assert values["use_gpu"] is True
+    assert check_job("refine3d", values, project_dir=project) == [
+        "--gpu: this job's numerics run on the CPU; the GPUs are not used"]
