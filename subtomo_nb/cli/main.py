@@ -16,12 +16,63 @@ Sub-commands::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 from collections.abc import Sequence
 
 from subtomo_nb._memory import keep_freed_memory
 from subtomo_nb.io.errors import InputError
+
+#: Environment variable that shows the Python traceback of every error.
+DEBUG_ENV = "SUBTOMO_DEBUG"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that ``finally`` blocks and temporary files clean up."""
+
+
+def _check(job_type: str, args: argparse.Namespace, outputs: list, *, is_continue: bool = False) -> dict:
+    """The job values of a sub-command, through the one validation step (:func:`subtomo_nb.jobs.validate.check_job`).
+
+    Raises :class:`InputError` for the first problem; prints the warnings (one line each).
+    """
+    from subtomo_nb.jobs import values_from_args
+    from subtomo_nb.jobs.validate import check_job
+
+    values = values_from_args(job_type, args)
+    if job_type == "refine3d":
+        values = refine_values(args)
+    for line in check_job(job_type, values, project_dir=Path.cwd(), outputs=outputs, is_continue=is_continue):
+        print(f"subtomo {args.command}: warning: {line}", file=sys.stderr)
+        args._warnings = [*getattr(args, "_warnings", []), line]
+    return values
+
+
+def _in_job_dir(args: argparse.Namespace, job_dir: Path) -> None:
+    """Record the job directory (for the log of an internal error); temporary files and dask spill go inside it."""
+    from subtomo_nb.jobs.scratch import job_scratch
+
+    args._log_dir = job_dir
+    args._stack.enter_context(job_scratch(job_dir))
+
+
+def _check_directory(path: str, args: argparse.Namespace) -> None:
+    """The output project directory of simulate / tutorial: creatable, writable, not a file."""
+    from subtomo_nb.jobs.validate import check_output
+
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise InputError(p, "exists and is not a directory", field="--o")
+    check_output(p / "tomograms.star", {})
+    if getattr(args, "snr", None) is not None and not (args.snr > 0 and args.snr < float("inf")):
+        raise InputError(None, f"must be a positive number (got {args.snr:g})", field="--snr")
+    if getattr(args, "j", 1) < 1:
+        raise InputError(None, f"must be >= 1 (got {args.j})", field="--j")
 
 
 def _add_simulate(sub: argparse._SubParsersAction) -> None:
@@ -37,6 +88,7 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
 def _run_simulate(args: argparse.Namespace) -> int:
     from subtomo_nb.simulate import simulate_project, simulate_tiny_project
 
+    _check_directory(args.o, args)
     kwargs: dict = {"seed": args.seed}
     if args.noise_free:
         kwargs["snr"] = None
@@ -70,8 +122,12 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_extract(args: argparse.Namespace) -> int:
+    from subtomo_nb.jobs.validate import Output
     from subtomo_nb.tasks.extract import extract_subtomos
 
+    o = Path(args.o)
+    _check("extract", args, [o / "particles.star", o / "optimisation_set.star", Output(o / "Subtomograms", prefix=True)])
+    _in_job_dir(args, o)
     out = extract_subtomos(args.ios, args.tomograms, args.o, binning=args.bin, box=args.b, crop=args.crop,
                            max_dose=args.max_dose, min_frames=args.min_frames, stack2d=args.stack2d,
                            float16=args.float16, n_workers=args.j)
@@ -94,6 +150,15 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
 def _run_reconstruct(args: argparse.Namespace) -> int:
     from subtomo_nb.tasks.reconstruct import reconstruct_particles
 
+    o = Path(args.o)
+    if o.suffix.lower() not in (".mrc", ".map"):
+        raise InputError(o, "the output map must be an .mrc (or .map) file", field="--o")
+    stem = o.with_suffix("")
+    values = _check("reconstruct", args, [o, Path(f"{stem}_half1.mrc"), Path(f"{stem}_half2.mrc"), Path(f"{stem}_fsc.star")])
+    _in_job_dir(args, o.parent)
+    if values["binning"] != 1 or values["box_size"] not in (128, None):
+        print(f"subtomo reconstruct: warning: averaging at the particles' own box and binning; not applied: "
+              f"--bin {values['binning']:g} --b {values['box_size']}", file=sys.stderr)
     result = reconstruct_particles(args.i, args.o, sym=args.sym, ctf=args.ctf, pad=args.pad,
                                    n_workers=args.j, tomograms=args.tomograms)
     print(f"merged map: {result.merged_path}")
@@ -122,6 +187,8 @@ def _run_star_handler(args: argparse.Namespace) -> int:
     if not args.center:
         print("subtomo star-handler: only --center is implemented; nothing to do", file=sys.stderr)
         return 2
+    _check("recentre", args, [Path(args.o)])
+    _in_job_dir(args, Path(args.o).parent)
     out = recentre_star(args.i, args.o, (args.center_X, args.center_Y, args.center_Z),
                         ignore_optics=args.ignore_optics, angpix=args.angpix)
     print(f"re-centred particles: {out}")
@@ -152,6 +219,9 @@ def refine_values(args: argparse.Namespace) -> dict:
     values = values_from_args("refine3d", args)
     if getattr(args, "no_align_ref_sym", False):
         values["other_args"] = f"{values.get('other_args') or ''} --no_align_ref_sym".strip()
+    for flag in ("auto_iter_max", "random_seed"):
+        if getattr(args, flag, None) is not None:
+            values["other_args"] = f"{values.get('other_args') or ''} --{flag} {int(getattr(args, flag))}".strip()
     return values
 
 
@@ -160,14 +230,27 @@ def _run_refine(args: argparse.Namespace) -> int:
     from subtomo_nb.jobs.progress import ProgressLog
     from subtomo_nb.jobs.runners import run_refine
 
+    from subtomo_nb.jobs.validate import Output
+
     out = Path(args.o)
     job_dir = out.parent if out.name.startswith("run") else out
+    root = job_dir / (out.name if out.name.startswith("run") else "run")
+    is_continue = bool(getattr(args, "continue", None))
+    # a continued run reads its own run_itNNN files and writes the later ones beside them
+    values = _check("refine3d", args, [root.with_name(root.name + "_data.star")] if is_continue
+                    else [Output(root, prefix=True)], is_continue=is_continue)
     job_dir.mkdir(parents=True, exist_ok=True)
-    values = refine_values(args)
+    _in_job_dir(args, job_dir)
     log = ProgressLog(job_dir, forward=lambda event: print(event.format(), flush=True))
+    for line in getattr(args, "_warnings", []):
+        log.write(f"WARNING: {line}")
     client = _local_client(values)
     try:
         outputs = run_refine(values, job_dir, project_dir=Path.cwd(), progress=log, client=client)
+    except KeyboardInterrupt as exc:
+        log.write(f" ++++ {'terminated (SIGTERM)' if isinstance(exc, Terminated) else 'interrupted'}; "
+                  + _continue_hint(job_dir, root))
+        raise
     finally:
         _close(client)
     for key, value in outputs.items():
@@ -178,14 +261,24 @@ def _run_refine(args: argparse.Namespace) -> int:
 def _run_initial_model(args: argparse.Namespace) -> int:
     """``subtomo initial-model``: relion_refine --grad --denovo_3dref (VDAM), then align symmetry."""
     from subtomo_nb.initial_model.vdam import run_from_args
+    from subtomo_nb.jobs.validate import Output
 
+    out = Path(args.o)
+    job_dir = out.parent if out.name.startswith("run") else out
+    _check("initial_model", args, [Output(job_dir / "run", prefix=True), job_dir / "initial_model.mrc"])
+    _in_job_dir(args, job_dir)
     return int(run_from_args(args))
 
 
 def _run_align_symmetry(args: argparse.Namespace) -> int:
     """``subtomo align-symmetry``: relion_align_symmetry."""
-    from subtomo_nb.initial_model.align_symmetry import run_from_args
+    from subtomo_nb.initial_model.align_symmetry import OUTPUT_NAME, run_from_args
 
+    out = Path(args.o if args.o else OUTPUT_NAME)
+    if out.suffix.lower() not in (".mrc", ".map"):
+        out = out / OUTPUT_NAME
+    _check("align_symmetry", args, [out])
+    _in_job_dir(args, out.parent)
     return int(run_from_args(args))
 
 
@@ -205,6 +298,7 @@ def _add_tutorial(sub: argparse._SubParsersAction) -> None:
 def _run_tutorial(args: argparse.Namespace) -> int:
     from subtomo_nb.tasks.tutorial import run_tutorial
 
+    _check_directory(args.o, args)
     summary = run_tutorial(args.o, seed=args.seed, tiny=args.tiny, n_workers=args.j, refine=not args.skip_refine,
                            initial_model=args.initial_model,
                            progress=lambda event: print(event.format(), flush=True))
@@ -213,9 +307,16 @@ def _run_tutorial(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``subtomo <command>: error: ...``), exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``subtomo`` argument parser."""
-    parser = argparse.ArgumentParser(prog="subtomo", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="subtomo", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_simulate(sub)
     # job types come from the registry, so the CLI and the notebook forms cannot disagree
@@ -230,19 +331,93 @@ def build_parser() -> argparse.ArgumentParser:
             job_parser.add_argument("--no_align_ref_sym", action="store_true",
                                     help="not RELION's: refine a reference whose symmetry is off RELION's axes as it "
                                          "is, instead of aligning it first (run.out reports the check)")
+            job_parser.add_argument("--auto_iter_max", type=int, default=None,
+                                    help="relion_refine's --auto_iter_max: stop after this many iterations")
+            job_parser.add_argument("--random_seed", type=int, default=None,
+                                    help="relion_refine's --random_seed (half-set split)")
     _add_tutorial(sub)
     return parser
 
 
+def _continue_hint(job_dir: Path, root: Path) -> str:
+    """Which iteration a stopped refine finished last, and the command that continues it."""
+    # an iteration is finished when its state (written last, after the optimiser file) is there
+    done = sorted(p for p in job_dir.glob(f"{root.name}_it[0-9][0-9][0-9]_state.npz")
+                  if p.with_name(p.name.replace("_state.npz", "_optimiser.star")).is_file())
+    if not done:
+        return "no iteration finished; start the job again"
+    last = done[-1].with_name(done[-1].name.replace("_state.npz", "_optimiser.star"))
+    return (f"the last finished iteration is {int(last.name[len(root.name) + 3:len(root.name) + 6])}: continue with "
+            f"subtomo refine --continue {last} --o {root}")
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def _internal_error(args: argparse.Namespace, exc: BaseException) -> str:
+    """Write the traceback to the job's ``run.err`` (else a temporary file); returns where."""
+    log_dir = getattr(args, "_log_dir", None)
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if log_dir is not None and Path(log_dir).is_dir():
+        path = Path(log_dir) / "run.err"
+        with open(path, "a") as fh:
+            fh.write(text)
+        return str(path)
+    fd, name = tempfile.mkstemp(prefix=f"subtomo-{args.command}-", suffix=".log")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    return name
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``subtomo``; returns the exit status (bad input: 1 with one clear message)."""
+    """Run ``subtomo``; returns the exit status.
+
+    Bad input: 1, with one line naming the file, row and field (:class:`InputError`). An
+    unexpected error: 70, with one line saying that it is a bug and where its traceback is. Ctrl-C
+    (SIGINT): 130; SIGTERM: 143 (files written so far stay whole: every output is written under a
+    temporary name and renamed). ``SUBTOMO_DEBUG=1`` shows the Python traceback instead.
+    """
     args = build_parser().parse_args(argv)
     keep_freed_memory()   # jobs reuse the memory of their freed arrays (subtomo_nb._memory)
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    previous = signal.getsignal(signal.SIGTERM)
     try:
-        return int(args.func(args))
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread (main() called from a thread): keep the default
+        previous = None
+    args._stack = contextlib.ExitStack()
+    try:
+        with args._stack:
+            return int(args.func(args))
     except InputError as err:
+        if debug:
+            raise
         print(f"subtomo {args.command}: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as exc:
+        if debug:
+            raise
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"subtomo {args.command}: {what}; finished outputs are intact", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+    except OSError as err:
+        if debug:
+            raise
+        name = err.filename if err.filename is not None else "?"
+        print(f"subtomo {args.command}: error: {name}: {err.strerror or err}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if debug:
+            raise
+        where = _internal_error(args, exc)
+        print(f"subtomo {args.command}: internal error (this is a bug in subtomo_nb, please report it): "
+              f"{type(exc).__name__}: {exc}; the traceback is in {where} (or rerun with {DEBUG_ENV}=1)",
+              file=sys.stderr)
+        return 70
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

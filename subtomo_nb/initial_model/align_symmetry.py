@@ -769,8 +769,10 @@ def run_align_symmetry_job(
         ``{"map": job_dir / "aligned.mrc"}``.
     """
     from subtomo_nb.jobs.progress import Progress
+    from subtomo_nb.jobs.runners import preflight
 
     output = Path(job_dir) / OUTPUT_NAME
+    preflight("align_symmetry", values, job_dir, project_dir, progress, [output])
     _align_to_file(values, output, Path(project_dir), lambda msg: progress(Progress(message=msg)))
     progress(Progress(message=f"wrote {output.name}", fraction=1.0))
     return {"map": output}

@@ -671,6 +671,11 @@ def run_initial_model_job(
     if values.get("fn_cont"):
         raise InputError(what="continuing a stopped 3D initial reference run is not supported yet; "
                          "start a new job", path=values["fn_cont"], field="--continue")
+    from subtomo_nb.jobs.runners import preflight
+    from subtomo_nb.jobs.validate import Output
+
+    preflight("initial_model", values, job_dir, project_dir, progress,
+              [Output(Path(job_dir) / "run", prefix=True), Path(job_dir) / "initial_model.mrc"])
     opts = vdam_options(values, job_dir, project_dir)
     _, unused = parse_other_args(str(values.get("other_args", "") or ""))
     if unused:

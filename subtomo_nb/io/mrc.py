@@ -79,8 +79,8 @@ def read_header(path: str | os.PathLike) -> MapHeader:
     Raises
     ------
     InputError
-        If the file is missing, not an MRC file, has an unsupported mode, or is shorter than
-        its header says (truncated).
+        If the file is missing, not an MRC file, has an unsupported mode, or is shorter
+        (truncated) or longer than its header says.
     """
     p = Path(path)
     _check_exists(p)
@@ -103,6 +103,9 @@ def read_header(path: str | os.PathLike) -> MapHeader:
     size = p.stat().st_size
     if size < expected:
         raise InputError(p, f"truncated MRC file: {size} bytes, header needs {expected}")
+    if size > expected:  # as mrcfile's validator: the header's sizes do not describe this file
+        raise InputError(p, f"MRC file has {size} bytes, its header describes {expected} "
+                         f"(nx={nx}, ny={ny}, nz={nz}, mode {mode}, {nsymbt} extended-header bytes)")
     shape = (ny, nx) if nz == 1 else (nz, ny, nx)
     is_stack = nz > 1 and ispg == 0
     return MapHeader(shape=shape, voxel_size_A=voxel, mode=mode, is_stack=is_stack)

@@ -237,6 +237,11 @@ def validate_particles(pset: ParticleSet, path: str | os.PathLike | None = None,
     if not np.all((dims == 2) | (dims == 3)):
         i = int(np.flatnonzero((dims != 2) & (dims != 3))[0])
         raise InputError(p, f"image dimensionality {dims[i]:g} in data_optics is not 2 or 3", row=i + 1, field="rlnImageDimensionality")
+    if "rlnImagePixelSize" in optics.columns:  # given, it is the images' pixel size: no fall-back
+        pix = _numeric(p, optics, "rlnImagePixelSize", "optics")
+        if np.any(pix <= 0):
+            i = int(np.flatnonzero(pix <= 0)[0])
+            raise InputError(p, f"pixel size {pix[i]:g} in data_optics is not positive", row=i + 1, field="rlnImagePixelSize")
     for i in range(len(optics)):
         _optics_pixel_size(p, optics, i)
 

@@ -32,6 +32,7 @@ from .commands import format_command, relion_commands, subtomo_command, output_n
 from .params import JobType, from_relion_string, to_relion_string
 from .progress import ProgressCallback, ProgressLog
 from .registry import get_job_type, job_type_for_label, job_type_for_process
+from .scratch import job_scratch
 from .validate import validate
 
 __all__ = [
@@ -456,7 +457,8 @@ def run_job(
     try:
         fn = resolve_run_function(jt.run)
         keep_freed_memory()   # a job's E-step reuses its freed arrays (subtomo_nb._memory)
-        fn(v, d, project_dir=project, progress=log, client=client)
+        with job_scratch(d):  # temporary files and dask spill stay inside the job directory
+            fn(v, d, project_dir=project, progress=log, client=client)
     except KeyboardInterrupt:
         log.write(f" ++++ aborted after {time.time() - start:.1f} s")
         _touch(d / EXIT_ABORTED)

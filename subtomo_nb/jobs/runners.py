@@ -16,13 +16,39 @@ from typing import Any
 
 from .progress import Progress, ProgressCallback
 
-__all__ = ["run_extract", "run_reconstruct", "run_recentre", "run_refine", "refine_options", "input_path"]
+__all__ = ["run_extract", "run_reconstruct", "run_recentre", "run_refine", "refine_options", "input_path", "preflight"]
 
 
 def input_path(name: str, project_dir: str | os.PathLike) -> Path:
     """Absolute path of a project-relative input file name (``$VARS`` expanded)."""
     p = Path(os.path.expandvars(str(name)))
     return p if p.is_absolute() else Path(project_dir) / p
+
+
+def preflight(
+    job_type: str,
+    values: Mapping[str, Any],
+    job_dir: Path,
+    project_dir: Path,
+    progress: ProgressCallback,
+    outputs: list[Any],
+) -> None:
+    """The one validation step (:func:`subtomo_nb.jobs.validate.check_job`) of a run function.
+
+    Run functions called directly (the Python API) check their values, inputs and outputs before
+    any work, as :func:`~subtomo_nb.jobs.jobdir.run_job` and the ``subtomo`` commands do; warnings
+    (e.g. ``--gpu`` on a machine whose GPU the job does not use) become one progress line each.
+
+    Raises
+    ------
+    subtomo_nb.io.errors.InputError
+        The first problem, naming the file, row and field.
+    """
+    from .validate import check_job
+
+    for line in check_job(job_type, values, project_dir=project_dir, outputs=outputs,
+                          is_continue=bool(values.get("fn_cont"))):
+        progress(Progress(message=f"WARNING: {line}"))
 
 
 def _inputs(values: Mapping[str, Any], project_dir: Path) -> tuple[Path, Path | None]:
@@ -44,6 +70,11 @@ def run_extract(
     """Extract subtomos into ``job_dir`` (``particles.star``, ``optimisation_set.star``, ``Subtomograms/``)."""
     from subtomo_nb.tasks.extract import extract_subtomos
 
+    from .validate import Output
+
+    preflight("extract", values, job_dir, project_dir, progress,
+              [Path(job_dir) / "particles.star", Path(job_dir) / "optimisation_set.star",
+               Output(Path(job_dir) / "Subtomograms", prefix=True)])
     source, tomograms = _inputs(values, project_dir)
     progress(Progress(message=f"extracting from {source.name}", fraction=0.0))
     out = extract_subtomos(source, tomograms, job_dir, binning=values["binning"], box=values["box_size"],
@@ -65,6 +96,9 @@ def run_reconstruct(
     """Reconstruct particle into ``job_dir/merged.mrc`` (half maps and FSC beside it)."""
     from subtomo_nb.tasks.reconstruct import reconstruct_particles
 
+    from .validate import Output
+
+    preflight("reconstruct", values, job_dir, project_dir, progress, [Output(Path(job_dir) / "merged", prefix=True)])
     source, tomograms = _inputs(values, project_dir)
     ignored = [f"{k}={values[k]}" for k, default in (("binning", 1.0), ("crop_size", -1), ("snr", 0.0))
                if values[k] != default]
@@ -94,6 +128,7 @@ def run_recentre(
     """``relion_star_handler --center`` into ``job_dir/particles.star``."""
     from subtomo_nb.tasks.recentre import recentre_star
 
+    preflight("recentre", values, job_dir, project_dir, progress, [Path(job_dir) / "particles.star"])
     src = input_path(values["fn_in"], project_dir)
     centre = (values["center_x"], values["center_y"], values["center_z"])
     progress(Progress(message=f"re-centring {src.name} on ({centre[0]:g}, {centre[1]:g}, {centre[2]:g}) px"))
@@ -164,6 +199,12 @@ def run_refine(
 ) -> dict[str, Path]:
     """3D auto-refine into ``job_dir`` (``run_it*`` per iteration, ``run_class001.mrc`` etc. at the end)."""
     from subtomo_nb.refine.autorefine import AutoRefine
+
+    from .validate import Output
+
+    root = Path(job_dir) / "run"
+    preflight("refine3d", values, job_dir, project_dir, progress,
+              [Path(job_dir) / "run_data.star"] if values.get("fn_cont") else [Output(root, prefix=True)])
 
     def relay(event: dict) -> None:
         if event.get("kind") == "message":

@@ -12,7 +12,18 @@ What is checked (each message is keyed by the field's job.star key):
 * point-group names known to RELION (:func:`subtomo_nb.geometry.symmetry.point_group`);
 * the mask diameter fits in the box of the input particles (``rlnImageSize`` x pixel size of
   the optics table of the particle file, directly given or named by the optimisation set);
-* continue mode needs a ``_optimiser.star``; the initial model refuses MPI (as RELION).
+* continue mode needs a ``_optimiser.star``; the initial model refuses MPI (as RELION);
+* the contents of the inputs (:func:`check_inputs`): the particle set reads, is not empty and its
+  image files exist; references and masks are finite cubes with the particles' box and pixel size
+  (a header pixel size of 0 or 1 Å counts as unset, as RELION's ``--trust_ref_size``-less rule
+  that the map must match the first optics group); masks lie within [0, 1];
+* options we accept on RELION's form but do not implement (``--blush``, ``--helix``...) are
+  refused, naming them; ``--gpu`` without a usable GPU is refused.
+
+:func:`check_job` is the one step every entry point (``subtomo`` sub-commands, the forms, the
+Python job runners) goes through before any work: it adds the output checks (creatable, writable,
+never an input or a file the job reads) and raises the first problem as one
+:class:`~subtomo_nb.io.errors.InputError` naming the file, row and field.
 """
 
 from __future__ import annotations
@@ -21,14 +32,22 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Union
 
 from .params import JobType, coerce
 from .registry import get_job_type
 
-__all__ = ["validate", "particle_box"]
+if TYPE_CHECKING:
+    from subtomo_nb.io.errors import InputError
+
+__all__ = ["validate", "particle_box", "check_job", "check_output", "input_files", "Output"]
 
 _SYMMETRY_KEYS = ("sym_name", "relax_sym")
+
+#: Jobs that read 3D pseudo-subtomograms without a tomogram set (2D stacks need one: checked
+#: when the particles are read) or take it from an optimisation set (extract: checked then).
+_TOMOGRAMS_OPTIONAL = ("reconstruct", "extract")
 
 
 def _resolve(project_dir: Path, name: str) -> Path:
@@ -114,6 +133,7 @@ def validate(
     *,
     project_dir: str | os.PathLike = ".",
     is_continue: bool = False,
+    deep: bool = True,
 ) -> dict[str, str]:
     """Check job values; returns ``{key: message}`` for every problem (empty when all is well).
 
@@ -126,6 +146,8 @@ def validate(
         RELION project directory; relative file names are taken from it.
     is_continue : bool
         Validate for continue mode (needs "Continue from here").
+    deep : bool
+        Also read the inputs (:func:`check_inputs`): particle set, references, masks.
 
     Returns
     -------
@@ -133,8 +155,78 @@ def validate(
         Field key -> message. Messages start with the field's GUI label.
     """
     jt = get_job_type(job_type)
-    project = Path(project_dir)
-    errors: dict[str, str] = {}
+    found = _collect(jt, values, Path(project_dir), is_continue, deep, {}, [])
+    return {key: _labelled(jt, key, problem) for key, problem in found.items()}
+
+
+def _labelled(jt: JobType, key: str, problem: str | InputError) -> str:
+    from subtomo_nb.io.errors import InputError
+
+    if isinstance(problem, str):
+        return problem
+    label = jt.param(key).label.strip() if key in jt else key
+    return f"{label} {problem}"
+
+
+def _cli_field(jt: JobType, key: str) -> str:
+    """How the ``subtomo`` command line names a field (its first option), else its job.star key."""
+    from .commands import SINGLE_INPUT_JOBS
+
+    if jt.name in SINGLE_INPUT_JOBS and key in ("in_optimisation", "in_particles"):
+        return "--i"
+    if key in jt and jt.param(key).cli:
+        return jt.param(key).cli[0]
+    return key
+
+
+#: Options of RELION's forms that we accept but do not implement: key -> (refused when, flag, off).
+_UNSUPPORTED: dict[str, dict[str, tuple[Any, str, str]]] = {
+    "refine3d": {
+        "do_blush": (True, "--blush (Blush regularisation)", "No"),
+        "do_helix": (True, "--helix (helical reconstruction)", "No"),
+        "ctf_intact_first_peak": (True, "--ctf_intact_first_peak", "No"),
+        "do_solvent_fsc": (True, "--solvent_correct_fsc", "No"),
+        "relax_sym": ("nonempty", "--relax_sym", "empty"),
+        "do_queue": (True, "queue submission", "No"),
+    },
+    "initial_model": {"do_queue": (True, "queue submission", "No")},
+    "extract": {"do_queue": (True, "queue submission", "No")},
+    "reconstruct": {
+        "do_helix": (True, "helical symmetry (relion_helix_toolbox --impose)", "No"),
+        "snr": ("positive", "--SNR (Wiener filter)", "0"),
+        "crop_size": ("positive", "--crop", "-1"),
+        "do_queue": (True, "queue submission", "No"),
+    },
+    "recentre": {"do_queue": (True, "queue submission", "No")},
+    "align_symmetry": {"do_queue": (True, "queue submission", "No")},
+}
+
+
+def _refused(rule: Any, value: Any) -> bool:
+    if rule == "nonempty":
+        return bool(str(value).strip())
+    if rule == "positive":
+        return float(value) > 0
+    return value == rule
+
+
+def _collect(
+    jt: JobType,
+    values: Mapping[str, Any],
+    project: Path,
+    is_continue: bool,
+    deep: bool,
+    reads: dict[str, str],
+    warnings: list[str],
+) -> dict[str, str | InputError]:
+    """Every problem of a job's values: key -> labelled message, or the InputError of a file.
+
+    ``reads`` receives the files the job will read (real path -> what it is); ``warnings``
+    the lines to report without stopping the job.
+    """
+    from subtomo_nb.io.errors import InputError
+
+    errors: dict[str, str | InputError] = {}
 
     def err(key: str, text: str) -> None:
         if key not in errors:
@@ -172,9 +264,10 @@ def validate(
     for key in ("nr_mpi", "nr_threads", "nr_pool", "min_dedicated", "nr_iter", "nr_classes", "min_frames",
                 "helical_nr_asu", "nr_uniform"):
         positive(key, 1, strict=False)
-    for key in ("offset_step", "tau_fudge", "binning", "local_search_step"):
+    for key in ("offset_step", "tau_fudge", "local_search_step", "particle_diameter"):
         positive(key)
-    for key in ("particle_diameter", "offset_range", "ini_high"):
+    positive("binning", 1, strict=False)
+    for key in ("offset_range", "ini_high"):
         positive(key, 0, strict=False)
     if "box_size" in jt and "box_size" not in errors:
         if v["box_size"] < 2 or v["box_size"] % 2:
@@ -208,7 +301,7 @@ def validate(
                     "(give either an optimisation set or the direct entries, not both)")
             if "in_particles" in jt and not str(v["in_particles"]).strip():
                 err("in_particles", "is required with direct entries (no particle set given)")
-            if "in_tomograms" in jt and not str(v["in_tomograms"]).strip():
+            if "in_tomograms" in jt and not str(v["in_tomograms"]).strip() and jt.name not in _TOMOGRAMS_OPTIONAL:
                 err("in_tomograms", "is required with direct entries (no tomogram set given)")
         elif not has_set:
             if any_direct:
@@ -242,8 +335,27 @@ def validate(
         if p.key == "fn_cont" and not is_continue:
             continue
         path = _resolve(project, name)
-        if not path.is_file():
-            err(p.key, f"file not found: {name} (looked for {path})")
+        if not path.exists():
+            errors[p.key] = InputError(path, "file not found", field=_cli_field(jt, p.key))
+        elif not path.is_file():
+            errors[p.key] = InputError(path, "not a regular file", field=_cli_field(jt, p.key))
+        elif not os.access(path, os.R_OK):
+            errors[p.key] = InputError(path, "file is not readable (permission denied)", field=_cli_field(jt, p.key))
+        else:
+            reads.setdefault(os.path.realpath(path), p.label.strip().rstrip(":").strip())
+
+    # Options we do not implement are refused, naming them.
+    for key, (rule, flag, off) in _UNSUPPORTED.get(jt.name, {}).items():
+        if key in jt and key not in errors and _refused(rule, v[key]):
+            err(key, f"is refused: {flag} is not implemented by subtomo_nb; set it to {off}")
+    if "use_gpu" in jt and "use_gpu" not in errors and v["use_gpu"]:
+        from subtomo_nb.parallel.client import gpu_count
+
+        if gpu_count() < 1:
+            err("use_gpu", "needs a usable GPU, and none is visible to this process (no cupy or no CUDA "
+                "device): leave out --gpu (set it to No); the job runs on the CPU")
+        else:
+            warnings.append("--gpu: this job's numerics run on the CPU; the GPUs are not used")
 
     # Mask diameter against the box of the input particles.
     if "particle_diameter" in jt and "particle_diameter" not in errors and not is_continue:
@@ -256,4 +368,350 @@ def validate(
             if box > 0 and pixel > 0 and v["particle_diameter"] > box * pixel:
                 err("particle_diameter", f"{v['particle_diameter']:g} Å is larger than the particle box "
                     f"({box} px x {pixel:g} Å = {box * pixel:g} Å in {star.name})")
+    if deep and not errors:
+        check_inputs(jt, v, project, errors, reads, is_continue=is_continue)
     return errors
+
+
+# ----------------------------------------------------------------------------------------------
+# The contents of the inputs
+# ----------------------------------------------------------------------------------------------
+
+#: Job types whose input is a particle set with images (read as the job will read it).
+_PARTICLE_JOBS = ("refine3d", "initial_model", "reconstruct")
+
+#: A header pixel size RELION treats as unset (mrcfile writes 0, some programs 1).
+_UNSET_PIXEL = (0.0, 1.0)
+
+
+def _source(jt: JobType, v: Mapping[str, Any], project: Path) -> tuple[str, Path, Path | None] | None:
+    """(field key, particle file or optimisation set, tomogram set or None) of a job's particle input."""
+    if "use_direct_entries" in jt:
+        if v["use_direct_entries"]:
+            tomo = str(v.get("in_tomograms") or "").strip()
+            return "in_particles", _resolve(project, v["in_particles"]), (_resolve(project, tomo) if tomo else None)
+        if str(v["in_optimisation"]).strip():
+            return "in_optimisation", _resolve(project, v["in_optimisation"]), None
+        return None
+    if jt.name == "recentre" and str(v["fn_in"]).strip():
+        return "fn_in", _resolve(project, v["fn_in"]), None
+    return None
+
+
+def _image_files(pset: Any) -> dict[str, str]:
+    """Real paths of the image files a particle table names (rlnImageName, rlnCtfImage)."""
+    from subtomo_nb.io._paths import split_image_name
+    from subtomo_nb.io.particles import resolve_path
+
+    out: dict[str, str] = {}
+    for label in ("rlnImageName", "rlnCtfImage"):
+        if label in pset.particles.columns:
+            for name in set(map(str, pset.particles[label].tolist())):
+                out.setdefault(os.path.realpath(resolve_path(pset, split_image_name(name)[1])),
+                               f"{label} of {Path(pset.path).name}")
+    return out
+
+
+def _check_first_image(pset: Any, box: int, pixel: float) -> None:
+    """The first particle's image has the optics table's box and pixel size (its MRC header only).
+
+    3D pseudo-subtomograms are ``box``³; 2D stacks hold ``box`` x ``box`` images. A header pixel
+    size of 0 or 1 Å counts as unset.
+    """
+    from subtomo_nb.io._paths import split_image_name
+    from subtomo_nb.io.errors import InputError
+    from subtomo_nb.io.mrc import read_header
+    from subtomo_nb.io.particles import is_2d_stack, resolve_path
+
+    if len(pset.particles) == 0 or "rlnImageName" not in pset.particles.columns:
+        return
+    image = resolve_path(pset, split_image_name(str(pset.particles["rlnImageName"].iloc[0]))[1])
+    header = read_header(image)
+    shape = header.shape
+    ok = shape[-2:] == (box, box) if is_2d_stack(pset) else shape == (box, box, box)
+    if not ok:
+        raise InputError(pset.path, f"the image {image.name} holds shape {shape} [z, y, x], the optics table's "
+                         f"box is {box}", row=1, field="rlnImageSize")
+    pix = header.pixel_size_A
+    if pix not in _UNSET_PIXEL and abs(pix - pixel) > 1e-3 * pixel:
+        raise InputError(pset.path, f"the image {image.name} has pixel size {pix:g} Å in its header, the optics "
+                         f"table says {pixel:g} Å", row=1, field="rlnImagePixelSize")
+
+
+def check_map(
+    path: str | os.PathLike,
+    *,
+    box: int | None = None,
+    pixel_A: float | None = None,
+    mask: bool = False,
+    field: str | None = None,
+    particles: str | os.PathLike | None = None,
+) -> None:
+    """Check a reference map or mask against the particles it will be compared with.
+
+    The rule (RELION's, without ``--trust_ref_size`` resizing): a finite ``N x N x N`` map with the
+    particles' box ``N``; its pixel size equal to the particles' within 0.1 %, a header pixel
+    size of 0 or 1 Å counting as unset; a mask's values within [0, 1].
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    box : int, optional
+        The particles' box (pixels); not compared when None.
+    pixel_A : float, optional
+        The particles' pixel size (Å); not compared when None.
+    mask : bool
+        The map is a mask.
+    field : str, optional
+        Option that named the map (only used in messages of reading errors).
+    particles : str or os.PathLike, optional
+        The particle file the box and pixel size come from (named in the messages).
+
+    Raises
+    ------
+    InputError
+        Naming the map file.
+    """
+    from subtomo_nb.io.errors import InputError
+
+    from subtomo_nb.io.mrc import read_map
+
+    import numpy as np
+
+    data, pix = read_map(path)
+    of = f" of {Path(particles).name}" if particles is not None else ""
+    if data.ndim != 3 or len(set(data.shape)) != 1:
+        raise InputError(path, f"a cubic N x N x N map is required, the file holds shape {data.shape} [z, y, x]",
+                         field="nx, ny, nz")
+    if box is not None and data.shape[0] != box:
+        raise InputError(path, f"box {data.shape[0]} differs from the particles' box {box} (rlnImageSize{of})",
+                         field="nx, ny, nz")
+    if pixel_A is not None and pix not in _UNSET_PIXEL and abs(pix - pixel_A) > 1e-3 * pixel_A:
+        raise InputError(path, f"pixel size {pix:g} Å differs from the particles' {pixel_A:g} Å "
+                         f"(rlnImagePixelSize{of})", field="voxel size")
+    if mask:
+        lo, hi = float(np.min(data)), float(np.max(data))
+        if lo < -1e-6 or hi > 1 + 1e-6:
+            raise InputError(path, f"mask values must lie within [0, 1], found {lo:g} to {hi:g}")
+
+
+def check_inputs(
+    jt: JobType,
+    v: Mapping[str, Any],
+    project: Path,
+    errors: dict[str, str | InputError],
+    reads: dict[str, str],
+    *,
+    is_continue: bool = False,
+) -> None:
+    """Read the job's inputs as the job will and record the first problem of each field in ``errors``.
+
+    Particle sets must read (:func:`subtomo_nb.tasks.particle_data.load_particle_set`: every
+    image file named), have at least one particle and one box and pixel size; references and
+    masks pass :func:`check_map`. Files read are added to ``reads`` (real path -> what it is).
+    """
+    from subtomo_nb.io.errors import InputError
+
+    import pandas as pd
+
+    from subtomo_nb.io.star import read_star
+
+    if is_continue:
+        return
+    src = _source(jt, v, project)
+    box = pixel = None
+    particles_path: Path | None = None
+    if src is not None:
+        key, path, tomograms = src
+        try:
+            if jt.name in _PARTICLE_JOBS:
+                from subtomo_nb.tasks.particle_data import load_particle_set
+                from subtomo_nb.tasks.reconstruct import common_box_and_pixel
+
+                pset, tomo_set = load_particle_set(path, tomograms)
+                particles_path = Path(pset.path)
+                reads.setdefault(os.path.realpath(particles_path), "particle set")
+                if tomo_set is not None and getattr(tomo_set, "path", None) is not None:
+                    reads.setdefault(os.path.realpath(tomo_set.path), "tomogram set")
+                if len(pset.particles) == 0:
+                    raise InputError(particles_path, "the particle set is empty (no rows)", field="data_particles")
+                box, pixel = common_box_and_pixel(pset)
+                _check_first_image(pset, box, pixel)
+                reads.update({k: w for k, w in _image_files(pset).items() if k not in reads})
+            else:  # extract (picks) and recentre: the particle table only
+                blocks = read_star(path)
+                first = next(iter(blocks.values()), None)
+                particles_path = path
+                if isinstance(first, dict) and "rlnTomoParticlesFile" in first:
+                    from subtomo_nb.io.optimisation_set import read_optimisation_set
+
+                    oset = read_optimisation_set(path)
+                    particles_path = oset.resolve("rlnTomoParticlesFile")
+                    if particles_path is None:
+                        raise InputError(path, "optimisation set names no particle file", field="rlnTomoParticlesFile")
+                    if tomograms is None and oset.tomograms_file:
+                        tomograms = oset.resolve("rlnTomoTomogramsFile")
+                    blocks = read_star(particles_path)
+                reads.setdefault(os.path.realpath(particles_path), "particle set")
+                table = blocks.get("particles")
+                if not isinstance(table, pd.DataFrame):
+                    raise InputError(particles_path, "no data_particles table", field="data_particles")
+                if len(table) == 0:
+                    raise InputError(particles_path, "the particle set is empty (no rows)", field="data_particles")
+                if jt.name == "extract":
+                    from subtomo_nb.io.tomograms import read_tomograms
+
+                    if tomograms is None:
+                        raise InputError(path, "no tomogram set: give --tomograms or an optimisation set naming one",
+                                         field="rlnTomoTomogramsFile")
+                    read_tomograms(tomograms)
+                    reads.setdefault(os.path.realpath(tomograms), "tomogram set")
+        except InputError as exc:
+            errors[key] = exc
+            return
+    if jt.name == "refine3d":
+        for key, is_mask in (("fn_ref", False), ("fn_mask", True)):
+            name = str(v[key]).strip()
+            if name:
+                try:
+                    check_map(_resolve(project, name), box=box, pixel_A=pixel, mask=is_mask,
+                              particles=particles_path)
+                except InputError as exc:
+                    errors[key] = exc
+                    return
+    if jt.name == "align_symmetry" and str(v["fn_in"]).strip().lower().endswith((".mrc", ".map")):
+        try:
+            check_map(_resolve(project, v["fn_in"]))
+        except InputError as exc:
+            errors["fn_in"] = exc
+            return
+    if "particle_diameter" in jt and box is not None and pixel is not None and v["particle_diameter"] > box * pixel:
+        errors["particle_diameter"] = InputError(
+            particles_path, f"mask diameter {v['particle_diameter']:g} Å is larger than the particle box "
+            f"({box} px x {pixel:g} Å = {box * pixel:g} Å)", field=_cli_field(jt, "particle_diameter"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Outputs, and the one step before any work
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Output:
+    """A place a job writes: one file, or every name starting with a prefix (``run`` -> ``run_it001...``).
+
+    Attributes
+    ----------
+    path : pathlib.Path
+    prefix : bool
+        Every path whose name starts with ``path``'s (and anything under it) is written.
+    """
+
+    path: Path
+    prefix: bool = False
+
+
+OutputSpec = Union[str, os.PathLike, Output]
+
+
+def _writable_dir(path: Path) -> bool:
+    return os.access(path, os.W_OK | os.X_OK)
+
+
+def check_output(out: OutputSpec, reads: Mapping[str, str], *, field: str = "--o") -> None:
+    """Check that an output can be written and overwrites nothing the job reads.
+
+    Parameters
+    ----------
+    out : str or os.PathLike or Output
+    reads : mapping of str to str
+        Real paths of every file the job reads -> what it is.
+    field : str
+        The option that named the output (in messages).
+
+    Raises
+    ------
+    InputError
+        The output equals (or, for a prefix, would cover) an input; a parent is a file; the
+        nearest existing parent directory is not writable.
+    """
+    from subtomo_nb.io.errors import InputError
+
+    spec = out if isinstance(out, Output) else Output(Path(out))
+    path = Path(os.path.abspath(spec.path))
+    real = os.path.realpath(path)
+    for name, what in reads.items():
+        hit = name == real
+        if spec.prefix and not hit:
+            hit = os.path.basename(name).startswith(os.path.basename(real)) and os.path.dirname(name) == os.path.dirname(real)
+            hit = hit or name.startswith(real.rstrip(os.sep) + os.sep)
+        if hit:
+            raise InputError(spec.path, f"the output would overwrite an input the job reads ({what}: {name}); "
+                             "choose another output name", field=field)
+    if path.is_dir() and not spec.prefix:
+        raise InputError(spec.path, "the output is an existing directory; give a file name", field=field)
+    parent = path.parent
+    while not parent.exists():
+        if parent.is_symlink() or parent == parent.parent:
+            break
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise InputError(parent, f"is a file, not a directory: cannot create {path.parent} in it", field=field)
+    if not _writable_dir(parent):
+        raise InputError(parent, "directory is not writable (permission denied)", field=field)
+
+
+def input_files(job_type: str | JobType, values: Mapping[str, Any], *, project_dir: str | os.PathLike = ".") -> dict[str, str]:
+    """Every file a job reads (real path -> what it is): its file fields and what they name."""
+    jt = get_job_type(job_type)
+    reads: dict[str, str] = {}
+    _collect(jt, values, Path(project_dir), False, True, reads, [])
+    return reads
+
+
+def check_job(
+    job_type: str | JobType,
+    values: Mapping[str, Any],
+    *,
+    project_dir: str | os.PathLike = ".",
+    outputs: tuple[OutputSpec, ...] | list[OutputSpec] = (),
+    is_continue: bool = False,
+) -> list[str]:
+    """The one validation step before a job does any work.
+
+    Checks the values (:func:`validate`, reading the inputs), then every output: creatable,
+    writable, and never an input or a file the job reads.
+
+    Parameters
+    ----------
+    job_type : str or JobType
+    values : mapping
+        Job values (missing keys: defaults).
+    project_dir : str or os.PathLike
+    outputs : sequence of path or Output
+        What the job will write.
+    is_continue : bool
+
+    Returns
+    -------
+    list of str
+        Warnings to report (e.g. ``--gpu`` on a machine whose GPU the job does not use).
+
+    Raises
+    ------
+    InputError
+        The first problem, naming the file, row and field (for an option, the option).
+    """
+    from subtomo_nb.io.errors import InputError
+
+    jt = get_job_type(job_type)
+    reads: dict[str, str] = {}
+    warnings: list[str] = []
+    found = _collect(jt, values, Path(project_dir), is_continue, True, reads, warnings)
+    for key, problem in found.items():
+        if isinstance(problem, InputError):
+            raise problem
+        raise InputError(None, problem, field=_cli_field(jt, key))
+    for out in outputs:
+        check_output(out, reads)
+    return warnings

@@ -147,9 +147,14 @@ def matching_files(project_dir: str | os.PathLike, pattern: str, *, limit: int =
 def last_optimiser(job_dir: str | os.PathLike) -> Path | None:
     """The last iteration's ``*_optimiser.star`` of a job directory (None if there is none).
 
-    Files are ordered by their ``_itNNN`` number (files without one come last, by mtime).
+    Files are ordered by their ``_itNNN`` number (files without one come last, by mtime). When
+    some iterations have their saved state (``*_state.npz``, written after the optimiser file: the
+    iteration finished), only those count: a job killed while writing an iteration continues from
+    the one before.
     """
     files = list(Path(job_dir).glob("*_optimiser.star"))
+    finished = [p for p in files if p.with_name(p.name.replace("_optimiser.star", "_state.npz")).is_file()]
+    files = finished or files
     if not files:
         return None
 
@@ -560,12 +565,32 @@ class JobForm:
             self._set_status("stop requested: the job stops at its next progress event", "running")
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait for the background run; True if it has ended (or none was started)."""
+        """Wait for the background run; True if it has ended (or none was started).
+
+        Ctrl-C (the notebook's interrupt) while waiting stops the job as **Stop** does and waits
+        for it to end cleanly; the status then names the iteration it stopped at.
+        """
         thread = self._thread
         if thread is not None:
-            thread.join(timeout)
+            try:
+                thread.join(timeout)
+            except KeyboardInterrupt:
+                self.stop()
+                thread.join()
             return not thread.is_alive()
         return True
+
+    def stopped_message(self) -> str:
+        """What the status says after a stop: the job, its last finished iteration, and how to go on."""
+        where = self._relative(self.job_dir)
+        last = last_optimiser(self.job_dir) if self.job_dir is not None and self.job_dir.is_dir() else None
+        m = re.search(r"_it(\d+)", last.name) if last is not None else None
+        if m is None:
+            return f"stopped: {where} (RELION_JOB_EXIT_ABORTED) before any iteration finished"
+        text = f"stopped: {where} (RELION_JOB_EXIT_ABORTED) after iteration {int(m.group(1))}"
+        if self.can_continue():
+            text += f": press Continue to go on from {last.name}"
+        return text
 
     def _start(self, continue_dir: Path | None) -> bool:
         if self.running:
@@ -605,7 +630,7 @@ class JobForm:
         except JobStopped as exc:
             self.error = exc
             self.job_dir = continue_dir or self._new_job_dir() or self.job_dir
-            self._set_status(f"stopped: {self._relative(self.job_dir)} (RELION_JOB_EXIT_ABORTED)", "stopped")
+            self._set_status(self.stopped_message(), "stopped")
         except JobFailedError as exc:
             self.error = exc
             self.job_dir = exc.job_dir

@@ -185,7 +185,11 @@ def test_run_function_not_available_yet(project, monkeypatch):
     import dataclasses
 
     jt = dataclasses.replace(get_job_type("align_symmetry"), run="subtomo_nb.initial_model.nowhere.run_job")
-    (project / "map.mrc").write_bytes(b"\0" * 16)
+    import numpy as np
+
+    from subtomo_nb.io.mrc import write_map
+
+    write_map(project / "map.mrc", np.zeros((8, 8, 8), np.float32), 2.0)  # validation reads the map first
     job = run_job(jt, {"fn_in": "map.mrc", "sym_name": "C6"}, project, raise_errors=False)
     assert job.parent.name == "External" and (job / "RELION_JOB_EXIT_FAILURE").exists()
     assert "is not available" in (job / "run.out").read_text()

@@ -24,6 +24,8 @@ from subtomo_nb.jobs import (
 from subtomo_nb.jobs.sweep import final_fsc, plot_sweep, run_sweep, sweep_grid
 from subtomo_nb.simulate import simulate_tiny_project
 
+from ._helpers import write_particles
+
 distributed = pytest.importorskip("distributed")
 
 BOX, PIXEL = 32, 10.8  # the tiny project's particles: bin 4, box 32, 2.7 Å x 4
@@ -130,7 +132,7 @@ def test_failed_job_is_recorded_and_others_go_on(project: Path, monkeypatch: pyt
 
     monkeypatch.setattr(jobdir, "resolve_run_function", lambda dotted: fake_recentre)
     (project / "data").mkdir(exist_ok=True)
-    (project / "data" / "in.star").write_text("")
+    write_particles(project / "data" / "in.star")  # validation reads the particle table first
     rows: dict[int, dict] = {}
     with distributed.Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
         result = run_sweep("recentre", {"fn_in": "data/in.star"}, {"center_z": [1.0, 2.0, 3.0]}, project,

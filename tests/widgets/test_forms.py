@@ -142,7 +142,11 @@ def test_invalid_values_are_shown_and_start_nothing(project: Path) -> None:
     assert not (project / "Refine3D").exists()
     # fixing the values clears the messages
     form.set_values({"particle_diameter": 150, "sym_name": "C6"})
-    assert form.validate() == {} and form.messages["sym_name"].value == ""
+    errors = form.validate()
+    assert form.messages["sym_name"].value == ""
+    # the values pass; then the inputs are read as the job would: this stand-in table has no images
+    assert list(errors) == ["in_particles"]
+    assert errors["in_particles"].endswith("particles.star: field rlnImageName: required column missing from data_particles")
 
 
 def test_run_recentre_in_background(project: Path) -> None:
@@ -203,6 +207,55 @@ def test_stop_aborts_at_next_progress_event(project: Path, monkeypatch: pytest.M
     assert form.state == "stopped" and isinstance(form.error, JobStopped)
     assert (project / "Select" / "job001" / jobdir.EXIT_ABORTED).is_file()
     assert "stopped" in form.status.value
+
+
+class _CtrlCOnFirstJoin:
+    """Stands in for the form's thread: the first ``join`` is interrupted as Ctrl-C in a notebook is."""
+
+    def __init__(self, thread: threading.Thread) -> None:
+        self.thread, self.joins = thread, 0
+
+    def join(self, timeout: float | None = None) -> None:
+        self.joins += 1
+        if self.joins == 1:
+            raise KeyboardInterrupt
+        self.thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self.thread.is_alive()
+
+
+@pytest.mark.parametrize("how", ["stop button", "ctrl-c"])
+def test_stop_says_the_iteration_and_offers_to_continue(project: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        how: str) -> None:
+    """Stop (or Ctrl-C while waiting) after iteration 1: the status names it and Continue is enabled."""
+    started = threading.Event()
+    job = project / "Refine3D" / "job004"
+
+    def fake_run_job(job_type, values, project_dir, *, client=None, progress=None,  # noqa: ANN001, ANN202
+                     job_dir=None):
+        job.mkdir(parents=True)
+        write_job_star(job, "refine3d", values)
+        (job / "run_it001_optimiser.star").write_text("")
+        for i in range(2000):
+            progress(Progress(iteration=1, message="iteration 2 under way"))
+            started.set()
+            time.sleep(0.01)
+        raise AssertionError("the stop was not honoured")
+
+    monkeypatch.setattr(forms, "run_job", fake_run_job)
+    monkeypatch.setattr(forms, "validate_values", lambda *a, **k: {})  # the stand-in files are not read here
+    form = JobForm("refine3d", project, values={"use_direct_entries": True, "in_particles": "data/particles.star"})
+    assert form.run() and started.wait(WAIT_S)
+    if how == "stop button":
+        form.stop_button.click()
+    else:
+        form._thread = _CtrlCOnFirstJoin(form._thread)
+    assert form.wait(WAIT_S)
+    assert form.state == "stopped" and isinstance(form.error, JobStopped)
+    assert form.status.value == ("stopped: Refine3D/job004/ (RELION_JOB_EXIT_ABORTED) after iteration 1: "
+                                 "press Continue to go on from run_it001_optimiser.star")
+    assert not form.continue_button.disabled and not form.run_button.disabled and form.stop_button.disabled
 
 
 def test_continue_fills_last_optimiser_and_runs_in_place(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,56 @@
+"""Scratch space of a running job inside its own job directory.
+
+A job writes only inside its job directory: besides its outputs, the temporary files of the
+libraries it calls (Python's :mod:`tempfile`, used e.g. by the STAR reader) and the spill / scratch
+directory of dask workers started during the job (``temporary-directory``) go to
+``<job_dir>/.scratch``, which is removed when the job ends. A dask client handed in by the caller
+keeps the spill directory its workers were started with.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["SCRATCH", "job_scratch"]
+
+#: Name of the scratch directory inside a job directory.
+SCRATCH = ".scratch"
+
+_lock = threading.Lock()
+
+
+@contextmanager
+def job_scratch(job_dir: str | os.PathLike) -> Iterator[Path]:
+    """Send temporary files and dask spill to ``<job_dir>/.scratch`` while the block runs.
+
+    Parameters
+    ----------
+    job_dir : str or os.PathLike
+        The job directory (created if needed).
+
+    Yields
+    ------
+    pathlib.Path
+        The scratch directory; removed (with its contents) afterwards.
+    """
+    import dask
+
+    scratch = Path(job_dir).absolute() / SCRATCH
+    scratch.mkdir(parents=True, exist_ok=True)
+    with _lock:
+        previous = tempfile.tempdir
+        tempfile.tempdir = str(scratch)
+    try:
+        with dask.config.set({"temporary-directory": str(scratch)}):
+            yield scratch
+    finally:
+        with _lock:
+            if tempfile.tempdir == str(scratch):
+                tempfile.tempdir = previous
+        shutil.rmtree(scratch, ignore_errors=True)
