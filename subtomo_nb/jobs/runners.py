@@ -100,11 +100,6 @@ def run_reconstruct(
 
     preflight("reconstruct", values, job_dir, project_dir, progress, [Output(Path(job_dir) / "merged", prefix=True)])
     source, tomograms = _inputs(values, project_dir)
-    ignored = [f"{k}={values[k]}" for k, default in (("binning", 1.0), ("crop_size", -1), ("snr", 0.0))
-               if values[k] != default]
-    if ignored:
-        progress(Progress(message="averaging at the particles' own box and binning; not applied: "
-                          + ", ".join(ignored)))
     result = reconstruct_particles(source, Path(job_dir) / "merged.mrc", sym=values["sym_name"],
                                    ctf=values["do_ctf"], pad=values["pad"],
                                    n_workers=max(1, values["nr_threads"]), tomograms=tomograms)

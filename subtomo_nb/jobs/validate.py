@@ -195,6 +195,7 @@ _UNSUPPORTED: dict[str, dict[str, tuple[Any, str, str]]] = {
         "do_helix": (True, "helical symmetry (relion_helix_toolbox --impose)", "No"),
         "snr": ("positive", "--SNR (Wiener filter)", "0"),
         "crop_size": ("positive", "--crop", "-1"),
+        "binning": ("above1", "--bin (re-binning; the particles are averaged at their own extraction binning)", "1"),
         "do_queue": (True, "queue submission", "No"),
     },
     "recentre": {"do_queue": (True, "queue submission", "No")},
@@ -207,6 +208,8 @@ def _refused(rule: Any, value: Any) -> bool:
         return bool(str(value).strip())
     if rule == "positive":
         return float(value) > 0
+    if rule == "above1":
+        return float(value) > 1
     return value == rule
 
 

@@ -114,6 +114,9 @@ def _cases() -> list[tuple[str, list[str], str]]:
         ("reconstruct-crop", ["reconstruct", "--i", R, "--o", "Reconstruct/job1/merged.mrc", "--crop", "16"],
          "subtomo reconstruct: error: field --crop: Cropped box size (pix): is refused: --crop is not implemented by "
          "subtomo_nb; set it to -1"),
+        ("reconstruct-bin", ["reconstruct", "--i", R, "--o", "Reconstruct/job1/merged.mrc", "--bin", "2"],
+         "subtomo reconstruct: error: field --bin: Binning factor: is refused: --bin (re-binning; the particles are "
+         "averaged at their own extraction binning) is not implemented by subtomo_nb; set it to 1"),
         ("reconstruct-snr", ["reconstruct", "--i", R, "--o", "Reconstruct/job1/merged.mrc", "--SNR", "1"],
          "subtomo reconstruct: error: field --SNR: Wiener SNR constant: is refused: --SNR (Wiener filter) is not "
          "implemented by subtomo_nb; set it to 0"),
