@@ -12,7 +12,8 @@ What is checked (each message is keyed by the field's job.star key):
 * point-group names known to RELION (:func:`subtomo_nb.geometry.symmetry.point_group`);
 * the mask diameter fits in the box of the input particles (``rlnImageSize`` x pixel size of
   the optics table of the particle file, directly given or named by the optimisation set);
-* continue mode needs a ``_optimiser.star``; the initial model refuses MPI (as RELION).
+* continue mode needs a ``_optimiser.star``; the initial model refuses MPI (as RELION);
+* a dask scheduler file or a scheduler address, not both.
 """
 
 from __future__ import annotations
@@ -244,6 +245,14 @@ def validate(
         path = _resolve(project, name)
         if not path.is_file():
             err(p.key, f"file not found: {name} (looked for {path})")
+
+    # A dask cluster to attach to: a scheduler file or an address, not both.
+    if "scheduler_address" in jt and "scheduler_address" not in errors:
+        address = str(v["scheduler_address"]).strip()
+        if address and str(v.get("scheduler_file", "")).strip():
+            err("scheduler_address", "give a dask scheduler file or a scheduler address, not both")
+        elif address and ("://" in address and not address.split("://", 1)[1] or " " in address):
+            err("scheduler_address", f"{address!r} is not a dask scheduler address (tcp://host:port)")
 
     # Mask diameter against the box of the input particles.
     if "particle_diameter" in jt and "particle_diameter" not in errors and not is_continue:
