@@ -210,7 +210,7 @@ def scheduler_of(values: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def attach_client(scheduler_file: str | os.PathLike | None = None, scheduler_address: str | None = None, *,
-                  timeout: float = ATTACH_TIMEOUT) -> distributed.Client:
+                  timeout: float | None = None) -> distributed.Client:
     """A new client of a dask scheduler that runs elsewhere (started by hand, by SLURM, ...).
 
     Exactly one of ``scheduler_file`` and ``scheduler_address`` is given. The client is not
@@ -226,7 +226,8 @@ def attach_client(scheduler_file: str | os.PathLike | None = None, scheduler_add
         ``tcp://host:port`` (or ``tls://``, ``ucx://``...; a bare ``host:port`` means tcp), e.g.
         ``SLURMCluster(...).scheduler_address``.
     timeout
-        Seconds to wait for the scheduler to answer, and then for at least one worker.
+        Seconds to wait for the scheduler to answer, and then for at least one worker (default
+        :data:`ATTACH_TIMEOUT`).
 
     Returns
     -------
@@ -238,6 +239,7 @@ def attach_client(scheduler_file: str | os.PathLike | None = None, scheduler_add
         Both or neither given, the file missing or unreadable, the scheduler not answering, or no
         worker joining within ``timeout`` (one line naming the file / address).
     """
+    timeout = float(ATTACH_TIMEOUT if timeout is None else timeout)
     file = str(scheduler_file or "").strip()
     address = str(scheduler_address or "").strip()
     if file and address:
