@@ -32,12 +32,12 @@ def worker_env(**extra: str) -> dict[str, str]:
 
 
 def refine_values(extract_star: str | os.PathLike, reference: str | os.PathLike, **extra: Any) -> dict[str, Any]:
-    """The 3D auto-refine job values: the tiny project's truth as reference, 15° sampling, one
-    iteration before the final one (``--auto_iter_max 1``)."""
+    """The 3D auto-refine job values: the tiny project's truth as reference, 15° sampling, two
+    iterations, the second the final one (``--auto_iter_max 2``)."""
     values = {"in_optimisation": str(Path(extract_star).parent / "optimisation_set.star"), "fn_ref": str(reference),
               "sym_name": "C6", "particle_diameter": 230.0, "ini_high": 50.0, "auto_faster": True,
               "sampling": "15 degrees", "offset_range": 4.0, "offset_step": 1.0,
-              "other_args": "--auto_iter_max 1 --random_seed 1"}
+              "other_args": "--auto_iter_max 2 --random_seed 1"}
     values.update(extra)
     return values
 
