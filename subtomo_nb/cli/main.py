@@ -5,6 +5,8 @@ Sub-commands::
     subtomo simulate      --o DIR [--seed S] [--tiny] [--snr X | --noise_free]
     subtomo extract       --ios optimisation_set.star --o DIR --bin 4 --b 32 [--crop N] [--stack2d|--no_stack2d]
     subtomo reconstruct   --i particles.star --o map.mrc [--sym G] [--ctf] [--j N]
+                          [--scheduler_file F | --scheduler_address tcp://HOST:PORT] (also refine,
+                          initial-model: run the work on a dask cluster started elsewhere, e.g. by SLURM)
     subtomo star-handler  --i IN --o OUT --center --center_X x --center_Y y --center_Z z
     subtomo refine        --ios optimisation_set.star --ref map.mrc --o Refine3D/job004/run ...
     subtomo initial-model --ios optimisation_set.star --o InitialModel/job005/run --iter 100 ...
@@ -156,11 +158,15 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
     stem = o.with_suffix("")
     values = _check("reconstruct", args, [o, Path(f"{stem}_half1.mrc"), Path(f"{stem}_half2.mrc"), Path(f"{stem}_fsc.star")])
     _in_job_dir(args, o.parent)
-    if values["binning"] != 1 or values["box_size"] not in (128, None):
-        print(f"subtomo reconstruct: warning: averaging at the particles' own box and binning; not applied: "
-              f"--bin {values['binning']:g} --b {values['box_size']}", file=sys.stderr)
-    result = reconstruct_particles(args.i, args.o, sym=args.sym, ctf=args.ctf, pad=args.pad,
-                                   n_workers=args.j, tomograms=args.tomograms)
+    if values["box_size"] not in (128, None):
+        print(f"subtomo reconstruct: warning: averaging at the particles' own box; not applied: "
+              f"--b {values['box_size']}", file=sys.stderr)
+    from subtomo_nb.jobs.runners import _job_client
+
+    attach = {"scheduler_file": args.scheduler_file, "scheduler_address": args.scheduler_address, "nr_threads": args.j}
+    with _job_client(attach, None, lambda event: print(event.format(), flush=True)) as client:
+        result = reconstruct_particles(args.i, args.o, sym=args.sym, ctf=args.ctf, pad=args.pad,
+                                       n_workers=args.j, tomograms=args.tomograms, client=client)
     print(f"merged map: {result.merged_path}")
     if result.fsc is not None:
         print(f"half maps: {result.half_paths[0]} {result.half_paths[1]}")
@@ -198,8 +204,8 @@ def _run_star_handler(args: argparse.Namespace) -> int:
 def _local_client(values: dict) -> object | None:
     """A local dask cluster of ``--j`` workers (None for ``--j 1``: the job runs in this process)."""
     n = int(values.get("nr_threads", 1) or 1)
-    if n <= 1:
-        return None
+    if n <= 1 or values.get("scheduler_file") or values.get("scheduler_address"):
+        return None   # serial, or the job attaches to the cluster it is given (jobs.runners)
     from subtomo_nb.parallel import get_client
 
     return get_client(n_workers=n, dashboard_address=None)

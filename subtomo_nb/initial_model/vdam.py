@@ -696,19 +696,22 @@ def run_initial_model_job(
         elif event.get("kind") == "message":
             progress(Progress(message=event["message"]))
 
-    own = None
-    if client is None and opts.n_workers > 1:
-        from subtomo_nb.parallel import get_client
+    from subtomo_nb.jobs.runners import _job_client
 
-        client = own = get_client(opts.n_workers)
-    try:
-        job = InitialModel(opts, progress=relay, client=client)
-        job.run()
-    finally:
-        if own is not None:
-            from subtomo_nb.parallel import close_if_owned
+    with _job_client(values, client, progress, project_dir) as client:
+        own = None
+        if client is None and opts.n_workers > 1:
+            from subtomo_nb.parallel import get_client
 
-            close_if_owned(own)
+            client = own = get_client(opts.n_workers)
+        try:
+            job = InitialModel(opts, progress=relay, client=client)
+            job.run()
+        finally:
+            if own is not None:
+                from subtomo_nb.parallel import close_if_owned
+
+                close_if_owned(own)
     return dict(job.outputs)
 
 

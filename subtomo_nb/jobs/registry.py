@@ -148,8 +148,13 @@ def _compute(*, pad1: bool) -> list[Param]:
     return out
 
 
-def _running(*, mpi: bool, threads: bool, threads_cli: tuple[str, ...] = ("--j",)) -> list[Param]:
-    """RELION's Running tab (``RelionJob::initialise``), present on every job form."""
+def _running(*, mpi: bool, threads: bool, threads_cli: tuple[str, ...] = ("--j",),
+             scheduler: bool = False) -> list[Param]:
+    """RELION's Running tab (``RelionJob::initialise``), present on every job form.
+
+    ``scheduler``: also our two fields that attach the job to a dask cluster started elsewhere
+    (not RELION's; :func:`subtomo_nb.parallel.client.job_client`).
+    """
     out: list[Param] = []
     if mpi:
         out.append(Param("nr_mpi", "Number of MPI procs:", "Running", "int", 1,
@@ -181,6 +186,19 @@ def _running(*, mpi: bool, threads: bool, threads_cli: tuple[str, ...] = ("--j",
               "Extra command-line arguments appended to the program's command line as they are.",
               maps="appended verbatim"),
     ]
+    if scheduler:
+        out += [
+            Param("scheduler_file", "Dask scheduler file:", "Running", "file", "",
+                  "Run the work on the dask cluster whose scheduler wrote this file (dask scheduler "
+                  "--scheduler-file, dask-jobqueue's SLURMRunner); the job's files stay here. Empty: no cluster.",
+                  flag="--scheduler_file", maps="--scheduler_file F (subtomo only)", pattern="*.json",
+                  relion=False, cli=("--scheduler_file",)),
+            Param("scheduler_address", "OR: dask scheduler address:", "Running", "str", "",
+                  "Run the work on the dask cluster of this scheduler (tcp://host:port, e.g. a "
+                  "dask-jobqueue SLURMCluster's scheduler_address). Empty: no cluster.",
+                  flag="--scheduler_address", maps="--scheduler_address tcp://HOST:PORT (subtomo only)",
+                  relion=False, cli=("--scheduler_address",)),
+        ]
     return out
 
 
@@ -360,7 +378,7 @@ _REFINE_PARAMS = (
           flag="--helical_keep_tilt_prior_fixed", maps="Yes => --helical_keep_tilt_prior_fixed",
           active_if=("do_helix", True), cli=("--helical_keep_tilt_prior_fixed",), cli_kind="true"),
     *_compute(pad1=True),
-    *_running(mpi=True, threads=True),
+    *_running(mpi=True, threads=True, scheduler=True),
 )
 
 REFINE3D = JobType(
@@ -423,7 +441,7 @@ _INIMODEL_PARAMS = (
           cli=("--run_C1",), cli_kind="true", cli_off=("--no_run_C1",)),
     _sigma_tilt("Optimisation"),
     *_compute(pad1=False),
-    *_running(mpi=True, threads=True),
+    *_running(mpi=True, threads=True, scheduler=True),
 )
 
 INITIAL_MODEL = JobType(
@@ -542,7 +560,7 @@ _RECONSTRUCT_PARAMS = (
     Param("pad", "Padding factor:", "Average", "int", 2,
           "Oversampling of the Fourier grid. Not on RELION's form.",
           flag="--pad", maps="--pad N (subtomo only)", min=1, max=3, step=1, relion=False, cli=("--pad",)),
-    *_running(mpi=True, threads=True),
+    *_running(mpi=True, threads=True, scheduler=True),
 )
 
 RECONSTRUCT = JobType(

@@ -8,6 +8,7 @@ task modules are imported only when a job runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 from collections.abc import Mapping
@@ -49,6 +50,24 @@ def preflight(
     for line in check_job(job_type, values, project_dir=project_dir, outputs=outputs,
                           is_continue=bool(values.get("fn_cont"))):
         progress(Progress(message=f"WARNING: {line}"))
+
+
+def _job_client(values: Mapping[str, Any], client: Any, progress: ProgressCallback,
+                project_dir: str | os.PathLike | None = None) -> Any:
+    """:func:`subtomo_nb.parallel.client.job_client` reporting to the job's progress log.
+
+    A relative scheduler file name is relative to ``project_dir`` (RELION's working directory;
+    None: the current directory). Without a scheduler field and without a client, distributed is
+    not imported.
+    """
+    if client is None and not (values.get("scheduler_file") or values.get("scheduler_address")):
+        return contextlib.nullcontext(None)
+    from subtomo_nb.parallel.client import job_client
+
+    values = dict(values)
+    if values.get("scheduler_file") and project_dir is not None:
+        values["scheduler_file"] = str(input_path(values["scheduler_file"], project_dir))
+    return job_client(values, client, lambda line: progress(Progress(message=line)))
 
 
 def _inputs(values: Mapping[str, Any], project_dir: Path) -> tuple[Path, Path | None]:
@@ -100,9 +119,10 @@ def run_reconstruct(
 
     preflight("reconstruct", values, job_dir, project_dir, progress, [Output(Path(job_dir) / "merged", prefix=True)])
     source, tomograms = _inputs(values, project_dir)
-    result = reconstruct_particles(source, Path(job_dir) / "merged.mrc", sym=values["sym_name"],
-                                   ctf=values["do_ctf"], pad=values["pad"],
-                                   n_workers=max(1, values["nr_threads"]), tomograms=tomograms)
+    with _job_client(values, client, progress, project_dir) as client:
+        result = reconstruct_particles(source, Path(job_dir) / "merged.mrc", sym=values["sym_name"],
+                                       ctf=values["do_ctf"], pad=values["pad"],
+                                       n_workers=max(1, values["nr_threads"]), tomograms=tomograms, client=client)
     fsc = None if result.fsc is None else [float(x) for x in result.fsc]
     progress(Progress(message=f"wrote {result.merged_path.name}", resolution_A=result.resolution_A, fsc=fsc,
                       fraction=1.0))
@@ -211,7 +231,9 @@ def run_refine(
                               fsc=[float(x) for x in event["fsc"]], accuracy_rot_deg=float(event["acc_rot"]),
                               accuracy_trans_A=float(event["acc_trans_A"]), timings={"iteration": event["seconds"]}))
 
-    AutoRefine(refine_options(values, job_dir, project_dir), progress=relay, client=client).run()
+    options = refine_options(values, job_dir, project_dir)
+    with _job_client(values, client, progress, project_dir) as client:
+        AutoRefine(options, progress=relay, client=client).run()
     root = Path(job_dir)
     return {"map": root / "run_class001.mrc", "data": root / "run_data.star",
             "optimisation_set": root / "run_optimisation_set.star"}

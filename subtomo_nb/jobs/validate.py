@@ -24,6 +24,7 @@ What is checked (each message is keyed by the field's job.star key):
 Python job runners) goes through before any work: it adds the output checks (creatable, writable,
 never an input or a file the job reads) and raises the first problem as one
 :class:`~subtomo_nb.io.errors.InputError` naming the file, row and field.
+* a dask scheduler file or a scheduler address, not both.
 """
 
 from __future__ import annotations
@@ -359,6 +360,14 @@ def _collect(
                 "device): leave out --gpu (set it to No); the job runs on the CPU")
         else:
             warnings.append("--gpu: this job's numerics run on the CPU; the GPUs are not used")
+
+    # A dask cluster to attach to: a scheduler file or an address, not both.
+    if "scheduler_address" in jt and "scheduler_address" not in errors:
+        address = str(v["scheduler_address"]).strip()
+        if address and str(v.get("scheduler_file", "")).strip():
+            err("scheduler_address", "give a dask scheduler file or a scheduler address, not both")
+        elif address and ("://" in address and not address.split("://", 1)[1] or " " in address):
+            err("scheduler_address", f"{address!r} is not a dask scheduler address (tcp://host:port)")
 
     # Mask diameter against the box of the input particles.
     if "particle_diameter" in jt and "particle_diameter" not in errors and not is_continue:

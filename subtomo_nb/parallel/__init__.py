@@ -3,12 +3,22 @@
 The numerical core (``fourier``, ``refine``, ...) never imports this package; it drives them.
 
 * :func:`get_client` / :func:`close_if_owned` -- the user's client, or a local (CUDA) cluster.
+* :func:`attach_client` / :func:`job_client` / :func:`describe_cluster` -- a job on a cluster started
+  elsewhere (``--scheduler_file``, ``--scheduler_address``; SLURM through dask-jobqueue).
 * :class:`ParticleBatches` -- particles loaded once per job by tasks, kept on the workers.
 * :func:`run_half_estep` / :func:`run_halves_estep` -- one iteration's E-step of one / both
   half-sets, reproducible to the bit whatever the scheduling (and after a worker's death).
 """
 
-from subtomo_nb.parallel.client import close_if_owned, cuda_cluster_available, get_client, gpu_count
+from subtomo_nb.parallel.client import (
+    attach_client,
+    close_if_owned,
+    cuda_cluster_available,
+    describe_cluster,
+    get_client,
+    gpu_count,
+    job_client,
+)
 from subtomo_nb.parallel.estep import (
     HalfEStep,
     ParticleBatches,
@@ -23,6 +33,9 @@ __all__ = [
     "close_if_owned",
     "cuda_cluster_available",
     "gpu_count",
+    "attach_client",
+    "job_client",
+    "describe_cluster",
     "ParticleBatches",
     "HalfEStep",
     "submit_half_estep",

@@ -16,6 +16,12 @@
 Clients made in steps 3-4 are *owned* by subtomo_nb; :func:`close_if_owned` closes them (and their
 cluster) and leaves any other client alone.
 
+A job can also attach to a dask cluster started elsewhere (:func:`attach_client`, the jobs'
+``--scheduler_file`` / ``--scheduler_address``): the scheduler file that ``dask scheduler
+--scheduler-file F`` or dask-jobqueue's ``SLURMRunner`` writes, or the address of a running
+scheduler (``SLURMCluster(...).scheduler_address``). :func:`job_client` opens such a client for
+the length of one job and reports what it runs on (:func:`describe_cluster`) in ``run.out``.
+
 Running on an HPC cluster with dask-jobqueue (see ecosystem.md §3.5)::
 
     from dask_jobqueue import SLURMCluster
@@ -29,14 +35,27 @@ Running on an HPC cluster with dask-jobqueue (see ecosystem.md §3.5)::
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import sys
 import weakref
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import distributed
 
-__all__ = ["get_client", "close_if_owned", "gpu_count", "cuda_cluster_available"]
+from subtomo_nb.io.errors import InputError
+
+__all__ = ["get_client", "close_if_owned", "gpu_count", "cuda_cluster_available", "attach_client",
+           "describe_cluster", "job_client", "scheduler_of"]
+
+#: Seconds to wait for an attached scheduler (and for its first worker) before giving up.
+ATTACH_TIMEOUT = 30.0
+
+#: URL schemes of dask scheduler addresses (``distributed.comm`` protocols).
+_SCHEMES = ("tcp://", "tls://", "ucx://", "ws://", "wss://", "inproc://")
 
 #: Clients created (and therefore closed) by :func:`get_client`.
 _OWNED: "weakref.WeakSet[distributed.Client]" = weakref.WeakSet()
@@ -179,3 +198,154 @@ def close_if_owned(client: distributed.Client | None) -> bool:
     if cluster is not None:
         cluster.close()
     return True
+
+
+# ---------------------------------------------------------------------------------------------
+# attaching to a cluster started elsewhere
+# ---------------------------------------------------------------------------------------------
+def scheduler_of(values: Mapping[str, Any]) -> tuple[str, str]:
+    """The ``(scheduler_file, scheduler_address)`` of a job's values (empty strings when absent)."""
+    return (str(values.get("scheduler_file", "") or "").strip(),
+            str(values.get("scheduler_address", "") or "").strip())
+
+
+def attach_client(scheduler_file: str | os.PathLike | None = None, scheduler_address: str | None = None, *,
+                  timeout: float | None = None) -> distributed.Client:
+    """A new client of a dask scheduler that runs elsewhere (started by hand, by SLURM, ...).
+
+    Exactly one of ``scheduler_file`` and ``scheduler_address`` is given. The client is not
+    registered as owned (:func:`close_if_owned` leaves it alone) and is not made the default
+    client; close it with ``client.close()``, which leaves the scheduler and its workers running.
+
+    Parameters
+    ----------
+    scheduler_file
+        The JSON file ``dask scheduler --scheduler-file F`` or dask-jobqueue's ``SLURMRunner``
+        writes (on a file system this machine shares with the scheduler).
+    scheduler_address
+        ``tcp://host:port`` (or ``tls://``, ``ucx://``...; a bare ``host:port`` means tcp), e.g.
+        ``SLURMCluster(...).scheduler_address``.
+    timeout
+        Seconds to wait for the scheduler to answer, and then for at least one worker (default
+        :data:`ATTACH_TIMEOUT`).
+
+    Returns
+    -------
+    distributed.Client
+
+    Raises
+    ------
+    InputError
+        Both or neither given, the file missing or unreadable, the scheduler not answering, or no
+        worker joining within ``timeout`` (one line naming the file / address).
+    """
+    timeout = float(ATTACH_TIMEOUT if timeout is None else timeout)
+    file = str(scheduler_file or "").strip()
+    address = str(scheduler_address or "").strip()
+    if file and address:
+        raise InputError(None, what="give --scheduler_file or --scheduler_address, not both",
+                         field="--scheduler_address")
+    if not file and not address:
+        raise InputError(None, what="attaching to a dask cluster needs --scheduler_file or --scheduler_address",
+                         field="--scheduler_file")
+    if file:
+        path = Path(os.path.expandvars(file))
+        if not path.is_file():
+            raise InputError(file, what="dask scheduler file not found (start the scheduler with "
+                             "--scheduler-file first)", field="--scheduler_file")
+        try:
+            import json
+
+            info = json.loads(path.read_text())
+            target = str(info["address"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise InputError(file, what="not a dask scheduler file (a JSON object with an 'address')",
+                             field="--scheduler_file") from None
+        where, field = file, "--scheduler_file"
+    else:
+        if "://" not in address:
+            address = "tcp://" + address
+        if not address.startswith(_SCHEMES) or not address.split("://", 1)[1]:
+            raise InputError(None, what=f"{scheduler_address!r} is not a dask scheduler address "
+                             "(tcp://host:port)", field="--scheduler_address")
+        target, where, field = address, None, "--scheduler_address"
+    try:
+        client = distributed.Client(target, timeout=timeout, set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise InputError(where, what=f"no dask scheduler answers at {target} within {timeout:g} s ({exc})",
+                         field=field) from None
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except (TimeoutError, OSError):
+        client.close()
+        raise InputError(where, what=f"the dask scheduler at {target} has no worker after {timeout:g} s",
+                         field=field) from None
+    return client
+
+
+def _worker_device() -> dict[str, Any]:
+    """What a worker runs on (executed on each worker): its CUDA devices and whether it is dask-cuda's."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    return {"cuda_visible_devices": visible, "dask_cuda": "dask_cuda" in sys.modules,
+            "gpu": bool(visible) and visible not in ("-1", "NoDevFiles")}
+
+
+def describe_cluster(client: distributed.Client) -> str:
+    """One ``run.out`` line: the scheduler a job runs on, its workers, and the device they use.
+
+    A worker with CUDA devices (``CUDA_VISIBLE_DEVICES``, as ``LocalCUDACluster`` and
+    ``dask_cuda.CUDAWorker`` set it per worker) counts as a GPU worker. The E-step has only a numpy
+    backend so far, so GPU workers run it on the CPU, and the line says so.
+    """
+    info = client.scheduler_info()
+    workers = info.get("workers", {})
+    threads = sum(int(w.get("nthreads", 0)) for w in workers.values())
+    try:
+        devices = client.run(_worker_device, on_error="return")
+    except Exception:  # noqa: BLE001 - a worker leaving while asked: describe what is known
+        devices = {}
+    n_gpu = sum(1 for d in devices.values() if isinstance(d, dict) and d.get("gpu"))
+    head = (f"dask scheduler {info.get('address', client.scheduler.address)}: {len(workers)} worker"
+            f"{'s' if len(workers) != 1 else ''}, {threads} thread{'s' if threads != 1 else ''}")
+    if n_gpu:
+        return (f"{head}; {n_gpu} GPU worker{'s' if n_gpu != 1 else ''} (CUDA devices), but the E-step has no GPU "
+                "backend yet: all workers run on the CPU (numpy)")
+    return f"{head}; workers run on the CPU (numpy)"
+
+
+@contextlib.contextmanager
+def job_client(values: Mapping[str, Any], client: distributed.Client | None = None,
+               report: Callable[[str], None] | None = None) -> Iterator[distributed.Client | None]:
+    """The dask client of one job: attached to the job's scheduler, or the one given, or None.
+
+    With ``scheduler_file`` / ``scheduler_address`` in ``values`` a client of that scheduler is
+    opened for the job and closed afterwards (the cluster keeps running); it replaces ``client``.
+    Whatever client the job runs on is named through ``report`` (:func:`describe_cluster`).
+
+    Parameters
+    ----------
+    values
+        The job's values (``scheduler_file``, ``scheduler_address``; other keys ignored).
+    client
+        The client the job was handed (a notebook's, a ``--j N`` local cluster's), or None.
+    report
+        Called with the one-line description (e.g. the job's progress log).
+
+    Yields
+    ------
+    distributed.Client or None
+        None: the job runs in this process (serial).
+    """
+    file, address = scheduler_of(values)
+    own = attach_client(file or None, address or None) if (file or address) else None
+    active = own if own is not None else client
+    try:
+        if active is not None and report is not None:
+            report(describe_cluster(active))
+            threads = int(values.get("nr_threads", 1) or 1)
+            if own is not None and threads > 1:
+                report(f"--j {threads} not used: the attached cluster's workers do the work")
+        yield active
+    finally:
+        if own is not None:
+            own.close()

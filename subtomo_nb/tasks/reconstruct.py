@@ -95,10 +95,21 @@ def _batch_backprojection(pset: ParticleSet, rows: np.ndarray, box: int, pad: in
 
 
 def _accumulate(pset: ParticleSet, rows: np.ndarray, box: int, pad: int, ctf: bool, tomograms: object,
-                n_workers: int) -> BackProjector:
-    """Back-project ``rows`` with ``n_workers`` dask workers (threads) and sum the parts."""
+                n_workers: int, client: object = None) -> BackProjector:
+    """Back-project ``rows`` with ``n_workers`` dask workers (threads), or on ``client``'s cluster, and sum the parts.
+
+    On a cluster the rows go in one part per worker, and the parts are added in row order here.
+    """
     bp = BackProjector(box, pad=pad)
     if len(rows) == 0:
+        return bp
+    if client is not None:
+        n_parts = max(1, len(client.scheduler_info().get("workers", {})))
+        futures = [client.submit(_batch_backprojection, pset, chunk, box, pad, ctf, tomograms, pure=False)
+                   for chunk in np.array_split(rows, n_parts) if len(chunk)]
+        for d, w in client.gather(futures):
+            bp.data += d
+            bp.weight += w
         return bp
     if n_workers <= 1:
         bp.data, bp.weight = _batch_backprojection(pset, rows, box, pad, ctf, tomograms)
@@ -131,6 +142,7 @@ def reconstruct_particles(
     pad: int = 2,
     n_workers: int = 1,
     tomograms: str | os.PathLike | None = None,
+    client: object = None,
 ) -> ReconstructResult:
     """Reconstruct a map from particles with their current orientations and origins.
 
@@ -151,6 +163,9 @@ def reconstruct_particles(
         Number of parallel workers (``--j``).
     tomograms
         Tomogram set, needed for 2D stacks when ``star_path`` is a particle file.
+    client
+        A ``distributed.Client``: back-project on its cluster's workers (one part per worker and
+        half-set) instead of ``n_workers`` local threads. The maps are written here.
 
     Returns
     -------
@@ -170,7 +185,7 @@ def reconstruct_particles(
         halves = [np.flatnonzero(subset == 1), np.flatnonzero(subset == 2)]
     else:
         halves = [np.arange(len(tab))]
-    bps = [_accumulate(pset, rows, box, pad, ctf, tomo_set, n_workers) for rows in halves]
+    bps = [_accumulate(pset, rows, box, pad, ctf, tomo_set, n_workers, client) for rows in halves]
     for bp in bps:
         bp.symmetrise(ops)
     out_map.parent.mkdir(parents=True, exist_ok=True)
