@@ -75,17 +75,19 @@ def test_bad_scheduler_input_is_one_clear_error(tmp_path):
         attach_client(None, "127.0.0.1:9", timeout=2)
 
 
-def test_cli_error_is_one_line(tmp_path, capsys, monkeypatch):
+def test_cli_error_is_one_line(tmp_path, capsys, monkeypatch, tiny_project, tiny_extract_3d):
     import subtomo_nb.parallel.client as client_module
     from subtomo_nb.cli.main import main
 
     monkeypatch.setattr(client_module, "ATTACH_TIMEOUT", 2.0)
 
-    code = main(["reconstruct", "--i", str(tmp_path / "p.star"), "--o", str(tmp_path / "m.mrc"),
+    # the inputs pass the check before any work; the scheduler is what is wrong
+    code = main(["reconstruct", "--i", str(tiny_extract_3d), "--o", str(tmp_path / "m.mrc"),
                  "--scheduler_file", str(tmp_path / "none.json")])
     err = capsys.readouterr().err.strip()
-    assert code == 1 and err.count("\n") == 0 and "dask scheduler file not found" in err, err
-    code = main(["refine", "--ios", str(tmp_path / "o.star"), "--ref", str(tmp_path / "r.mrc"), "--o",
+    assert code == 1 and err.count("\n") == 0 and err.endswith("none.json: field --scheduler_file: file not found"), err
+    code = main(["refine", "--ios", str(tiny_extract_3d.parent / "optimisation_set.star"), "--ref",
+                 str(tiny_project["map"]), "--particle_diameter", "200", "--o",
                  str(tmp_path / "Refine3D" / "run"), "--scheduler_address", "tcp://127.0.0.1:9", "--j", "2"])
     err = capsys.readouterr().err.strip()
     # --j 2 with an address: no local cluster is made; the attach fails in one line
