@@ -204,6 +204,20 @@ _UNSUPPORTED: dict[str, dict[str, tuple[Any, str, str]]] = {
 }
 
 
+#: RELION's disc and memory options of relion_refine jobs: they change how RELION reads and
+#: exchanges data, never the results, and have no counterpart here (particles are read once into
+#: memory; dask exchanges the sums). A value other than the form's default is accepted, so a
+#: RELION command line can be pasted, with one warning line naming it (never in silence).
+_NO_EFFECT: dict[str, tuple[str, str]] = {
+    "do_parallel_discio": ("--no_parallel_disc_io", "every worker reads its own particles"),
+    "nr_pool": ("--pool", "particles are batched by the E-step itself"),
+    "do_preread_images": ("--preread_images", "particles are read once into memory anyway"),
+    "scratch_dir": ("--scratch_dir", "particles are read once into memory"),
+}
+# (--dont_combine_weights_via_disc is not listed: RELION's own job command always carries it, and
+# without it relion_refine combines through files; dask exchanges the sums either way.)
+
+
 def _refused(rule: Any, value: Any) -> bool:
     if rule == "nonempty":
         return bool(str(value).strip())
@@ -352,6 +366,10 @@ def _collect(
     for key, (rule, flag, off) in _UNSUPPORTED.get(jt.name, {}).items():
         if key in jt and key not in errors and _refused(rule, v[key]):
             err(key, f"is refused: {flag} is not implemented by subtomo_nb; set it to {off}")
+    if jt.name in ("refine3d", "initial_model"):
+        for key, (flag, why) in _NO_EFFECT.items():
+            if key in jt and key not in errors and v[key] != jt.param(key).default_value():
+                warnings.append(f"{flag}: accepted for RELION compatibility and has no effect here ({why})")
     if "use_gpu" in jt and "use_gpu" not in errors and v["use_gpu"]:
         from subtomo_nb.parallel.client import gpu_count
 

@@ -326,3 +326,20 @@ def test_gpu_with_a_gpu_warns_once_and_runs_on_the_cpu(project, monkeypatch):
     assert values["use_gpu"] is True
     assert check_job("refine3d", values, project_dir=project) == [
         "--gpu: this job's numerics run on the CPU; the GPUs are not used"]
+
+
+def test_relions_disc_and_memory_options_are_named_as_without_effect(project, monkeypatch):
+    """--pool, --preread_images, --scratch_dir...: accepted (a RELION command line pastes), one warning each."""
+    from subtomo_nb.cli.main import build_parser, refine_values
+    from subtomo_nb.jobs.validate import check_job
+
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("RELION_SCRATCH_DIR", raising=False)
+    assert check_job("refine3d", refine_values(build_parser().parse_args(REFINE)), project_dir=project) == []
+    values = refine_values(build_parser().parse_args(REFINE + ["--pool", "10", "--preread_images",
+                                                               "--dont_combine_weights_via_disc"]))
+    assert check_job("refine3d", values, project_dir=project) == [
+        "--pool: accepted for RELION compatibility and has no effect here (particles are batched by the E-step itself)",
+        "--preread_images: accepted for RELION compatibility and has no effect here (particles are read once into "
+        "memory anyway)",
+    ]
