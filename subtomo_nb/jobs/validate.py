@@ -292,6 +292,8 @@ def _collect(
             err("box_size", f"must be an even number of pixels (got {v['box_size']})")
         elif "crop_size" in jt and "crop_size" not in errors and v["crop_size"] > v["box_size"]:
             err("crop_size", f"must not exceed the box size {v['box_size']} (got {v['crop_size']})")
+        elif "crop_size" in jt and "crop_size" not in errors and v["crop_size"] > 0 and v["crop_size"] % 2:
+            err("crop_size", f"must be an even number of pixels (got {v['crop_size']})")
     if jt.name == "initial_model" and "nr_mpi" not in errors and v["nr_mpi"] > 1:
         err("nr_mpi", "must be 1: gradient refinement (VDAM) does not run with MPI, as in RELION")
 

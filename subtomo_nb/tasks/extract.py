@@ -294,7 +294,8 @@ def dose_insertion_mask(dose_weights: np.ndarray, cutoff_fraction: float = DOSE_
     y = np.arange(s)
     yy = np.where(y < s // 2, y, y - s).astype(np.float64)
     x = np.arange(sh)
-    xmax = np.sqrt(s * s / 4.0 - yy * yy)                           # |yy| <= s/2: never negative
+    r2 = s * s / 4.0 - yy * yy                                      # odd s: row -(s//2+1) has none
+    xmax = np.where(r2 >= 0, np.sqrt(np.maximum(r2, 0.0)), -1.0)
     cond = (x[None, :] <= xmax[:, None]) & (dw > cutoff_fraction)
     xrange = (cond * (x + 1)).max(axis=-1, keepdims=True)           # last kept x + 1, 0 if none
     return x < xrange
@@ -366,7 +367,7 @@ def stack2d_pseudo_subtomo(pset: ParticleSet, tset: TomogramSet, index: int) -> 
     rows = np.einsum("fij,jk->fik", P[frames, :3, :3], A[0])[:, :2, :]
     binning = subtomogram_binning(pset, group)
     data, ctf2, mult = stack_to_pseudo_subtomo(rfft2(imgs), c * c, rows, crop,
-                                               data_scale=float(np.sqrt(binning / crop)),
+                                               data_scale=relion_data_scale(crop, crop, binning),
                                                insert_mask=dose_insertion_mask(dw))
     return PseudoSubtomo(data=data.astype(np.float32), ctf2=ctf2.astype(np.float32),
                          multiplicity=mult.astype(np.float32))
@@ -535,6 +536,8 @@ def extract_subtomos(
     crop = box if crop is None or int(crop) <= 0 else int(crop)
     if crop > box:
         raise ValueError(f"crop ({crop}) larger than box ({box})")
+    if crop % 2 or box % 2:
+        raise ValueError(f"box ({box}) and crop ({crop}) must be even numbers of pixels")
     out = Path(out_dir).absolute()
     part_path, tomo_path, oset_in = _read_inputs(optimisation_set_or_particles, tomograms)
     tset = read_tomograms(tomo_path, require_tilt_series=True)

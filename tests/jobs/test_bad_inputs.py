@@ -168,6 +168,8 @@ def _cases() -> list[tuple[str, list[str], str]]:
          "subtomo extract: error: field --bin: Binning factor: must be >= 1 (got 0)"),
         ("extract-crop-beyond-box", EXTRACT + ["--crop", "48"],
          "subtomo extract: error: field --crop: Cropped box size (pix): must not exceed the box size 32 (got 48)"),
+        ("extract-odd-crop", EXTRACT + ["--crop", "23"],
+         "subtomo extract: error: field --crop: Cropped box size (pix): must be an even number of pixels (got 23)"),
         ("extract-into-the-project", [a if a != "Extract/job012" else "." for a in EXTRACT],
          "subtomo extract: error: particles.star: field --o: the output would overwrite an input the job reads "
          "(particle set: {P}/particles.star); choose another output name"),

@@ -212,7 +212,7 @@ def test_max_dose_and_min_frames_follow_relions_visibility(project: Path):
         pick = [j for j, f in enumerate(full_frames) if dose[f] <= 15.0]
         corr, scale, err = _agreement(mine, full[pick])
         assert corr > 0.99999 and abs(scale - 1) < 1e-4 and err < 1e-4, (name, corr, scale, err)
-    # 3D: the same tilts inserted; equal to RELION's 2D images of those tilts turned into a volume
+    # 3D: the same tilts inserted; equal to those 2D images (RELION's own, checked above) turned into a volume
     tset = read_tomograms(project / "tomograms.star")
     star3 = extract_subtomos(project / "optimisation_set.star", None, project / "ours_3d_dose15", binning=4, box=32,
                              stack2d=False, float16=False, max_dose=15.0)
