@@ -46,9 +46,7 @@ def _check(job_type: str, args: argparse.Namespace, outputs: list, *, is_continu
     from subtomo_nb.jobs import values_from_args
     from subtomo_nb.jobs.validate import check_job
 
-    values = values_from_args(job_type, args)
-    if job_type == "refine3d":
-        values = refine_values(args)
+    values = refine_values(args) if job_type == "refine3d" else values_from_args(job_type, args)
     for line in check_job(job_type, values, project_dir=Path.cwd(), outputs=outputs, is_continue=is_continue):
         print(f"subtomo {args.command}: warning: {line}", file=sys.stderr)
         args._warnings = [*getattr(args, "_warnings", []), line]
@@ -61,6 +59,11 @@ def _in_job_dir(args: argparse.Namespace, job_dir: Path) -> None:
 
     args._log_dir = job_dir
     args._stack.enter_context(job_scratch(job_dir))
+
+
+def _job_dir_of(out: Path) -> Path:
+    """The job directory of a refine / initial-model ``--o`` (``Job/jobNNN/run`` or ``Job/jobNNN``)."""
+    return out.parent if out.name.startswith("run") else out
 
 
 def _check_directory(path: str, args: argparse.Namespace) -> None:
@@ -163,8 +166,7 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
               f"--b {values['box_size']}", file=sys.stderr)
     from subtomo_nb.jobs.runners import _job_client
 
-    attach = {"scheduler_file": args.scheduler_file, "scheduler_address": args.scheduler_address, "nr_threads": args.j}
-    with _job_client(attach, None, lambda event: print(event.format(), flush=True)) as client:
+    with _job_client(values, None, lambda event: print(event.format(), flush=True)) as client:
         result = reconstruct_particles(args.i, args.o, sym=args.sym, ctf=args.ctf, pad=args.pad,
                                        n_workers=args.j, tomograms=args.tomograms, client=client)
     print(f"merged map: {result.merged_path}")
@@ -239,7 +241,7 @@ def _run_refine(args: argparse.Namespace) -> int:
     from subtomo_nb.jobs.validate import Output
 
     out = Path(args.o)
-    job_dir = out.parent if out.name.startswith("run") else out
+    job_dir = _job_dir_of(out)
     root = job_dir / (out.name if out.name.startswith("run") else "run")
     is_continue = bool(getattr(args, "continue", None))
     # a continued run reads its own run_itNNN files and writes the later ones beside them
@@ -270,7 +272,7 @@ def _run_initial_model(args: argparse.Namespace) -> int:
     from subtomo_nb.jobs.validate import Output
 
     out = Path(args.o)
-    job_dir = out.parent if out.name.startswith("run") else out
+    job_dir = _job_dir_of(out)
     _check("initial_model", args, [Output(job_dir / "run", prefix=True), job_dir / "initial_model.mrc"])
     _in_job_dir(args, job_dir)
     return int(run_from_args(args))
