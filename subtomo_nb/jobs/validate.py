@@ -416,6 +416,11 @@ _PARTICLE_JOBS = ("refine3d", "initial_model", "reconstruct")
 _UNSET_PIXEL = (0.0, 1.0)
 
 
+def _pixel_differs(header_A: float, expected_A: float) -> bool:
+    """A header pixel size that is set (not 0 or 1 Å) and differs from ``expected_A`` by more than 0.1 %."""
+    return header_A not in _UNSET_PIXEL and abs(header_A - expected_A) > 1e-3 * expected_A
+
+
 def _source(jt: JobType, v: Mapping[str, Any], project: Path) -> tuple[str, Path, Path | None] | None:
     """(field key, particle file or optimisation set, tomogram set or None) of a job's particle input."""
     if "use_direct_entries" in jt:
@@ -465,7 +470,7 @@ def _check_first_image(pset: Any, box: int, pixel: float) -> None:
         raise InputError(pset.path, f"the image {image.name} holds shape {shape} [z, y, x], the optics table's "
                          f"box is {box}", row=1, field="rlnImageSize")
     pix = header.pixel_size_A
-    if pix not in _UNSET_PIXEL and abs(pix - pixel) > 1e-3 * pixel:
+    if _pixel_differs(pix, pixel):
         raise InputError(pset.path, f"the image {image.name} has pixel size {pix:g} Å in its header, the optics "
                          f"table says {pixel:g} Å", row=1, field="rlnImagePixelSize")
 
@@ -518,7 +523,7 @@ def check_map(
     if box is not None and data.shape[0] != box:
         raise InputError(path, f"box {data.shape[0]} differs from the particles' box {box} (rlnImageSize{of})",
                          field="nx, ny, nz")
-    if pixel_A is not None and pix not in _UNSET_PIXEL and abs(pix - pixel_A) > 1e-3 * pixel_A:
+    if pixel_A is not None and _pixel_differs(pix, pixel_A):
         raise InputError(path, f"pixel size {pix:g} Å differs from the particles' {pixel_A:g} Å "
                          f"(rlnImagePixelSize{of})", field="voxel size")
     if mask:
