@@ -315,6 +315,19 @@ def _run_tutorial(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_at_least(low: int):
+    """An argparse type: an integer ``>= low`` (a bad value is the parser's one-line error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low} (got {value})")
+        return value
+    return parse
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line (``subtomo <command>: error: ...``), exit status 2."""
 
@@ -339,9 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
             job_parser.add_argument("--no_align_ref_sym", action="store_true",
                                     help="not RELION's: refine a reference whose symmetry is off RELION's axes as it "
                                          "is, instead of aligning it first (run.out reports the check)")
-            job_parser.add_argument("--auto_iter_max", type=int, default=None,
+            job_parser.add_argument("--auto_iter_max", type=_int_at_least(1), default=None,
                                     help="relion_refine's --auto_iter_max: stop after this many iterations")
-            job_parser.add_argument("--random_seed", type=int, default=None,
+            job_parser.add_argument("--random_seed", type=_int_at_least(0), default=None,
                                     help="relion_refine's --random_seed (half-set split)")
     _add_tutorial(sub)
     return parser

@@ -301,11 +301,15 @@ def test_api_run_function_checks_first(project, tmp_path):
     (REFINE + ["--healpix_order", "12"],
      "subtomo refine: error: argument --healpix_order: invalid choice: 12 (choose from 0, 1, 2, 3, 4, 5, 6, 7, 8) "
      "(see subtomo refine --help)"),
+    (REFINE + ["--auto_iter_max", "-3"],
+     "subtomo refine: error: argument --auto_iter_max: must be >= 1 (got -3) (see subtomo refine --help)"),
+    (REFINE + ["--random_seed", "x"],
+     "subtomo refine: error: argument --random_seed: not an integer: 'x' (see subtomo refine --help)"),
     (["reconstruct", "--i", R, "--o", "Reconstruct/job1/merged.mrc", "--bogus"],
      "subtomo: error: unrecognized arguments: --bogus (see subtomo --help)"),
     (["reconstruct", "--i", R, "--o", "Reconstruct/job1/merged.mrc", "--sym"],
      "subtomo reconstruct: error: argument --sym: expected one argument (see subtomo reconstruct --help)"),
-], ids=["healpix-order-13", "unknown-option", "option-without-value"])
+], ids=["healpix-order-12", "auto-iter-max-negative", "random-seed-not-int", "unknown-option", "option-without-value"])
 def test_command_line_errors_are_one_line_exit_2(project, monkeypatch, capsys, argv, expected):
     monkeypatch.chdir(project)
     before = digest(project)
