@@ -99,7 +99,10 @@ def _run_simulate(args: argparse.Namespace) -> int:
         kwargs["snr"] = None
     elif args.snr is not None:
         kwargs["snr"] = args.snr
-    paths = (simulate_tiny_project if args.tiny else simulate_project)(args.o, **kwargs)
+    if args.tiny:
+        paths = simulate_tiny_project(args.o, tutorial=True, **kwargs)
+    else:
+        paths = simulate_project(args.o, **kwargs)
     for key in ("project_dir", "tomograms", "particles", "optimisation_set", "mask", "map",
                 "particles_true", "n_particles"):
         print(f"{key}: {paths[key]}")
@@ -166,7 +169,9 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
               f"--b {values['box_size']}", file=sys.stderr)
     from subtomo_nb.jobs.runners import _job_client
 
-    with _job_client(values, None, lambda event: print(event.format(), flush=True)) as client:
+    from subtomo_nb.jobs.progress import ProgressPrinter
+
+    with _job_client(values, None, ProgressPrinter()) as client:
         result = reconstruct_particles(args.i, args.o, sym=args.sym, ctf=args.ctf, pad=args.pad,
                                        n_workers=args.j, tomograms=args.tomograms, client=client)
     print(f"merged map: {result.merged_path}")
@@ -235,7 +240,7 @@ def refine_values(args: argparse.Namespace) -> dict:
 
 def _run_refine(args: argparse.Namespace) -> int:
     """``subtomo refine``: relion_refine --auto_refine with RELION's flags; writes run.out beside run_*."""
-    from subtomo_nb.jobs.progress import ProgressLog
+    from subtomo_nb.jobs.progress import ProgressLog, ProgressPrinter
     from subtomo_nb.jobs.runners import run_refine
 
     from subtomo_nb.jobs.validate import Output
@@ -249,7 +254,7 @@ def _run_refine(args: argparse.Namespace) -> int:
                     else [Output(root, prefix=True)], is_continue=is_continue)
     job_dir.mkdir(parents=True, exist_ok=True)
     _in_job_dir(args, job_dir)
-    log = ProgressLog(job_dir, forward=lambda event: print(event.format(), flush=True))
+    log = ProgressLog(job_dir, forward=ProgressPrinter())
     for line in getattr(args, "_warnings", []):
         log.write(f"WARNING: {line}")
     client = _local_client(values)
@@ -304,14 +309,15 @@ def _add_tutorial(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_tutorial(args: argparse.Namespace) -> int:
-    from subtomo_nb.tasks.tutorial import run_tutorial
+    from subtomo_nb.jobs.progress import ProgressPrinter
+    from subtomo_nb.tasks.tutorial import run_tutorial, summary_lines
 
     _check_directory(args.o, args)
-    summary = run_tutorial(args.o, seed=args.seed, tiny=args.tiny, n_workers=args.j, refine=not args.skip_refine,
-                           initial_model=args.initial_model,
-                           progress=lambda event: print(event.format(), flush=True))
-    for key, value in summary.items():
-        print(f"{key}: {value}")
+    result = run_tutorial(args.o, seed=args.seed, tiny=args.tiny, n_workers=args.j, refine=not args.skip_refine,
+                          initial_model=args.initial_model, progress=ProgressPrinter())
+    print("\nsummary")
+    for line in summary_lines(result):
+        print(f"  {line}")
     return 0
 
 

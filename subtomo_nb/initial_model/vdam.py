@@ -718,13 +718,13 @@ def run_initial_model_job(
 def run_from_args(args: argparse.Namespace) -> int:
     """``subtomo initial-model``: relion_refine --grad --denovo_3dref with RELION's flags; run.out beside run_*."""
     from subtomo_nb.jobs import values_from_args
-    from subtomo_nb.jobs.progress import ProgressLog
+    from subtomo_nb.jobs.progress import ProgressLog, ProgressPrinter
 
     out = Path(args.o)
     job_dir = out.parent if out.name.startswith("run") else out
     job_dir.mkdir(parents=True, exist_ok=True)
     values = values_from_args("initial_model", args)
-    log = ProgressLog(job_dir, forward=lambda event: print(event.format(), flush=True))
+    log = ProgressLog(job_dir, forward=ProgressPrinter())
     outputs = run_initial_model_job(values, job_dir, project_dir=Path.cwd(), progress=log)
     for key, value in outputs.items():
         print(f"{key}: {value}")

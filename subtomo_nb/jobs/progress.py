@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -19,7 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Progress", "ProgressLog", "ProgressCallback", "read_progress", "RUN_OUT", "RUN_ERR", "PROGRESS_JSONL"]
+__all__ = ["Progress", "ProgressLog", "ProgressCallback", "read_progress", "RUN_OUT", "RUN_ERR", "PROGRESS_JSONL",
+           "ProgressPrinter"]
 
 RUN_OUT = "run.out"
 RUN_ERR = "run.err"
@@ -50,6 +52,10 @@ class Progress:
         Seconds spent per step (``{"E-step": 12.3, "M-step": 1.1}``).
     fraction : float or None
         Fraction of the job done (0-1), for progress bars.
+    particles_done, particles_total : int or None
+        Particles of the current iteration whose E-step has finished, out of how many (both
+        half-sets together). Such an event only moves a progress bar: :class:`ProgressLog` does
+        not record it in ``run.out`` (RELION's log has no line per batch either).
     time : float
         Wall-clock time of the event (``time.time()``).
     """
@@ -63,28 +69,35 @@ class Progress:
     accuracy_trans_A: float | None = None
     timings: Mapping[str, float] | None = None
     fraction: float | None = None
+    particles_done: int | None = None
+    particles_total: int | None = None
     time: float = field(default_factory=time.time)
 
+    @property
+    def is_particle_count(self) -> bool:
+        """Whether this event only reports the particles done in the current iteration."""
+        return self.particles_total is not None
+
     def format(self) -> str:
-        """The event as one human-readable ``run.out`` line."""
+        """The event as one human-readable ``run.out`` line (Å and degrees)."""
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.time))
         parts = []
         if self.iteration is not None:
             parts.append(f"iteration {self.iteration}")
         if self.resolution_A is not None:
-            parts.append(f"resolution {self.resolution_A:.2f} A")
+            parts.append(f"{self.resolution_A:.2f} Å")
         if self.accuracy_rot_deg is not None:
-            parts.append(f"accuracy rotations {self.accuracy_rot_deg:.3g} deg")
+            parts.append(f"angular accuracy {self.accuracy_rot_deg:.2f}°")
         if self.accuracy_trans_A is not None:
-            parts.append(f"accuracy translations {self.accuracy_trans_A:.3g} A")
-        if self.fsc is not None:
-            parts.append(f"FSC over {len(self.fsc)} shells")
-        if self.timings:
-            parts.append(", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items()))
-        if self.fraction is not None:
-            parts.append(f"{100 * self.fraction:.0f}% done")
+            parts.append(f"translational accuracy {self.accuracy_trans_A:.2f} Å")
         if self.message:
             parts.append(self.message)
+        if self.particles_total is not None:
+            parts.append(f"{self.particles_done}/{self.particles_total} particles")
+        if self.timings:
+            parts.append(", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items()))
+        if self.fraction is not None:
+            parts.append(f"{100 * self.fraction:.0f}% done")
         return f"[{stamp}] " + " | ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
@@ -139,6 +152,10 @@ class ProgressLog:
     def __call__(self, event: Progress | str) -> None:
         if isinstance(event, str):
             event = Progress(message=event)
+        if event.is_particle_count:
+            if self.forward is not None:
+                self.forward(event)
+            return
         line = event.format()
         record = json.dumps(event.to_json())
         with self._lock:
@@ -161,3 +178,78 @@ def read_progress(job_dir: str | Path) -> list[Progress]:
         if line:
             events.append(Progress.from_json(json.loads(line)))
     return events
+
+
+def _in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (where tqdm draws a widget bar)."""
+    shell = sys.modules.get("IPython")
+    try:
+        ip = shell.get_ipython() if shell is not None else None
+    except Exception:  # noqa: BLE001 - no IPython, or a broken one: plain text
+        return False
+    return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
+
+
+class ProgressPrinter:
+    """Show progress events as a person reads them: one line each, and a bar over the particles.
+
+    Events that only count the particles of an iteration
+    (:attr:`Progress.is_particle_count`) move a tqdm progress bar (a text bar on a terminal, a
+    widget in a notebook; none when the output is a file or a pipe, so logs stay clean); every
+    other event is printed as its :meth:`Progress.format` line.
+
+    Parameters
+    ----------
+    file : file object, optional
+        Where the lines go (default: ``sys.stdout`` at the time of each event).
+    bar : bool or None
+        Show the bar: True always, False never, None (default) on a terminal or in a notebook.
+    """
+
+    def __init__(self, file: Any = None, bar: bool | None = None) -> None:
+        self.file = file
+        self.bar = bar
+        self._bar: Any = None
+        self._key: tuple | None = None
+        self._lock = threading.Lock()
+
+    def _show_bar(self) -> bool:
+        if self.bar is not None:
+            return self.bar
+        return _in_notebook() or bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+    def __call__(self, event: Progress | str) -> None:
+        if isinstance(event, str):
+            event = Progress(message=event)
+        with self._lock:
+            if event.is_particle_count:
+                self._count(event)
+                return
+            self._close()
+            print(event.format(), file=self.file or sys.stdout, flush=True)
+
+    def _count(self, event: Progress) -> None:
+        if not self._show_bar():
+            return
+        key = (event.iteration, event.particles_total)
+        if self._bar is None or self._key != key:
+            self._close()
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=event.particles_total, desc=f"iteration {event.iteration}", unit="particle",
+                             leave=False, file=sys.stderr, disable=False)
+            self._key = key
+        self._bar.update(max(0, int(event.particles_done or 0) - self._bar.n))
+        if (event.particles_done or 0) >= (event.particles_total or 0):
+            self._close()
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+            self._key = None
+
+    def close(self) -> None:
+        """Close an open bar."""
+        with self._lock:
+            self._close()

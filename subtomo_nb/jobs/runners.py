@@ -213,7 +213,9 @@ def run_refine(
     client: Any = None,
 ) -> dict[str, Path]:
     """3D auto-refine into ``job_dir`` (``run_it*`` per iteration, ``run_class001.mrc`` etc. at the end)."""
+    from subtomo_nb.geometry.healpix import angular_step
     from subtomo_nb.refine.autorefine import AutoRefine
+    from subtomo_nb.refine.report import stop_report
 
     from .validate import Output
 
@@ -222,14 +224,21 @@ def run_refine(
               [Path(job_dir) / "run_data.star"] if values.get("fn_cont") else [Output(root, prefix=True)])
 
     def relay(event: dict) -> None:
-        if event.get("kind") == "message":
+        kind = event.get("kind")
+        if kind == "message":
             progress(Progress(message=str(event["message"])))
-        if event.get("kind") == "iteration":
-            progress(Progress(message=f"iteration {event['iteration']}: {event['resolution_A']:.2f} Å, "
-                              f"HEALPix order {event['healpix_order']}",
+        elif kind == "particles":
+            progress(Progress(iteration=int(event["iteration"]), particles_done=int(event["done"]),
+                              particles_total=int(event["of"])))
+        elif kind == "iteration":
+            order = int(event["healpix_order"])
+            progress(Progress(message=f"sampling {angular_step(order, 1):.2f}° (HEALPix order {order}, oversampled once)",
                               iteration=int(event["iteration"]), resolution_A=float(event["resolution_A"]),
                               fsc=[float(x) for x in event["fsc"]], accuracy_rot_deg=float(event["acc_rot"]),
-                              accuracy_trans_A=float(event["acc_trans_A"]), timings={"iteration": event["seconds"]}))
+                              accuracy_trans_A=float(event["acc_trans_A"]), timings={"time": event["seconds"]}))
+        elif kind == "finished":
+            for line in stop_report(event):
+                progress(Progress(message=line))
 
     options = refine_options(values, job_dir, project_dir)
     with _job_client(values, client, progress, project_dir) as client:

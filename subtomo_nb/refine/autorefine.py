@@ -284,6 +284,8 @@ class AutoRefine:
         self.opts = opts
         self.client = client  # a dask client (subtomo_nb.parallel.get_client), or None: serial
         self._batches = None  # ParticleBatches, made on the first parallel iteration
+        self.stop: dict = {}  # why the final iteration was final (set when it starts)
+        self._particles_done = self._particles_total = 0
         self.progress = progress or (lambda event: None)
         self.root = Path(opts.output_root)
         self.root.parent.mkdir(parents=True, exist_ok=True)
@@ -387,6 +389,19 @@ class AutoRefine:
         return s.has_fine_enough_sampling and s.nr_iter_wo_resol_gain >= 1 and (
             self.opts.auto_ignore_angles or s.nr_iter_wo_hidden_changes >= 1)
 
+    def _stop_record(self) -> dict:
+        """Why the iteration that starts now is the final one: RELION's criteria, as numbers."""
+        s, o = self.state, self.opts
+        converged = self._converged()
+        return {"reason": "converged" if converged else "iteration limit", "iteration": s.iteration,
+                "auto_iter_max": o.auto_iter_max, "fine_step_deg": s.sampling.fine_step,
+                "acc_rot_deg": s.acc_rot, "has_fine_enough_sampling": s.has_fine_enough_sampling,
+                "nr_iter_wo_resol_gain": s.nr_iter_wo_resol_gain,
+                "nr_iter_wo_hidden_changes": s.nr_iter_wo_hidden_changes,
+                "auto_ignore_angles": o.auto_ignore_angles, "change_orientations_deg": s.change_orientations,
+                "change_offsets_A": s.change_offsets_A, "offset_step_A": s.sampling.offset_step_A,
+                "best_resolution_A": s.best_resolution, "ini_high_A": o.ini_high}
+
     # ------------------------------------------------------------------ one iteration
     def _expectation_args(self, final: bool) -> dict:
         """Arguments of the batch E-step shared by every batch of this iteration."""
@@ -428,7 +443,9 @@ class AutoRefine:
             res = expectation_batch(proj, data, ctf2, mult, half.sigma2, s.sampling, prior[idx],
                                     backprojector=bp, coarse_cache=cache, **kw)
             out.append((idx, res))
-            self.progress({"kind": "batch", "iteration": s.iteration, "done": start + len(idx), "of": len(rows)})
+            self._particles_done += len(idx)
+            self.progress({"kind": "particles", "iteration": s.iteration, "done": self._particles_done,
+                           "of": self._particles_total})
         flush_rotation_sums(cache)
         return bp, out
 
@@ -442,8 +459,17 @@ class AutoRefine:
                                             tomograms=self.tomograms, batch_size=o.batch_size,
                                             dtype=self.dtype, name="refine")
         kw = self._expectation_args(final)
+        sizes = [len(self._batches.rows(i)) for i in range(len(self.halves))]
+        done = [0] * len(sizes)
+
+        def count(half: int, batches_done: int, batches_total: int) -> None:
+            # batches of a half-set hold batch_size particles each, the last one the rest
+            done[half] = min(batches_done * o.batch_size, sizes[half]) if batches_done < batches_total else sizes[half]
+            self.progress({"kind": "particles", "iteration": s.iteration, "done": sum(done),
+                           "of": self._particles_total})
+
         out = run_halves_estep(self.client, self._batches, [h.reference for h in self.halves],
-                               sigma2=[h.sigma2 for h in self.halves], sampling=s.sampling,
+                               sigma2=[h.sigma2 for h in self.halves], progress=count, sampling=s.sampling,
                                prior_angles=self._prior_angles(), origins_px=self.offsets_A / self.pix,
                                pad=o.pad, r_max=self._r_max(final), dtype=self.dtype, ctf=o.ctf, **kw)
         halves = []
@@ -490,8 +516,12 @@ class AutoRefine:
             self._update_sampling()
             if self._converged():
                 final = s.has_converged = True
+        if final:
+            self.stop = self._stop_record()
         self._update_sizes()
         self._changes: list = []
+        self._particles_done = 0
+        self._particles_total = sum(len(h.rows) for h in self.halves)
         if self.client is not None:
             estep = self._expectation_parallel(final)
         else:
@@ -602,5 +632,11 @@ class AutoRefine:
         finally:
             if self._batches is not None:
                 self._batches.release()
+        s = self.state
+        nyquist_shell = self.box // 2
+        self.progress({"kind": "finished", **self.stop, "resolution_A": s.current_resolution,
+                       "pixel_size_A": self.pix, "box": self.box,
+                       "fsc_at_nyquist": float(s.fsc[nyquist_shell]) if s.fsc is not None and len(s.fsc) > nyquist_shell
+                       else float("nan")})
         return self.state.history[-1]
 

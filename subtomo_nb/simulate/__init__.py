@@ -7,6 +7,6 @@ ground truth (map, mask, true orientations and origins). See :func:`simulate_pro
 
 from __future__ import annotations
 
-from subtomo_nb.simulate.project import DEFAULT_SNR, TINY, simulate_project, simulate_tiny_project
+from subtomo_nb.simulate.project import DEFAULT_SNR, TINY, TINY_TUTORIAL, simulate_project, simulate_tiny_project
 
-__all__ = ["simulate_project", "simulate_tiny_project", "TINY", "DEFAULT_SNR"]
+__all__ = ["simulate_project", "simulate_tiny_project", "TINY", "TINY_TUTORIAL", "DEFAULT_SNR"]

@@ -74,10 +74,27 @@ def particles_with_truth(extracted_star: str | os.PathLike, truth_star: str | os
     return out_star
 
 
+def _announce(progress: Any, text: str) -> None:
+    """Tell the user which stage starts now (a plain message event)."""
+    if progress is not None:
+        from subtomo_nb.jobs.progress import Progress
+
+        progress(Progress(message=text))
+
+
+def _relative(path: str | os.PathLike, project: Path) -> str:
+    """``path`` as RELION names files: relative to the project directory where it lies inside it."""
+    p = Path(path).resolve()
+    try:
+        return p.relative_to(project.resolve()).as_posix()
+    except ValueError:
+        return str(p)
+
+
 def run_tutorial(project_dir: str | os.PathLike = "tutorial", *, seed: int = 0, tiny: bool = False,
                  n_workers: int = 2, snr: float | None | str = "default", binning: int = 4,
                  box: int = 32, refine: bool = True, initial_model: bool = False,
-                 progress: Any = None) -> dict[str, object]:
+                 progress: Any = None) -> dict[str, Any]:
     """Simulate the synthetic project, extract at bin 4 and reconstruct with the true poses.
 
     Parameters
@@ -87,9 +104,11 @@ def run_tutorial(project_dir: str | os.PathLike = "tutorial", *, seed: int = 0, 
     seed
         Random seed of the simulation and of the half-set split.
     tiny
-        Use the tiny preset (seconds) instead of the default dataset.
+        Use the tiny tutorial preset (:data:`subtomo_nb.simulate.TINY_TUTORIAL`: one tomogram,
+        ~90 particles, the full dose-symmetric tilt series; under a minute on two cores) instead of
+        the default dataset.
     n_workers
-        Workers for extraction and reconstruction.
+        Workers for extraction, reconstruction and auto-refine (a local dask cluster).
     snr
         Signal-to-noise ratio of the tilt images; ``None`` for noise-free; ``"default"`` keeps
         the simulator's default.
@@ -103,53 +122,105 @@ def run_tutorial(project_dir: str | os.PathLike = "tutorial", *, seed: int = 0, 
         Make the reference first with the 3D initial reference job (VDAM, the tutorial's settings:
         100 mini-batches, T = 4, C6, tilt prior 10°) and refine from it.
     progress
-        Called with each job's progress events (:class:`subtomo_nb.jobs.progress.Progress`).
+        Called with a message as each stage starts and with each job's progress events
+        (:class:`subtomo_nb.jobs.progress.Progress`).
 
     Returns
     -------
-    dict with the paths written and the measured numbers (particles, resolutions, timings).
+    dict with the paths written (project-relative) and the measured numbers (particles,
+    resolutions in Å, pose errors, seconds per stage); :func:`summary_lines` turns it into text.
     """
     from subtomo_nb.simulate import simulate_project, simulate_tiny_project
 
     project = Path(project_dir)
-    t0 = time.perf_counter()
     kwargs: dict = {"seed": seed}
     if snr != "default":
         kwargs["snr"] = snr
-    sim = (simulate_tiny_project if tiny else simulate_project)(project, **kwargs)
-    t_sim = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    _announce(progress, f"simulating the {'tiny ' if tiny else ''}synthetic project in {project}/ "
+                        "(tilt series with CTF, dose weighting and noise; ground truth kept in ground_truth/)")
+    sim = simulate_tiny_project(project, tutorial=True, **kwargs) if tiny else simulate_project(project, **kwargs)
+    times = {"simulate": time.perf_counter() - t0}
     t1 = time.perf_counter()
     extract_dir = project / "Extract" / "job002"
+    _announce(progress, f"extracting {sim['n_particles']} pseudo-subtomograms at bin {binning}, box {box} "
+                        f"(Extract/job002/)")
     extracted = extract_subtomos(sim["optimisation_set"], None, extract_dir, binning=binning, box=box,
                                  stack2d=False, n_workers=n_workers)
-    t_ext = time.perf_counter() - t1
+    times["extract"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     rec_dir = project / "Reconstruct" / "job003"
+    _announce(progress, "reconstructing with the true orientations, the best these data allow (Reconstruct/job003/)")
     true_star = particles_with_truth(extracted, sim["particles_true"], rec_dir / "particles_true.star", seed=seed)
     oset = OptimisationSet({"rlnTomoParticlesFile": str(true_star), "rlnTomoTomogramsFile": str(sim["tomograms"])})
     write_optimisation_set(rec_dir / "optimisation_set.star", oset)
     result = reconstruct_particles(true_star, rec_dir / "merged.mrc", sym="C6", ctf=True, n_workers=n_workers)
-    t_rec = time.perf_counter() - t2
+    times["reconstruct"] = time.perf_counter() - t2
     merged, pix = read_map(result.merged_path)
     truth, _ = read_map(sim["map"])
     mask, _ = read_map(sim["mask"])
     fsc_truth = np.asarray(fsc(merged, truth, mask))
     n = merged.shape[0]
-    summary: dict[str, object] = {}
-    if refine:
-        summary = _initial_model_and_refine(project, sim, extract_dir, n_workers, progress, initial_model)
-    return {
-        "project": project,
+    out: dict[str, Any] = {
+        "project": str(project),
         "particles": int(len(read_star(true_star)["particles"])),
-        "pixel size (Å)": round(float(pix), 4),
-        "merged map": result.merged_path,
-        "half maps": " ".join(str(p) for p in result.half_paths),
-        "gold-standard resolution, FSC 0.143 (Å)": round(float(result.resolution_A), 2),
-        "resolution against the ground truth in the mask, FSC 0.143 (Å)":
-            round(float(resolution(fsc_truth, n, pix, 0.143)), 2),
-        "time simulate / extract / reconstruct (s)": f"{t_sim:.1f} / {t_ext:.1f} / {t_rec:.1f}",
-        **summary,
+        "pixel_size_A": float(pix),
+        "nyquist_A": 2.0 * float(pix),
+        "true_poses_map": _relative(result.merged_path, project),
+        "true_poses_resolution_A": float(result.resolution_A),
+        "true_poses_resolution_vs_truth_A": float(resolution(fsc_truth, n, pix, 0.143)),
+        "seconds": times,
     }
+    if refine:
+        out.update(_initial_model_and_refine(project, sim, extract_dir, n_workers, progress, initial_model, times))
+    return out
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    """The tutorial's closing summary, as text: what was reached against what was possible.
+
+    Paths are project-relative, resolutions in Å, and every number that is far from its
+    reference (the reconstruction with the true poses, the starting low-pass) says so.
+    """
+    nyq = result["nyquist_A"]
+    lines = [f"project {result['project']}/: {result['particles']} particles, pixel {result['pixel_size_A']:.2f} Å "
+             f"(Nyquist {nyq:.2f} Å)",
+             f"with the true orientations ({result['true_poses_map']}): {result['true_poses_resolution_A']:.2f} Å "
+             f"gold-standard (FSC 0.143), {result['true_poses_resolution_vs_truth_A']:.2f} Å against the ground truth"]
+    if "refined_map" in result:
+        res, ref_res = result["refined_resolution_A"], result["true_poses_resolution_A"]
+        ang, acc = result["median_angular_error_deg"], result["accuracy_rot_deg"]
+        if "initial_model" in result:
+            lines.append(f"initial model (VDAM): {result['initial_model']}")
+        lines.append(f"auto-refine ({result['refined_map']}): {res:.2f} Å gold-standard after "
+                     f"{result['iterations']} iterations"
+                     + (" (at Nyquist)" if res <= nyq * 1.001 else ""))
+        lines.append(f"refined poses against the truth: median angular error {ang:.2f}° (modulo C6), median "
+                     f"translation error {result['median_translation_error_px']:.2f} px; RELION's accuracy "
+                     f"estimate {acc:.2f}°")
+        ok = True
+        if res > 1.1 * ref_res:
+            ok = False
+            lines.append(f"WARNING: the refined map ({res:.2f} Å) is more than 10 % worse than the reconstruction "
+                         f"with the true orientations ({ref_res:.2f} Å)")
+        if res >= result["ini_high_A"]:
+            ok = False
+            lines.append(f"WARNING: the refined map ({res:.2f} Å) is no better than the reference's starting "
+                         f"low-pass ({result['ini_high_A']:g} Å)")
+        limit = 2.0 * max(acc, result["fine_step_deg"])
+        if ang > limit:
+            ok = False
+            lines.append(f"WARNING: the refined orientations are far from the truth: median error {ang:.2f}° is more "
+                         f"than twice the angular accuracy or sampling ({limit / 2:.2f}°)")
+        if ok:
+            lines.append("success: the refinement reached the resolution of the true orientations (within 10 %), "
+                         f"with a median angular error within twice its angular accuracy or sampling")
+    seconds = result["seconds"]
+    lines.append("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
+    if "refined_map" in result:
+        lines.append("next step: open notebooks/03_autorefine_and_analysis.ipynb, or look at "
+                     f"{result['refined_map']} with its mask (subtomo_nb.viewer.align_mask)")
+    return lines
 
 
 def pose_errors(data_star: str | os.PathLike, truth_star: str | os.PathLike, sym: str,
@@ -174,38 +245,59 @@ def pose_errors(data_star: str | os.PathLike, truth_star: str | os.PathLike, sym
 
 
 def _initial_model_and_refine(project: Path, sim: dict, extract_dir: Path, n_workers: int,
-                              progress: Any, initial_model: bool) -> dict[str, object]:
+                              progress: Any, initial_model: bool, times: dict[str, float]) -> dict[str, Any]:
     """[InitialModel (VDAM, tutorial preset), then] Refine3D (tutorial preset), numbered by the project."""
     from subtomo_nb.jobs.jobdir import run_job
     from subtomo_nb.parallel import close_if_owned, get_client
     from subtomo_nb.widgets.forms import PRESETS
 
-    out: dict[str, object] = {}
+    out: dict[str, Any] = {}
     oset = os.path.relpath((extract_dir / "optimisation_set.star").resolve(), project.resolve())
+    _announce(progress, f"starting a local dask cluster of {n_workers} workers")
     client = get_client(n_workers=n_workers, gpu="auto", dashboard_address=None)
+    refine_values = {**PRESETS["refine3d"]["tutorial"], "in_optimisation": oset, "nr_threads": n_workers}
     try:
-        t0 = time.perf_counter()
         if initial_model:
-            im_dir = run_job("initial_model", {**PRESETS["initial_model"]["tutorial"], "in_optimisation": oset},
+            t0 = time.perf_counter()
+            _announce(progress, "3D initial reference (VDAM, the tutorial's 100 mini-batches)")
+            im_dir = run_job("initial_model", {**PRESETS["initial_model"]["tutorial"], "in_optimisation": oset,
+                                               "nr_threads": n_workers},
                              project, client=client, progress=progress)
             ref = os.path.relpath((im_dir / "initial_model.mrc").resolve(), project.resolve())
-            out["initial model"] = im_dir / "initial_model.mrc"
+            out["initial_model"] = ref
+            times["initial model"] = time.perf_counter() - t0
         else:
             ref = os.path.relpath(Path(sim["map"]).resolve(), project.resolve())
-        t_im = time.perf_counter() - t0
         t1 = time.perf_counter()
-        rf_dir = run_job("refine3d", {**PRESETS["refine3d"]["tutorial"], "in_optimisation": oset, "fn_ref": ref},
-                         project, client=client, progress=progress)
-        t_rf = time.perf_counter() - t1
+        _announce(progress, f"3D auto-refine from {ref} low-passed to {refine_values['ini_high']:g} Å, "
+                            f"C6, mask {refine_values['particle_diameter']:g} Å")
+        rf_dir = run_job("refine3d", {**refine_values, "fn_ref": ref}, project, client=client, progress=progress)
+        times["auto-refine"] = time.perf_counter() - t1
     finally:
         close_if_owned(client)
     model = read_star(rf_dir / "run_model.star")
+    general = model["model_general"]
     final_map, pix = read_map(rf_dir / "run_class001.mrc")
     ang, trans = pose_errors(rf_dir / "run_data.star", sim["particles_true"], "C6", float(pix))
+    from subtomo_nb.jobs.progress import read_progress
+
+    iterations = [e for e in read_progress(rf_dir) if e.iteration is not None and e.resolution_A is not None]
+    sampling = read_star(rf_dir / "run_sampling.star")
     out["reference"] = ref
-    out["refined map"] = rf_dir / "run_class001.mrc"
-    out["final resolution (gold-standard FSC 0.143, Å)"] = round(float(model["model_general"]["rlnCurrentResolution"]), 2)
-    out["median angular error vs truth, modulo C6 (degrees)"] = round(float(np.median(ang)), 2)
-    out["median translation error vs truth (pixels)"] = round(float(np.median(trans)), 3)
-    out["time initial model / auto-refine (s)"] = f"{t_im:.1f} / {t_rf:.1f}"
+    out["refined_map"] = _relative(rf_dir / "run_class001.mrc", project)
+    out["refined_resolution_A"] = float(general["rlnCurrentResolution"])
+    out["iterations"] = len(iterations)
+    out["ini_high_A"] = float(refine_values["ini_high"])
+    optimiser = read_star(rf_dir / "run_optimiser.star")["optimiser_general"]
+    out["accuracy_rot_deg"] = float(optimiser["rlnOverallAccuracyRotations"])
+    out["fine_step_deg"] = _fine_step(sampling)
+    out["median_angular_error_deg"] = float(np.median(ang))
+    out["median_translation_error_px"] = float(np.median(trans))
     return out
+
+
+def _fine_step(sampling: dict) -> float:
+    """The final angular sampling step (degrees, oversampled once) of a ``run_sampling.star``."""
+    from subtomo_nb.geometry.healpix import angular_step
+
+    return angular_step(int(sampling["sampling_general"]["rlnHealpixOrder"]), 1)
