@@ -80,13 +80,24 @@ def _check_directory(path: str, args: argparse.Namespace) -> None:
         raise InputError(None, f"must be >= 1 (got {args.j})", field="--j")
 
 
+#: Signal-to-noise ratio of the simulator's tilt images (``subtomo_nb.simulate.project.DEFAULT_SNR``;
+#: not imported here, to keep ``subtomo --help`` fast; tests/cli/test_help.py checks that they agree).
+_SIMULATE_SNR = 1e-3
+
+
 def _add_simulate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("simulate", help="write the built-in synthetic tutorial project")
-    p.add_argument("--o", required=True, help="output project directory")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--tiny", action="store_true", help="a very small project (tests, demos)")
-    p.add_argument("--snr", type=float, default=None, help="signal-to-noise ratio per tilt image")
-    p.add_argument("--noise_free", action="store_true", help="no noise in the tilt images")
+    p = sub.add_parser("simulate", help="Write the built-in synthetic tutorial project",
+                       description="Write the built-in synthetic tutorial project: tilt series of virions "
+                                   "studded with a C6 particle, their tomogram set, the picked particles, an "
+                                   "optimisation set, the ground-truth map, a mask and the true poses.")
+    p.add_argument("--o", required=True, help="Output project directory (required)")
+    p.add_argument("--seed", type=int, default=0, help="Random seed of the simulation (default: 0)")
+    p.add_argument("--tiny", action="store_true",
+                   help="Write a very small project (one tomogram, nine tilts; for tests and demos) (default: off)")
+    p.add_argument("--snr", type=float, default=None,
+                   help=f"Signal-to-noise ratio per tilt image (default: {_SIMULATE_SNR:g})")
+    p.add_argument("--noise_free", action="store_true",
+                   help="Add no noise to the tilt images; wins over --snr (default: off)")
     p.set_defaults(func=_run_simulate)
 
 
@@ -296,15 +307,24 @@ def _run_align_symmetry(args: argparse.Namespace) -> int:
 
 
 def _add_tutorial(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tutorial", help="run the synthetic tutorial end to end and report the resolution")
-    p.add_argument("--o", default="tutorial", help="project directory")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--tiny", action="store_true", help="a very small project")
-    p.add_argument("--j", type=int, default=2, help="number of workers")
+    p = sub.add_parser("tutorial", help="Run the synthetic tutorial end to end and report the resolution",
+                       description="Run the synthetic tutorial end to end: simulate the project, extract the "
+                                   "particles at bin 4, reconstruct them with their true orientations, then "
+                                   "(unless --skip_refine) run 3D auto-refine from the ground-truth map, or from "
+                                   "a 3D initial reference with --initial_model; prints the resolutions.")
+    p.add_argument("--o", default="tutorial", help="Project directory (default: tutorial)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="Random seed of the simulation and of the half-set split (default: 0)")
+    p.add_argument("--tiny", action="store_true",
+                   help="Use a very small project (one tomogram, nine tilts) (default: off)")
+    p.add_argument("--j", type=int, default=2,
+                   help="Number of threads of the extraction and the reconstruction, and of dask worker processes "
+                        "of the local dask cluster that runs the initial model and the auto-refine (default: 2)")
     p.add_argument("--skip_refine", action="store_true",
-                   help="stop after the reconstruction with the true orientations (no auto-refine)")
+                   help="Stop after the reconstruction with the true orientations (no auto-refine) (default: off)")
     p.add_argument("--initial_model", action="store_true",
-                   help="make the auto-refine reference with the 3D initial reference job (VDAM) first")
+                   help="Make the auto-refine reference with the 3D initial reference job (VDAM) first, "
+                        "instead of using the ground-truth map (default: off)")
     p.set_defaults(func=_run_tutorial)
 
 
@@ -341,10 +361,32 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+#: ``subtomo --help``'s text (plain: argparse prints it as it is written, not as RST).
+_DESCRIPTION = ("Subtomogram averaging of RELION 5 tomography projects from the command line. Most "
+                "sub-commands run one RELION job, with RELION's option names and output files; simulate and "
+                "tutorial make and process a synthetic project.")
+_EPILOG = (f"Run 'subtomo SUB-COMMAND --help' for the options of a sub-command. {DEBUG_ENV}=1 shows the "
+           f"Python traceback of an error.")
+
+
+def version() -> str:
+    """The installed subtomo_nb version (the package's ``__version__`` when it is not installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("subtomo_nb")
+    except metadata.PackageNotFoundError:
+        import subtomo_nb
+
+        return str(getattr(subtomo_nb, "__version__", "unknown"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``subtomo`` argument parser."""
-    parser = _Parser(prog="subtomo", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="subtomo", description=_DESCRIPTION, epilog=_EPILOG)
+    parser.add_argument("--version", action="version", version=f"subtomo_nb {version()}",
+                        help="Print the version of subtomo_nb and exit")
+    sub = parser.add_subparsers(dest="command", required=True, title="sub-commands")
     _add_simulate(sub)
     # job types come from the registry, so the CLI and the notebook forms cannot disagree
     from subtomo_nb.jobs import build_argparser
@@ -356,12 +398,15 @@ def build_parser() -> argparse.ArgumentParser:
         job_parser.set_defaults(func=func)
         if name == "refine3d":
             job_parser.add_argument("--no_align_ref_sym", action="store_true",
-                                    help="not RELION's: refine a reference whose symmetry is off RELION's axes as it "
-                                         "is, instead of aligning it first (run.out reports the check)")
+                                    help="Not RELION's: refine a reference whose symmetry is off RELION's axes as "
+                                         "it is, instead of aligning it first (run.out reports the check) "
+                                         "(default: off: the reference is aligned to the symmetry axes)")
             job_parser.add_argument("--auto_iter_max", type=_int_at_least(1), default=None,
-                                    help="relion_refine's --auto_iter_max: stop after this many iterations")
+                                    help="relion_refine's --auto_iter_max: stop after this many iterations "
+                                         "(default: 999, in effect until converged)")
             job_parser.add_argument("--random_seed", type=_int_at_least(0), default=None,
-                                    help="relion_refine's --random_seed (half-set split)")
+                                    help="relion_refine's --random_seed: the seed of the half-set split "
+                                         "(default: 0)")
     _add_tutorial(sub)
     return parser
 

@@ -11,6 +11,12 @@ means Yes and absent means No; ``--firstiter_cc`` present means "Ref. map is on 
 greyscale? No". Fields with an explicit opposite flag (``--stack2d`` / ``--no_stack2d``) keep
 their default when neither is given. The flags RELION always adds (``--auto_refine``,
 ``--norm``...) are accepted and ignored, so a RELION command line can be pasted.
+
+Help texts are statements of what giving the option does (:attr:`Param.cli_help`, else
+:attr:`Param.help`, after the form's label unless that is a question), and every option's help
+ends with what its absence means, ``(default: ...)``, or ``(required)``. Options the job accepts
+for RELION compatibility but does not implement, or that have no effect here, say so (from
+:mod:`subtomo_nb.jobs.validate`'s tables).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +63,100 @@ def _to_cli(p: Param, value: Any) -> Any:
     return value
 
 
-def _help(p: Param) -> str:
-    text = f"{p.label.strip()} {p.help}"
-    return text.replace("%", "%%")
+#: Angular step (degrees) of HEALPix order n, as RELION's form writes it: 60 / 2**n, truncated
+#: (order n + 1 of the list is RELION's sampling choice n, the oversampled step of order n).
+_HEALPIX_STEPS = ("60", *(c.split()[0] for c in SAMPLING_CHOICES))
+
+#: What RELION's job gives the fixed flags that take a value (``jobs.commands``), and what they are.
+_FIXED_VALUES = {
+    "--oversampling": "1 (one adaptive oversampling step, which this job always uses)",
+    "--low_resol_join_halves": "40 (Å: half-maps joined below 40 Å, which this job always uses)",
+    "--pipeline_control": "the job directory (RELION's pipeline status files)",
+    "--theme": "classic (the look of RELION's tomography programs' output)",
+    "--j_out": "the --j value (RELION's outer threads; here --j sets the threads)",
+    "--j_in": "1 (RELION's inner threads)",
+    "--pad": "1 (no padding, which this job always uses)",
+    "--healpix_order": "1 (30° steps, oversampled to 15°, which this job always starts with)",
+    "--offset_range": "6 (pixels, which this job always uses)",
+    "--offset_step": "2 (pixels, which this job always uses)",
+}
+
+#: Fixed flags (without a value) that RELION's job gives only sometimes: when.
+_FIXED_FLAGS_WHEN = {
+    "--auto_resol_angles": "gives it with --auto_ignore_angles (which here sets both)",
+}
+
+#: Fixed flags the ``subtomo`` command needs (:attr:`JobType.subtomo_flags`): their help.
+_SUBTOMO_FLAGS = {
+    "--center": "Re-centre the particles on (--center_X, --center_Y, --center_Z), as relion_star_handler "
+                "--center; the only action implemented, so it must be given: without it nothing is done "
+                "(exit status 2) (default: off)",
+}
+
+
+def _statement(text: str) -> str:
+    text = text.strip()
+    return text if text.endswith((".", ")")) else text + "."
+
+
+def healpix_help() -> str:
+    """The HEALPix orders with their angular steps, for the help of a ``healpix`` option."""
+    orders = ", ".join(f"{n}: {_HEALPIX_STEPS[n]}°" for n in range(len(SAMPLING_CHOICES)))
+    return (f"ORDER is the HEALPix order n, an angular step of 60/2^n degrees ({orders}); it is searched "
+            f"with one oversampling step, down to half that step (RELION's form shows the halved step).")
+
+
+def _healpix_default(order: int) -> str:
+    return f"{order} = {_HEALPIX_STEPS[order]}°, oversampled to {_HEALPIX_STEPS[order + 1]}°"
+
+
+def _value_text(value: Any) -> str:
+    if value is None or value == "":
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _notes(p: Param, jt: JobType) -> list[str]:
+    """What the job does with an option besides its help: used only with another, refused, no effect."""
+    from .validate import _NO_EFFECT, _UNSUPPORTED
+
+    notes = []
+    if p.active_if is not None and p.active_if[0] in jt:
+        q = jt.param(p.active_if[0])
+        if q.cli and q.cli_kind in ("true", "false"):
+            given = q.cli_kind == "true"
+            notes.append(f"Used only {'with' if bool(p.active_if[1]) == given else 'without'} {q.cli[0]}.")
+    if p.key in _UNSUPPORTED.get(jt.name, {}):
+        notes.append("Not implemented by subtomo_nb: the job refuses it.")
+    if p.key in _NO_EFFECT and jt.name in ("refine3d", "initial_model"):
+        notes.append(f"Accepted for RELION compatibility; no effect here ({_NO_EFFECT[p.key][1]}).")
+    return notes
+
+
+def _help(p: Param, jt: JobType | None = None, *, default: str | None = None) -> str:
+    """The help of a field's option: what giving it does, notes, and what its absence means.
+
+    Parameters
+    ----------
+    p : Param
+    jt : JobType, optional
+        The job type (for the notes on options used only with another, refused or without effect).
+    default : str, optional
+        The text after ``default:``; None: ``(required)``.
+    """
+    label = p.label.strip()
+    text = _statement(p.cli_help or p.help)
+    if not p.cli_help and p.cli_kind not in ("true", "false", "gpu", "pad1") and not label.endswith("?"):
+        text = f"{label} {text}"   # the form's field name (with its unit), unless it is a GUI question
+    if p.cli_kind == "healpix":
+        text += " " + healpix_help()
+    parts = [text, *(_notes(p, jt) if jt is not None else [])]
+    parts.append("(required)" if default is None else f"(default: {default})")
+    return " ".join(parts).replace("%", "%%")
 
 
 def build_argparser(
@@ -92,50 +190,69 @@ def build_argparser(
     else:
         parser = argparse.ArgumentParser(prog=f"subtomo {jt.cli_name}", **kwargs)
     parser.add_argument("--o", required=require_output, default=None,
-                        help="output (job directory, or a file / rootname inside it, as RELION's --o)")
+                        help="Output: the job directory, or a file / rootname inside it, as RELION's --o "
+                             + ("(required)" if require_output else "(default: none)"))
     seen = {"--o"}
     for p in jt.params:
         if not p.cli:
             continue
         dest = p.dest
-        if p.key == "in_optimisation" and jt.name in SINGLE_INPUT_JOBS:
-            help_text = "input optimisation set, or a particle STAR file (with --tomograms for 2D stacks)"
-        else:
-            help_text = _help(p)
         kind = p.cli_kind
         absent = _absent(p)
+        if p.key == "in_optimisation" and jt.name in SINGLE_INPUT_JOBS:
+            p = replace(p, cli_help="Input optimisation set, or a particle STAR file (with --tomograms for 2D "
+                                    "stacks).")
         if kind in ("true", "false"):
             on = kind == "true"
-            parser.add_argument(*p.cli, dest=dest, action="store_const", const=on, default=absent, help=help_text)
             if p.cli_off:
+                # a pair: the flag whose state is the default says so, the other names it
+                is_default = on == absent
+                on_default = "on" if is_default else f"off; {p.cli_off[0]} is the default"
+                off_default = "on" if not is_default else f"off; {p.cli[0]} is the default"
+            else:
+                on_default = off_default = "off"
+            parser.add_argument(*p.cli, dest=dest, action="store_const", const=on, default=absent,
+                                help=_help(p, jt, default=on_default))
+            if p.cli_off:
+                off = replace(p, cli_help=p.cli_off_help or f"The opposite of {p.cli[0]}.")
                 parser.add_argument(*p.cli_off, dest=dest, action="store_const", const=not on,
-                                    help=f"opposite of {p.cli[0]}")
+                                    help=_help(off, jt, default=off_default))
         elif kind == "gpu":
             parser.add_argument(*p.cli, dest=dest, nargs="?", const="", default=None,
-                                help="use GPUs (optionally which: '0,1'); " + help_text)
+                                help=_help(p, jt, default="off"))
         elif kind == "pad1":
             parser.add_argument(*p.cli, dest=dest, type=int, default=2, choices=(1, 2),
-                                help="padding factor (1 = skip padding); " + help_text)
+                                help=_help(p, jt, default="2"))
         elif kind == "healpix":
-            parser.add_argument(*p.cli, dest=dest, type=int, default=_to_cli(p, absent),
-                                choices=range(len(SAMPLING_CHOICES)), metavar="ORDER", help=help_text)
+            order = _to_cli(p, absent)
+            parser.add_argument(*p.cli, dest=dest, type=int, default=order,
+                                choices=range(len(SAMPLING_CHOICES)), metavar="ORDER",
+                                help=_help(p, jt, default=_healpix_default(order)))
         else:
             default = _to_cli(p, absent)
             if p.type == "file" and default == "":
                 default = None  # as the hand-written CLI: an absent file option is None
             required = require_output and p.key in _REQUIRED_INPUTS.get(jt.name, ())
             parser.add_argument(*p.cli, dest=dest, type=_TYPES[p.type], default=default, required=required,
-                                help=help_text)
+                                help=_help(p, jt, default=None if required else _value_text(default)))
         seen.update(p.cli + p.cli_off)
     for flag, nargs in jt.fixed_flags:
         if flag in seen:
             continue
         dest = flag.lstrip("-")
-        if nargs == 0:
-            parser.add_argument(flag, dest=dest, action="store_true", help="always set by RELION; accepted")
+        if nargs == 0 and flag in jt.subtomo_flags:
+            parser.add_argument(flag, dest=dest, action="store_true", help=_SUBTOMO_FLAGS[flag])
+        elif nargs == 0:
+            given = _FIXED_FLAGS_WHEN.get(flag, "always gives it")
+            parser.add_argument(flag, dest=dest, action="store_true",
+                                help=f"RELION's job {given}: accepted, so that a RELION command line can be "
+                                     f"pasted, and ignored (default: off; the job is the same either way)")
         else:
+            fixed = _FIXED_VALUES.get(flag, "a fixed value")
             parser.add_argument(flag, dest=dest, nargs=nargs if nargs > 1 else None, default=None,
-                                help="fixed by RELION's job; accepted and ignored")
+                                help=f"RELION's job always gives it {fixed}: accepted, so that a RELION command "
+                                     f"line can be pasted, and ignored (default: none; a value given changes "
+                                     f"nothing)".replace("%", "%%"))
         seen.add(flag)
     parser.set_defaults(job_type=jt.name)
     return parser

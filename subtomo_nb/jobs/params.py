@@ -116,6 +116,12 @@ class Param:
     cli_absent : object
         Value when the option is absent from the command line; ``None`` means :attr:`default`
         for ``"value"`` options and the flag-absent state for ``"true"``/``"false"`` options.
+    cli_help : str
+        Help of the command-line option when :attr:`help` (which describes the form field) does
+        not say what giving the option does, e.g. a ``"false"`` flag such as ``--firstiter_cc``
+        (given: the form's No). Empty: :attr:`help`.
+    cli_off_help : str
+        Help of the :attr:`cli_off` option (what giving it does).
     """
 
     key: str
@@ -139,6 +145,8 @@ class Param:
     cli_kind: CliKind = "value"
     cli_off: tuple[str, ...] = ()
     cli_absent: Any = None
+    cli_help: str = ""
+    cli_off_help: str = ""
 
     def __post_init__(self) -> None:
         if self.type == "choice" and self.default not in self.choices:

@@ -90,19 +90,25 @@ def _tomo_inputs(*, particles: bool, tomograms: bool, trajectories: bool, mode: 
                          "Particle set (STAR) to use with the direct entries.",
                          flag="--i" if mode == "refine" else "--p", maps="with direct entries",
                          pattern="*.star", active_if=("use_direct_entries", True),
-                         cli=("--i",) if mode == "refine" else ()))
+                         cli=("--i",) if mode == "refine" else (),
+                         cli_help="Particle set (STAR), given instead of --ios (with --tomograms)."))
     if tomograms:
         out.append(Param("in_tomograms", "Input tomogram set: ", "I/O", "file", "",
                          "Tomogram set (tomograms.star) to use with the direct entries.",
                          flag="--tomograms" if mode == "refine" else "--t", maps="with direct entries",
-                         pattern="*.star", active_if=("use_direct_entries", True), cli=("--tomograms",)))
+                         pattern="*.star", active_if=("use_direct_entries", True), cli=("--tomograms",),
+                         cli_help="Tomogram set (tomograms.star) of the particles of --i"
+                                  + (", given instead of --ios." if mode == "refine"
+                                     else " when that is a particle STAR file (needed for 2D stacks).")))
     if trajectories:
         out.append(Param("in_trajectories", "Input trajectory set: ", "I/O", "file", "",
                          "Particle motion trajectories (optional; only after frame alignment).",
                          flag="--trajectories" if mode == "refine" else "--mot",
                          maps="with direct entries, if not empty", pattern="*.star",
                          active_if=("use_direct_entries", True),
-                         cli=("--trajectories",) if mode == "refine" else ()))
+                         cli=("--trajectories",) if mode == "refine" else (),
+                         cli_help="Particle motion trajectories of the particles of --i (optional; only "
+                                  "after frame alignment)."))
     return out
 
 
@@ -113,7 +119,9 @@ def _compute(*, pad1: bool) -> list[Param]:
               "Let every worker read its own particles from disc (No: one process reads and "
               "sends them on; kinder to slow network file systems).",
               flag="--no_parallel_disc_io", maps="No => --no_parallel_disc_io",
-              cli=("--no_parallel_disc_io",), cli_kind="false"),
+              cli=("--no_parallel_disc_io",), cli_kind="false",
+              cli_help="RELION: one process reads the particles from disc and sends them to the others, "
+                       "instead of every process reading its own."),
         Param("nr_pool", "Number of pooled particles:", "Compute", "int", 3,
               "Particles read together per thread in one batch; larger batches mean fewer file "
               "accesses and more memory.",
@@ -123,7 +131,9 @@ def _compute(*, pad1: bool) -> list[Param]:
         out.append(Param("do_pad1", "Skip padding?", "Compute", "bool", False,
                          "Use no oversampling of the reference transform (padding 1 instead of 2): "
                          "half the memory, slightly less accurate interpolation.",
-                         flag="--pad", maps="Yes => --pad 1, No => --pad 2", cli=("--pad",), cli_kind="pad1"))
+                         flag="--pad", maps="Yes => --pad 1, No => --pad 2", cli=("--pad",), cli_kind="pad1",
+                         cli_help="Padding factor of the reference transform: 2 (oversampled), or 1 (no "
+                                  "padding: half the memory, slightly less accurate interpolation)."))
     out += [
         Param("do_preread_images", "Pre-read all particles into RAM?", "Compute", "bool", False,
               "Read all particles into memory once at the start (fast, needs RAM for all of them).",
@@ -137,10 +147,16 @@ def _compute(*, pad1: bool) -> list[Param]:
         Param("do_combine_thru_disc", "Combine iterations through disc?", "Compute", "bool", False,
               "Exchange the partial sums of the workers through files instead of the network.",
               flag="--dont_combine_weights_via_disc", maps="No => --dont_combine_weights_via_disc",
-              cli=("--dont_combine_weights_via_disc",), cli_kind="false"),
+              cli=("--dont_combine_weights_via_disc",), cli_kind="false",
+              cli_help="RELION: exchange the partial sums of the MPI processes over the network instead of "
+                       "through files (RELION's job always gives it). Accepted for RELION compatibility; no "
+                       "effect here (dask exchanges the sums either way)."),
         Param("use_gpu", "Use GPU acceleration?", "Compute", "bool", False,
               "Run the expensive steps on GPUs.",
-              flag="--gpu", maps='Yes => --gpu "<ids>"', cli=("--gpu",), cli_kind="gpu"),
+              flag="--gpu", maps='Yes => --gpu "<ids>"', cli=("--gpu",), cli_kind="gpu",
+              cli_help="RELION's GPU acceleration, optionally naming the GPUs ('0,1'). Accepted for RELION "
+                       "compatibility: this job's numerics run on the CPU (a warning says so), and it is "
+                       "refused when no GPU is visible."),
         Param("gpu_ids", "Which GPUs to use:", "Compute", "str", "",
               "GPU numbers to use (e.g. 0,1; ':' separates MPI processes); empty: all visible GPUs.",
               flag="--gpu", maps="the value of --gpu", active_if=("use_gpu", True)),
@@ -149,11 +165,12 @@ def _compute(*, pad1: bool) -> list[Param]:
 
 
 def _running(*, mpi: bool, threads: bool, threads_cli: tuple[str, ...] = ("--j",),
-             scheduler: bool = False) -> list[Param]:
+             threads_cli_help: str = "", scheduler: bool = False) -> list[Param]:
     """RELION's Running tab (``RelionJob::initialise``), present on every job form.
 
     ``scheduler``: also our two fields that attach the job to a dask cluster started elsewhere
-    (not RELION's; :func:`subtomo_nb.parallel.client.job_client`).
+    (not RELION's; :func:`subtomo_nb.parallel.client.job_client`). ``threads_cli_help``: what
+    ``--j`` does in this job (the command-line help of "Number of threads:").
     """
     out: list[Param] = []
     if mpi:
@@ -166,7 +183,7 @@ def _running(*, mpi: bool, threads: bool, threads_cli: tuple[str, ...] = ("--j",
         out.append(Param("nr_threads", "Number of threads:", "Running", "int", 1,
                          "Threads per process.",
                          flag="--j", maps="--j N", min=1, max=16, step=1, strict_range=False,
-                         env_default="RELION_QSUB_NRTHREADS", cli=threads_cli))
+                         env_default="RELION_QSUB_NRTHREADS", cli=threads_cli, cli_help=threads_cli_help))
     out += [
         Param("do_queue", "Submit to queue?", "Running", "bool", False,
               "Submit the job to a batch queue instead of running it here.",
@@ -230,7 +247,7 @@ def _sigma_tilt(tab: str) -> Param:
 _REFINE_PARAMS = (
     *_tomo_inputs(particles=True, tomograms=True, trajectories=True, mode="refine"),
     Param("fn_ref", "Reference map:", "I/O", "file", "",
-          "Starting reference map (MRC), on the pixel and box size of the particles or resized.",
+          "Starting reference map (MRC), with the box and pixel size of the particles.",
           flag="--ref", maps="--ref MAP", pattern="*.mrc", cli=("--ref",)),
     Param("fn_mask", "Reference mask (optional):", "I/O", "file", "",
           "Soft mask applied to the references each iteration; empty: a spherical mask of the "
@@ -244,11 +261,18 @@ _REFINE_PARAMS = (
     Param("ref_correct_greyscale", "Ref. map is on absolute greyscale?", "Reference", "bool", False,
           "Yes if the reference was made by RELION (or this package) from these particles; No "
           "for maps from elsewhere: the first iteration then uses cross-correlation to set the scale.",
-          flag="--firstiter_cc", maps="No => --firstiter_cc", cli=("--firstiter_cc",), cli_kind="false"),
+          flag="--firstiter_cc", maps="No => --firstiter_cc", cli=("--firstiter_cc",), cli_kind="false",
+          cli_help="The reference is not on the absolute greyscale (e.g. a map from elsewhere): use "
+                   "cross-correlation in the first iteration to set its scale. Without it the reference is "
+                   "taken to be on the particles' greyscale (made by RELION or this package from these "
+                   "particles)."),
     Param("trust_ref_size", "Resize reference if needed?", "Reference", "bool", True,
           "Rescale and re-box the reference to the particles' pixel and box size if they differ "
           "(No: stop with an error instead).",
-          flag="--trust_ref_size", maps="Yes => --trust_ref_size", cli=("--trust_ref_size",), cli_kind="true"),
+          flag="--trust_ref_size", maps="Yes => --trust_ref_size", cli=("--trust_ref_size",), cli_kind="true",
+          cli_help="RELION: rescale and re-box a reference of another pixel or box size. Accepted for RELION "
+                   "compatibility, but not done here: with or without it, a reference (and mask) must have "
+                   "the particles' box and pixel size, else the job stops with an error."),
     Param("ini_high", "Initial low-pass filter (A):", "Reference", "float", 60.0,
           "Low-pass filter the reference to this resolution (Å) before the first iteration, to "
           "keep its high-resolution detail from biasing the search. 0: no filter.",
@@ -265,7 +289,9 @@ _REFINE_PARAMS = (
           strict_range=False, cli=("--particle_diameter",)),
     Param("do_zero_mask", "Mask individual particles with zeros?", "Optimisation", "bool", True,
           "Set the particles to zero outside the mask (No: fill with noise).",
-          flag="--zero_mask", maps="Yes => --zero_mask", cli=("--zero_mask",), cli_kind="true"),
+          flag="--zero_mask", maps="Yes => --zero_mask", cli=("--zero_mask",), cli_kind="true",
+          cli_help="Set the particles to zero outside the mask; without it the area outside is filled "
+                   "with noise."),
     Param("do_solvent_fsc", "Use solvent-flattened FSCs?", "Optimisation", "bool", False,
           "Compute the resolution from masked, phase-randomisation-corrected FSCs (needs a "
           "reference mask; for particles filling little of the box).",
@@ -286,7 +312,9 @@ _REFINE_PARAMS = (
     Param("offset_step", "Initial offset step (pix):", "Auto-sampling", "float", 1.0,
           "Translation step (pixels) at the start.",
           flag="--offset_step", maps="--offset_step 2*S (RELION doubles it for oversampling 1)",
-          min=0.1, max=5, step=0.1, cli=("--offset_step",), cli_kind="x2"),
+          min=0.1, max=5, step=0.1, cli=("--offset_step",), cli_kind="x2",
+          cli_help="Translation step (pixels) at the start, before oversampling: twice the form's "
+                   "'Initial offset step' (its 1 pixel is --offset_step 2)."),
     Param("auto_local_sampling", "Local searches from auto-sampling:", "Auto-sampling", "choice", "1.8 degrees",
           "Angular sampling from which on only local searches around the current orientations "
           "are done.",
@@ -314,7 +342,9 @@ _REFINE_PARAMS = (
     Param("range_rot", "Angular search range - rot (deg):", "Helix", "float", -1.0,
           "Local search range of the rot angle (deg); the prior width is a third of it.",
           flag="--sigma_rot", maps="--sigma_rot max(R,0)/3 (if sampling != local sampling)",
-          active_if=("do_helix", True), cli=("--sigma_rot",), cli_kind="third"),
+          active_if=("do_helix", True), cli=("--sigma_rot",), cli_kind="third",
+          cli_help="Width (deg) of the prior on the rot angle: a third of the form's search range; "
+                   "negative: no prior."),
     Param("range_tilt", "Angular search range - tilt (deg):", "Helix", "float", 15.0,
           "Local search range of the tilt angle (deg); the prior width is a third of it.",
           flag="--sigma_tilt", maps="--sigma_tilt clip(R,0,90)/3 (if sampling != local sampling)",
@@ -322,11 +352,13 @@ _REFINE_PARAMS = (
     Param("range_psi", "Angular search range - psi (deg):", "Helix", "float", 10.0,
           "Local search range of the psi angle (deg); the prior width is a third of it.",
           flag="--sigma_psi", maps="--sigma_psi clip(R,0,90)/3 (if sampling != local sampling)",
-          active_if=("do_helix", True), cli=("--sigma_psi",), cli_kind="third"),
+          active_if=("do_helix", True), cli=("--sigma_psi",), cli_kind="third",
+          cli_help="Width (deg) of the prior on the psi angle: a third of the form's search range."),
     Param("do_apply_helical_symmetry", "Apply helical symmetry?", "Helix", "bool", True,
           "Impose the helical twist and rise on the references.",
           flag="--ignore_helical_symmetry", maps="No => --ignore_helical_symmetry",
-          active_if=("do_helix", True), cli=("--ignore_helical_symmetry",), cli_kind="false"),
+          active_if=("do_helix", True), cli=("--ignore_helical_symmetry",), cli_kind="false",
+          cli_help="Do not impose the helical twist and rise on the references."),
     Param("helical_nr_asu", "Number of unique asymmetrical units:", "Helix", "int", 1,
           "Asymmetric units per helical segment box.",
           flag="--helical_nr_asu", maps="--helical_nr_asu N (with helical symmetry)",
@@ -343,11 +375,14 @@ _REFINE_PARAMS = (
           "Central part of the box (percent of its length) used to impose helical symmetry.",
           flag="--helical_z_percentage", maps="--helical_z_percentage P/100 (with helical symmetry)",
           min=5, max=80, step=1, active_if=("do_helix", True), cli=("--helical_z_percentage",),
-          cli_kind="percent"),
+          cli_kind="percent",
+          cli_help="Central part of the box used to impose helical symmetry, as a fraction of its "
+                   "length (the form gives it in percent)."),
     Param("do_local_search_helical_symmetry", "Do local searches of symmetry?", "Helix", "bool", False,
           "Refine twist and rise within the ranges below.",
           flag="--helical_symmetry_search", maps="Yes => --helical_symmetry_search and the ranges",
-          active_if=("do_helix", True), cli=("--helical_symmetry_search",), cli_kind="true"),
+          active_if=("do_helix", True), cli=("--helical_symmetry_search",), cli_kind="true",
+          cli_help="Refine twist and rise within --helical_twist_min/max and --helical_rise_min/max."),
     Param("helical_twist_min", "Helical twist search (deg) - Min:", "Helix", "float", 0.0,
           "Smallest twist searched (deg).", flag="--helical_twist_min", maps="--helical_twist_min T",
           active_if=("do_local_search_helical_symmetry", True), cli=("--helical_twist_min",)),
@@ -372,13 +407,18 @@ _REFINE_PARAMS = (
           "Prior width on the position along the helix (fraction of the rise, times 3); negative: none.",
           flag="--helical_sigma_distance", maps="--helical_sigma_distance F/3 if F > 0",
           min=-1, max=5, step=0.1, strict_range=False, active_if=("do_helix", True),
-          cli=("--helical_sigma_distance",), cli_kind="third"),
+          cli=("--helical_sigma_distance",), cli_kind="third",
+          cli_help="Width of the prior on the position along the helix (a fraction of the rise): a "
+                   "third of the form's range factor; negative: no prior."),
     Param("keep_tilt_prior_fixed", "Keep tilt-prior fixed:", "Helix", "bool", True,
           "Keep the tilt prior of helical segments at its initial value.",
           flag="--helical_keep_tilt_prior_fixed", maps="Yes => --helical_keep_tilt_prior_fixed",
           active_if=("do_helix", True), cli=("--helical_keep_tilt_prior_fixed",), cli_kind="true"),
     *_compute(pad1=True),
-    *_running(mpi=True, threads=True, scheduler=True),
+    *_running(mpi=True, threads=True, scheduler=True,
+              threads_cli_help="Number of dask worker processes: more than 1 starts a local dask cluster of "
+                       "that many workers for the job; 1 runs it in this process. Not used with "
+                       "--scheduler_file or --scheduler_address (the cluster's workers do the work).",),
 )
 
 REFINE3D = JobType(
@@ -433,15 +473,22 @@ _INIMODEL_PARAMS = (
           "Point group of the particle; applied during the run or, with the option below, "
           "afterwards by aligning the map to the symmetry axes.",
           flag="--sym", maps="relion_refine --sym G if not run in C1; relion_align_symmetry --sym G",
-          cli=("--sym",)),
+          cli=("--sym",),
+          cli_help="Symmetry: point group of the particle; imposed afterwards by aligning the map to its "
+                   "symmetry axes (--run_C1, the default), or from the start with --no_run_C1."),
     Param("do_run_C1", "Run in C1 and apply symmetry later? ", "Optimisation", "bool", True,
           "Grow the model without symmetry, then find its symmetry axes and impose the point "
           "group (more robust than imposing it from the start).",
           flag="--sym", maps="Yes => relion_refine --sym C1, then relion_align_symmetry --sym G --apply_sym",
-          cli=("--run_C1",), cli_kind="true", cli_off=("--no_run_C1",)),
+          cli=("--run_C1",), cli_kind="true", cli_off=("--no_run_C1",),
+          cli_off_help="Impose the point group (--sym) from the start (relion_refine --sym G) instead of "
+                       "growing the model in C1 and applying the symmetry afterwards."),
     _sigma_tilt("Optimisation"),
     *_compute(pad1=False),
-    *_running(mpi=True, threads=True, scheduler=True),
+    *_running(mpi=True, threads=True, scheduler=True,
+              threads_cli_help="Number of dask worker processes: more than 1 starts a local dask cluster of "
+                       "that many workers for the job; 1 runs it in this process. Not used with "
+                       "--scheduler_file or --scheduler_address (the cluster's workers do the work).",),
 )
 
 INITIAL_MODEL = JobType(
@@ -491,12 +538,16 @@ _EXTRACT_PARAMS = (
           "Write each particle as a stack of 2D tilt images (RELION 5's default); No: as a 3D "
           "pseudo-subtomogram (data + weights).",
           flag="--stack2d", maps="Yes => --stack2d", cli=("--stack2d",), cli_kind="true",
-          cli_off=("--no_stack2d",)),
+          cli_off=("--no_stack2d",),
+          cli_help="Write each particle as a stack of 2D tilt images (RELION 5's default).",
+          cli_off_help="Write each particle as a 3D pseudo-subtomogram (data + weights) instead of a 2D stack."),
     Param("do_float16", "Write output in float16?", "Reconstruct", "bool", True,
           "Store the images in half precision (half the disc space).",
           flag="--float16", maps="Yes => --float16", cli=("--float16",), cli_kind="true",
-          cli_off=("--float32",)),
-    *_running(mpi=True, threads=True),
+          cli_off=("--float32",), cli_off_help="Store the images in single precision (float32)."),
+    *_running(mpi=True, threads=True,
+              threads_cli_help="Number of threads that extract the particles in parallel, in this process "
+                               "(1: one at a time)."),
 )
 
 EXTRACT = JobType(
@@ -560,7 +611,10 @@ _RECONSTRUCT_PARAMS = (
     Param("pad", "Padding factor:", "Average", "int", 2,
           "Oversampling of the Fourier grid. Not on RELION's form.",
           flag="--pad", maps="--pad N (subtomo only)", min=1, max=3, step=1, relion=False, cli=("--pad",)),
-    *_running(mpi=True, threads=True, scheduler=True),
+    *_running(mpi=True, threads=True, scheduler=True,
+              threads_cli_help="Number of threads that back-project the particles in parallel, in this "
+                               "process (dask's threaded scheduler; 1: one at a time). Not used with "
+                               "--scheduler_file or --scheduler_address (the cluster's workers do the work)."),
 )
 
 RECONSTRUCT = JobType(
@@ -600,11 +654,13 @@ _RECENTRE_PARAMS = (
     Param("do_ignore_optics", "Ignore optics groups?", "Re-centre", "bool", False,
           "Use the pixel size below instead of the particles' optics table.",
           flag="--ignore_optics", maps="Yes => --ignore_optics --angpix A",
-          cli=("--ignore_optics",), cli_kind="true"),
+          cli=("--ignore_optics",), cli_kind="true",
+          cli_help="Use --angpix as the pixel size instead of the particles' optics table."),
     Param("angpix", "Pixel size (A):", "Re-centre", "float", 1.0,
           "Pixel size (Å) of the reference map, used with 'Ignore optics groups'.",
           flag="--angpix", maps="--angpix A (with --ignore_optics)", min=0.1, max=20, step=0.1,
-          strict_range=False, active_if=("do_ignore_optics", True), cli=("--angpix",)),
+          strict_range=False, active_if=("do_ignore_optics", True), cli=("--angpix",),
+          cli_help="Pixel size (Å) of the reference map."),
     *_running(mpi=False, threads=False),
 )
 
