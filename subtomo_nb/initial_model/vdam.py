@@ -194,7 +194,8 @@ class InitialModel:
     opts
         The job's options.
     progress
-        Called with a dict per event (``kind`` = ``"iteration"``, ``"batch"``, ``"message"``).
+        Called with a dict per event (``kind`` = ``"iteration"``, ``"particles"`` (the
+        particles of the mini-batch done so far, ``done`` of ``of``), ``"message"``).
     client
         A dask client (:func:`subtomo_nb.parallel.get_client`) for the E-step, or None: serial.
     """
@@ -378,7 +379,7 @@ class InitialModel:
                                         backprojector=bp if back_project else None, coarse_cache=cache, **kw)
                 results.append((idx, res))
                 done += len(idx)
-                self.progress({"kind": "batch", "iteration": self.state.iteration, "done": done, "of": total})
+                self.progress({"kind": "particles", "iteration": self.state.iteration, "done": done, "of": total})
             out.append((bp, results))
         flush_rotation_sums(cache)
         return out
@@ -399,10 +400,13 @@ class InitialModel:
 
     def _estep_parallel(self, reference: np.ndarray, halves: list[np.ndarray]) -> list[tuple[BackProjector, list]]:
         from subtomo_nb.parallel import run_halves_estep
+        from subtomo_nb.refine.particle_progress import batch_counter
 
         batches, release = self._batches_for(halves)
+        count = batch_counter([len(h) for h in halves], self.opts.batch_size, self.state.iteration, self.progress)
         try:
             out = run_halves_estep(self.client, batches, [reference, reference], sigma2=[self.sigma2, self.sigma2],
+                                   progress=count,
                                    sampling=self.state.sampling, prior_angles=self._prior_angles(),
                                    origins_px=self.offsets_A / self.pix, pad=self.opts.pad, r_max=self._r_max(),
                                    dtype=self.dtype, ctf=self.opts.ctf, **self._estep_args())
@@ -683,9 +687,10 @@ def run_initial_model_job(
 
     def relay(event: dict) -> None:
         if event.get("kind") == "iteration":
-            progress(Progress(message=f"iteration {event['iteration']}/{opts.nr_iter}: {event['resolution_A']:.1f} Å, "
-                              f"mini-batch {event['subset']}, step {event['step']:.2f}, T {event['tau2_fudge']:.2f}, "
-                              f"HEALPix order {event['healpix_order']}",
+            progress(Progress(message=f"of {opts.nr_iter}, mini-batch of {event['subset']} particles, step "
+                              f"{event['step']:.2f}, T {event['tau2_fudge']:.2f}, sampling "
+                              f"{angular_step(int(event['healpix_order']), 1):.2f}° (HEALPix order "
+                              f"{event['healpix_order']}, oversampled once)",
                               iteration=int(event["iteration"]), resolution_A=float(event["resolution_A"]),
                               fsc=event["fsc"] or None,
                               accuracy_rot_deg=float(event["acc_rot"]) if event["acc_rot"] < 999 else None,
@@ -693,9 +698,13 @@ def run_initial_model_job(
                               timings={"iteration": event["seconds"], "E-step": event["seconds_estep"],
                                        "M-step": event["seconds_mstep"]},
                               fraction=event["iteration"] / opts.nr_iter))
+        elif event.get("kind") == "particles":
+            progress(Progress(iteration=int(event["iteration"]), particles_done=int(event["done"]),
+                              particles_total=int(event["of"])))
         elif event.get("kind") == "message":
             progress(Progress(message=event["message"]))
 
+    from subtomo_nb.geometry.healpix import angular_step
     from subtomo_nb.jobs.runners import _job_client
 
     with _job_client(values, client, progress, project_dir) as client:

@@ -240,6 +240,7 @@ class ProgressPrinter:
                              leave=False, file=sys.stderr, disable=False)
             self._key = key
         self._bar.update(max(0, int(event.particles_done or 0) - self._bar.n))
+        self._bar.refresh()   # one event per batch of particles: draw each
         if (event.particles_done or 0) >= (event.particles_total or 0):
             self._close()
 

@@ -452,6 +452,7 @@ class AutoRefine:
     def _expectation_parallel(self, final: bool) -> list[tuple[BackProjector, list]]:
         """Both half-sets' E-steps on the dask client (one graph per half-set, no shared data)."""
         from subtomo_nb.parallel import ParticleBatches, run_halves_estep
+        from subtomo_nb.refine.particle_progress import batch_counter
 
         s, o = self.state, self.opts
         if self._batches is None:
@@ -459,15 +460,8 @@ class AutoRefine:
                                             tomograms=self.tomograms, batch_size=o.batch_size,
                                             dtype=self.dtype, name="refine")
         kw = self._expectation_args(final)
-        sizes = [len(self._batches.rows(i)) for i in range(len(self.halves))]
-        done = [0] * len(sizes)
-
-        def count(half: int, batches_done: int, batches_total: int) -> None:
-            # batches of a half-set hold batch_size particles each, the last one the rest
-            done[half] = min(batches_done * o.batch_size, sizes[half]) if batches_done < batches_total else sizes[half]
-            self.progress({"kind": "particles", "iteration": s.iteration, "done": sum(done),
-                           "of": self._particles_total})
-
+        count = batch_counter([len(self._batches.rows(i)) for i in range(len(self.halves))], o.batch_size,
+                              s.iteration, self.progress)
         out = run_halves_estep(self.client, self._batches, [h.reference for h in self.halves],
                                sigma2=[h.sigma2 for h in self.halves], progress=count, sampling=s.sampling,
                                prior_angles=self._prior_angles(), origins_px=self.offsets_A / self.pix,

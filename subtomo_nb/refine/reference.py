@@ -55,7 +55,8 @@ class ReferenceCheck:
         """One line for run.out."""
         if not self.aligned:
             tried = "" if np.isnan(self.aligned_residual) else f" (alignment gave {self.aligned_residual:.4f}; kept as is)"
-            return f"reference {sym} symmetry residual {self.residual:.4f}{tried}"
+            return (f"reference {sym} symmetry residual {self.residual:.4f} (|V - sym(V)|²/|V|²; 0 is perfectly "
+                    f"symmetric about RELION's axes): refined as it is{tried}")
         return (f"reference {sym} symmetry residual {self.residual:.4f}: not symmetric about RELION's axes; "
                 f"centre of mass moved by ({', '.join(f'{s:.2f}' for s in self.centre_shift_px)}) px and rotated "
                 f"by rot {self.rot:.2f} tilt {self.tilt:.2f} psi {self.psi:.2f} deg (relion_align_symmetry) "

@@ -350,6 +350,10 @@ class JobForm:
         self.status = W.HTML(value="ready")
         self.log = W.HTML(value="", layout=W.Layout(max_height="260px", overflow="auto", width="100%"))
         self.fsc_image = W.Image(format="png", layout=W.Layout(width="400px"))
+        # a tqdm bar over the particles of the running iteration (tqdm's notebook widget)
+        self.particles_bar = W.HBox([])
+        self._bar: Any = None
+        self._bar_key: tuple | None = None
         title = W.HTML(value=f"<b>{html.escape(self.job_type.title)}</b> &mdash; "
                              f"{html.escape(self.job_type.description)}")
         self.widget = W.VBox([
@@ -357,6 +361,7 @@ class JobForm:
             self.tab,
             W.HBox([self.validate_button, self.run_button, self.stop_button, self.continue_button]),
             self.status,
+            self.particles_bar,
             W.HBox([self.log, self.fsc_image]),
         ])
 
@@ -663,6 +668,9 @@ class JobForm:
         if isinstance(event, str):
             event = Progress(message=event)
         with self._lock:
+            if event.is_particle_count:
+                self._count_particles(event)
+                return
             self.events.append(event)
             self._log_lines.append(html.escape(event.format()))
             self.log.value = ('<pre style="margin:0;font-size:85%;white-space:pre-wrap">'
@@ -674,6 +682,21 @@ class JobForm:
             if self.state == "running" and event.fraction is not None and not self._stop.is_set():
                 where = self._relative(self._new_job_dir() or self.job_dir)
                 self.status.value = html.escape(f"running {where}: {100 * event.fraction:.0f}% done")
+
+    def _count_particles(self, event: Progress) -> None:
+        """Move the tqdm bar over the running iteration's particles (a new bar per iteration)."""
+        from tqdm.notebook import tqdm
+
+        key = (event.iteration, event.particles_total)
+        if self._bar is None or self._bar_key != key:
+            if self._bar is not None:
+                self._bar.close()
+            self._bar = tqdm(total=event.particles_total, desc=f"iteration {event.iteration}", unit="particle",
+                             display=False)
+            self._bar_key = key
+            self.particles_bar.children = (self._bar.container,)
+        self._bar.update(max(0, int(event.particles_done or 0) - self._bar.n))
+        self._bar.refresh()
 
     # -- display helpers ------------------------------------------------------------------------
 

@@ -28,8 +28,10 @@ def _translation_error_px(data_star, truth_star, pix=10.8):
 @pytest.fixture(scope="module")
 def serial_run(tiny_project, tiny_extract_3d, tmp_path_factory):
     out = tmp_path_factory.mktemp("refine_serial")
-    job = AutoRefine(_options(tiny_project, tiny_extract_3d, out))
+    events: list[dict] = []
+    job = AutoRefine(_options(tiny_project, tiny_extract_3d, out), progress=events.append)
     job.run()
+    job.test_events = events
     return out, job
 
 
@@ -57,13 +59,47 @@ def test_translations_move_to_the_truth(serial_run, tiny_project):
     assert after < 1.0, (before, after)
 
 
+def _assert_every_particle_counted(events: list[dict], n_particles: int, iterations: int) -> None:
+    """The progress bar's events: per iteration, rising counts of both half-sets' particles up to all of them."""
+    counts = [e for e in events if e["kind"] == "particles"]
+    assert {e["iteration"] for e in counts} == set(range(1, iterations + 1))
+    for it in range(1, iterations + 1):
+        done = [e["done"] for e in counts if e["iteration"] == it]
+        assert all(e["of"] == n_particles for e in counts if e["iteration"] == it)
+        assert done == sorted(done) and done[0] > 0 and done[-1] == n_particles, done
+
+
+def test_progress_counts_every_particle_of_each_iteration(serial_run):
+    _, job = serial_run
+    _assert_every_particle_counted(job.test_events, n_particles=len(job.angles), iterations=2)
+
+
+def test_finished_event_says_why_it_stopped(serial_run):
+    """--auto_iter_max 2 ends the run before RELION's criteria hold; the event carries their numbers."""
+    out, job = serial_run
+    finished = job.test_events[-1]
+    assert finished["kind"] == "finished"
+    assert finished["reason"] == "iteration limit" and finished["iteration"] == 2 and finished["auto_iter_max"] == 2
+    model = read_star(out / "run_model.star")["model_general"]
+    assert finished["resolution_A"] == pytest.approx(float(model["rlnCurrentResolution"]), rel=1e-6)
+    assert finished["pixel_size_A"] == pytest.approx(10.8)
+    it1 = job.state.history[0]
+    # the record is the state after iteration 1, when iteration 2 was made the final one
+    assert finished["acc_rot_deg"] == pytest.approx(it1["acc_rot"])
+    assert finished["change_orientations_deg"] == pytest.approx(it1["changes_orientations"])
+    assert finished["fine_step_deg"] == pytest.approx(15.0)   # HEALPix order 1, oversampled once
+    assert 0.0 <= finished["fsc_at_nyquist"] <= 1.0
+
+
 def test_dask_run_equals_serial_run(serial_run, tiny_project, tiny_extract_3d, tmp_path):
     distributed = pytest.importorskip("distributed")
     out_serial, job_serial = serial_run
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
-        job = AutoRefine(_options(tiny_project, tiny_extract_3d, tmp_path), client=client)
+        events: list[dict] = []
+        job = AutoRefine(_options(tiny_project, tiny_extract_3d, tmp_path), client=client, progress=events.append)
         job.run()
+    _assert_every_particle_counted(events, n_particles=len(job.angles), iterations=2)
     np.testing.assert_allclose(job.angles, job_serial.angles, atol=1e-6)
     np.testing.assert_allclose(job.offsets_A, job_serial.offsets_A, atol=1e-6)
 

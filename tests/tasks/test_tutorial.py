@@ -1,0 +1,88 @@
+"""The tutorial: its summary says plainly when a result is far from its reference, and the tiny
+tutorial succeeds by the numbers (slow: the whole tutorial and the oracle, ~3 min on 2 cores)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from subtomo_nb.tasks.tutorial import summary_lines
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _result(**kw):
+    base = {"project": "tut", "particles": 92, "pixel_size_A": 10.8, "nyquist_A": 21.6,
+            "true_poses_map": "Reconstruct/job003/merged.mrc", "true_poses_resolution_A": 28.8,
+            "true_poses_resolution_vs_truth_A": 21.6, "seconds": {"simulate": 2.0, "auto-refine": 40.0},
+            "reference": "ground_truth/map_bin4.mrc", "refined_map": "Refine3D/job004/run_class001.mrc",
+            "refined_resolution_A": 28.8, "iterations": 8, "ini_high_A": 50.0, "accuracy_rot_deg": 2.45,
+            "fine_step_deg": 0.9375, "median_angular_error_deg": 3.36, "median_translation_error_px": 0.25}
+    base.update(kw)
+    return base
+
+
+def test_summary_of_a_successful_run():
+    lines = summary_lines(_result())
+    assert not any("WARNING" in x for x in lines)
+    assert any(x.startswith("success:") for x in lines)
+    assert lines[0] == "project tut/: 92 particles, pixel 10.80 Å (Nyquist 21.60 Å)"
+    assert "time: simulate 2.0 s, auto-refine 40.0 s" in lines
+    assert lines[-1].startswith("next step:")
+    # one path style: project-relative
+    assert all("/tmp" not in x for x in lines)
+
+
+def test_summary_of_the_old_tiny_failure_says_so_plainly():
+    """The numbers of the 9-tilt tiny tutorial: 38.4 Å from a 50 Å start, 71° from the truth."""
+    lines = summary_lines(_result(refined_resolution_A=38.4, accuracy_rot_deg=5.9, fine_step_deg=3.75,
+                                  median_angular_error_deg=71.0))
+    warnings = [x for x in lines if x.startswith("WARNING")]
+    assert len(warnings) == 2
+    assert "more than 10 % worse than the reconstruction with the true orientations (28.80 Å)" in warnings[0]
+    assert "median error 71.00° is more than twice" in warnings[1]
+    assert not any(x.startswith("success") for x in lines)
+    lines = summary_lines(_result(refined_resolution_A=54.0))
+    assert any("no better than the reference's starting low-pass (50 Å)" in x for x in lines)
+
+
+def test_summary_without_refinement_reports_no_step_that_did_not_run():
+    result = _result()
+    for key in [k for k in result if k not in ("project", "particles", "pixel_size_A", "nyquist_A", "true_poses_map",
+                                               "true_poses_resolution_A", "true_poses_resolution_vs_truth_A")]:
+        result.pop(key)
+    result["seconds"] = {"simulate": 1.0, "extract": 1.0, "reconstruct": 1.0}
+    lines = summary_lines(result)
+    assert not any("auto-refine" in x or "initial model" in x for x in lines)
+
+
+@pytest.mark.slow
+def test_tiny_tutorial_succeeds(tmp_path):
+    """Acceptance of issue 19: the refined poses' median angular error within 2x that of the best poses
+    against the ground truth (benchmarks/angular_error_oracle.py), the final resolution within 10 % of
+    the true poses', and a summary that says success."""
+    run = subprocess.run([sys.executable, "-m", "subtomo_nb.cli.main", "tutorial", "--tiny", "--o", "tut"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = run.stdout
+    assert "  success:" in out and "WARNING" not in out, out
+    refined = float(re.search(r"auto-refine \(Refine3D/job004/run_class001.mrc\): ([\d.]+) Å", out).group(1))
+    true_res = float(re.search(r"with the true orientations .*?: ([\d.]+) Å gold-standard", out).group(1))
+    error = float(re.search(r"median angular error ([\d.]+)°", out).group(1))
+    assert refined <= 1.1 * true_res
+    oracle = subprocess.run([sys.executable, str(REPO / "benchmarks" / "angular_error_oracle.py"), "--project", "tut",
+                             "--model", "tut/Refine3D/job004/run_model.star"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert oracle.returncode == 0, oracle.stderr[-3000:]
+    best = float(re.search(r"median angular error ([\d.]+)°", oracle.stdout).group(1))
+    assert error <= 2.0 * best, (error, best)
+    # every stage announced before it runs, one line per iteration, why it stopped
+    for stage in ("simulating the tiny synthetic project", "extracting 92 pseudo-subtomograms",
+                  "reconstructing with the true orientations", "3D auto-refine from"):
+        assert stage in out
+    assert re.search(r"iteration 1 \| [\d.]+ Å \| angular accuracy [\d.]+° \| translational accuracy", out)
+    assert "stopped: converged after iteration" in out
