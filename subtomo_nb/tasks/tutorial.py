@@ -29,10 +29,12 @@ from typing import Any
 import numpy as np
 
 from subtomo_nb.fourier.fsc import fsc, resolution
+from subtomo_nb.io._paths import project_relative
 from subtomo_nb.io.errors import InputError
 from subtomo_nb.io.mrc import read_map
 from subtomo_nb.io.optimisation_set import OptimisationSet, write_optimisation_set
 from subtomo_nb.io.star import read_star, write_star
+from subtomo_nb.jobs.jobdir import job_execution
 from subtomo_nb.tasks.extract import extract_subtomos
 from subtomo_nb.tasks.reconstruct import reconstruct_particles
 
@@ -120,15 +122,24 @@ def run_tutorial(project_dir: str | os.PathLike = "tutorial", *, seed: int = 0, 
     t_sim = time.perf_counter() - t0
     t1 = time.perf_counter()
     extract_dir = project / "Extract" / "job002"
-    extracted = extract_subtomos(sim["optimisation_set"], None, extract_dir, binning=binning, box=box,
-                                 stack2d=False, n_workers=n_workers)
+    # each job records itself as RELION's pipeliner would run it (job.star, note.txt, run.out, exit marker)
+    extract_values = {"in_optimisation": project_relative(sim["optimisation_set"], project), "binning": binning,
+                      "box_size": box, "do_stack2d": False, "nr_threads": n_workers}
+    with job_execution("extract", extract_values, extract_dir, project_dir=project, progress=progress):
+        extracted = extract_subtomos(sim["optimisation_set"], None, extract_dir, binning=binning, box=box,
+                                     stack2d=False, n_workers=n_workers)
     t_ext = time.perf_counter() - t1
     t2 = time.perf_counter()
     rec_dir = project / "Reconstruct" / "job003"
-    true_star = particles_with_truth(extracted, sim["particles_true"], rec_dir / "particles_true.star", seed=seed)
-    oset = OptimisationSet({"rlnTomoParticlesFile": str(true_star), "rlnTomoTomogramsFile": str(sim["tomograms"])})
-    write_optimisation_set(rec_dir / "optimisation_set.star", oset)
-    result = reconstruct_particles(true_star, rec_dir / "merged.mrc", sym="C6", ctf=True, n_workers=n_workers)
+    true_name = rec_dir / "particles_true.star"
+    rec_values = {"use_direct_entries": True, "in_particles": project_relative(true_name, project),
+                  "binning": binning, "box_size": box, "sym_name": "C6", "do_ctf": True, "nr_threads": n_workers}
+    with job_execution("reconstruct", rec_values, rec_dir, project_dir=project, progress=progress):
+        true_star = particles_with_truth(extracted, sim["particles_true"], true_name, seed=seed)
+        oset = OptimisationSet({"rlnTomoParticlesFile": project_relative(true_star, project),
+                                "rlnTomoTomogramsFile": project_relative(sim["tomograms"], project)})
+        write_optimisation_set(rec_dir / "optimisation_set.star", oset)
+        result = reconstruct_particles(true_star, rec_dir / "merged.mrc", sym="C6", ctf=True, n_workers=n_workers)
     t_rec = time.perf_counter() - t2
     merged, pix = read_map(result.merged_path)
     truth, _ = read_map(sim["map"])
