@@ -169,7 +169,7 @@ def refine_options(values: Mapping[str, Any], job_dir: Path, project_dir: Path) 
     if values.get("fn_cont"):
         # --continue: the stopped run's own options (saved with its iteration), a new output root
         return RefineOptions(particles="", reference="", output_root=Path(job_dir) / "run",
-                             continue_from=input_path(values["fn_cont"], project_dir))
+                             continue_from=input_path(values["fn_cont"], project_dir), project_dir=project_dir)
     particles, tomograms = _inputs(values, project_dir)
     mask = values.get("fn_mask") or ""
     extra = _extra_int_flags(values.get("other_args") or "", ("--auto_iter_max", "--random_seed"))
@@ -187,6 +187,7 @@ def refine_options(values: Mapping[str, Any], job_dir: Path, project_dir: Path) 
         sigma_tilt=float(values.get("sigma_tilt", -1.0)),
         auto_ignore_angles=bool(values.get("auto_faster", False)), auto_resol_angles=bool(values.get("auto_faster", False)),
         align_reference_symmetry="--no_align_ref_sym" not in shlex.split(values.get("other_args") or ""),
+        project_dir=project_dir,
         **{flag.lstrip("-"): value for flag, value in extra.items()},
     )
 
