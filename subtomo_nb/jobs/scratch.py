@@ -23,6 +23,9 @@ __all__ = ["SCRATCH", "job_scratch"]
 SCRATCH = ".scratch"
 
 _lock = threading.Lock()
+#: Scratch directories of the jobs running now, oldest first, and ``tempfile.tempdir`` before them.
+_active: list[str] = []
+_outside: list[str | None] = [None]
 
 
 @contextmanager
@@ -44,13 +47,17 @@ def job_scratch(job_dir: str | os.PathLike) -> Iterator[Path]:
     scratch = Path(job_dir).absolute() / SCRATCH
     scratch.mkdir(parents=True, exist_ok=True)
     with _lock:
-        previous = tempfile.tempdir
+        if not _active:
+            _outside[0] = tempfile.tempdir
+        _active.append(str(scratch))
         tempfile.tempdir = str(scratch)
     try:
         with dask.config.set({"temporary-directory": str(scratch)}):
             yield scratch
     finally:
+        # jobs of a sweep run side by side and end in any order: the temporary directory is the
+        # newest job still running, else what it was before the first one
         with _lock:
-            if tempfile.tempdir == str(scratch):
-                tempfile.tempdir = previous
+            _active.remove(str(scratch))
+            tempfile.tempdir = _active[-1] if _active else _outside[0]
         shutil.rmtree(scratch, ignore_errors=True)

@@ -202,3 +202,32 @@ def test_continue_in_existing_job_dir(project):
     assert again == job
     assert read_job(job).is_continue is True and read_job(job).values["center_x"] == 2
     assert (job / "note.txt").read_text().count("Executing new job") == 2
+
+
+def test_scratch_of_jobs_ending_in_any_order_restores_the_temporary_directory(tmp_path):
+    """Two jobs of a sweep overlap and the first one started ends last: afterwards tempfile's
+    directory is what it was before either, never a removed scratch directory."""
+    import tempfile
+
+    from subtomo_nb.jobs.scratch import job_scratch
+
+    before = tempfile.tempdir
+    a = job_scratch(tmp_path / "A")
+    b = job_scratch(tmp_path / "B")
+    sa = a.__enter__()
+    sb = b.__enter__()
+    assert tempfile.gettempdir() == str(sb)
+    b.__exit__(None, None, None)
+    assert tempfile.tempdir == str(sa) and sa.is_dir()       # A still runs: its scratch
+    a.__exit__(None, None, None)
+    assert tempfile.tempdir == before and not sa.exists() and not sb.exists()
+    c = job_scratch(tmp_path / "C")
+    c.__enter__()
+    a2 = job_scratch(tmp_path / "A2")
+    sa2 = a2.__enter__()
+    c.__exit__(None, None, None)                              # the older one ends first
+    assert tempfile.tempdir == str(sa2)
+    a2.__exit__(None, None, None)
+    assert tempfile.tempdir == before
+    with tempfile.TemporaryFile():                            # usable
+        pass
