@@ -179,11 +179,11 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
     if values["box_size"] not in (128, None):
         print(f"subtomo reconstruct: warning: averaging at the particles' own box; not applied: "
               f"--b {values['box_size']}", file=sys.stderr)
-    from subtomo_nb.jobs.runners import _job_client
+    from subtomo_nb.jobs.runners import job_client
 
     from subtomo_nb.jobs.progress import ProgressPrinter
 
-    with _job_client(values, None, ProgressPrinter()) as client:
+    with job_client(values, None, ProgressPrinter()) as client:
         result = reconstruct_particles(args.i, args.o, sym=args.sym, ctf=args.ctf, pad=args.pad,
                                        n_workers=args.j, tomograms=args.tomograms, client=client)
     print(f"merged map: {result.merged_path}")
@@ -285,7 +285,7 @@ def _run_refine(args: argparse.Namespace) -> int:
 
 def _run_initial_model(args: argparse.Namespace) -> int:
     """``subtomo initial-model``: relion_refine --grad --denovo_3dref (VDAM), then align symmetry."""
-    from subtomo_nb.initial_model.vdam import run_from_args
+    from subtomo_nb.jobs.initial_model import run_from_args
     from subtomo_nb.jobs.validate import Output
 
     out = Path(args.o)
