@@ -297,7 +297,7 @@ def _run_initial_model(args: argparse.Namespace) -> int:
 
 def _run_align_symmetry(args: argparse.Namespace) -> int:
     """``subtomo align-symmetry``: relion_align_symmetry."""
-    from subtomo_nb.initial_model.align_symmetry import OUTPUT_NAME, run_from_args
+    from subtomo_nb.jobs.align_symmetry import OUTPUT_NAME, run_from_args
 
     out = Path(args.o if args.o else OUTPUT_NAME)
     if out.suffix.lower() not in (".mrc", ".map"):

@@ -22,10 +22,7 @@ from .additional_args import INITIAL_MODEL_FLAGS, REFINE_FLAGS, parse_additional
 from .registry import get_job_type
 from .units import healpix_order, to_flag
 
-__all__ = ["options_from", "input_path", "job_inputs", "ALIGNED_MAP_NAME"]
-
-#: File the align-symmetry job writes in its directory (RELION's ``--o`` default).
-ALIGNED_MAP_NAME = "aligned.mrc"
+__all__ = ["options_from", "input_path", "job_inputs"]
 
 
 def input_path(name: str, project_dir: str | os.PathLike) -> Path:

@@ -177,7 +177,7 @@ def test_resolution_shell_is_first_shell_below_one_minus_one():
 # ---------------------------------------------------------------------------------------------
 def test_superpose_recovers_rotation_shift_and_hand(tiny_project):
     from subtomo_nb.fourier.fft import irfft3, rfft3, shift_half
-    from subtomo_nb.initial_model.align_symmetry import rotate_map
+    from subtomo_nb.initial_model.map_geometry import rotate_map
 
     ref, pix = read_map(tiny_project["map"])
     ref = np.asarray(ref, np.float64)
