@@ -53,12 +53,28 @@ def _check(job_type: str, args: argparse.Namespace, outputs: list, *, is_continu
     return values
 
 
-def _in_job_dir(args: argparse.Namespace, job_dir: Path) -> None:
-    """Record the job directory (for the log of an internal error); temporary files and dask spill go inside it."""
+def _in_job_dir(args: argparse.Namespace, job_dir: Path, job_type: str, values: dict, *,
+                is_continue: bool = False, progress=None, on_interrupt=None):
+    """Run the sub-command's job in ``job_dir``, as RELION's pipeliner runs a job.
+
+    The directory gets the job's record (:func:`subtomo_nb.jobs.jobdir.job_execution`):
+    ``job.star``, ``note.txt`` with the command as typed, ``run.out`` opened with a header and
+    closed with the outcome, RELION's exit marker; temporary files and dask spill go inside it.
+    An output written straight into the project directory (the current directory) has no job
+    directory: nothing is recorded there. Returns the job's progress log (None then).
+    """
+    from subtomo_nb.jobs.jobdir import job_execution
     from subtomo_nb.jobs.scratch import job_scratch
 
     args._log_dir = job_dir
+    log = None
+    if Path(job_dir).resolve() != Path.cwd().resolve():
+        log = args._stack.enter_context(job_execution(
+            job_type, values, job_dir, project_dir=Path.cwd(), is_continue=is_continue, progress=progress,
+            command=["subtomo", *getattr(args, "_argv", [args.command])], log_traceback=False,
+            on_interrupt=on_interrupt))
     args._stack.enter_context(job_scratch(job_dir))
+    return log
 
 
 def _job_dir_of(out: Path) -> Path:
@@ -146,8 +162,9 @@ def _run_extract(args: argparse.Namespace) -> int:
     from subtomo_nb.tasks.extract import extract_subtomos
 
     o = Path(args.o)
-    _check("extract", args, [o / "particles.star", o / "optimisation_set.star", Output(o / "Subtomograms", prefix=True)])
-    _in_job_dir(args, o)
+    values = _check("extract", args, [o / "particles.star", o / "optimisation_set.star",
+                                      Output(o / "Subtomograms", prefix=True)])
+    _in_job_dir(args, o, "extract", values)
     out = extract_subtomos(args.ios, args.tomograms, args.o, binning=args.bin, box=args.b, crop=args.crop,
                            max_dose=args.max_dose, min_frames=args.min_frames, stack2d=args.stack2d,
                            float16=args.float16, n_workers=args.j)
@@ -175,7 +192,7 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
         raise InputError(o, "the output map must be an .mrc (or .map) file", field="--o")
     stem = o.with_suffix("")
     values = _check("reconstruct", args, [o, Path(f"{stem}_half1.mrc"), Path(f"{stem}_half2.mrc"), Path(f"{stem}_fsc.star")])
-    _in_job_dir(args, o.parent)
+    _in_job_dir(args, o.parent, "reconstruct", values)
     if values["box_size"] not in (128, None):
         print(f"subtomo reconstruct: warning: averaging at the particles' own box; not applied: "
               f"--b {values['box_size']}", file=sys.stderr)
@@ -212,8 +229,8 @@ def _run_star_handler(args: argparse.Namespace) -> int:
     if not args.center:
         print("subtomo star-handler: only --center is implemented; nothing to do", file=sys.stderr)
         return 2
-    _check("recentre", args, [Path(args.o)])
-    _in_job_dir(args, Path(args.o).parent)
+    values = _check("recentre", args, [Path(args.o)])
+    _in_job_dir(args, Path(args.o).parent, "recentre", values)
     out = recentre_star(args.i, args.o, (args.center_X, args.center_Y, args.center_Z),
                         ignore_optics=args.ignore_optics, angpix=args.angpix)
     print(f"re-centred particles: {out}")
@@ -264,18 +281,19 @@ def _run_refine(args: argparse.Namespace) -> int:
     # a continued run reads its own run_itNNN files and writes the later ones beside them
     values = _check("refine3d", args, [root.with_name(root.name + "_data.star")] if is_continue
                     else [Output(root, prefix=True)], is_continue=is_continue)
-    job_dir.mkdir(parents=True, exist_ok=True)
-    _in_job_dir(args, job_dir)
-    log = ProgressLog(job_dir, forward=ProgressPrinter())
+    def stopped(exc: KeyboardInterrupt) -> str:
+        return (f" ++++ {'terminated (SIGTERM)' if isinstance(exc, Terminated) else 'interrupted'}; "
+                + _continue_hint(job_dir, root))
+
+    forward = ProgressPrinter()
+    log = (_in_job_dir(args, job_dir, "refine3d", values, is_continue=is_continue, progress=forward,
+                       on_interrupt=stopped)
+           or ProgressLog(job_dir, forward=forward))
     for line in getattr(args, "_warnings", []):
         log.write(f"WARNING: {line}")
     client = _local_client(values)
     try:
         outputs = run_refine(values, job_dir, project_dir=Path.cwd(), progress=log, client=client)
-    except KeyboardInterrupt as exc:
-        log.write(f" ++++ {'terminated (SIGTERM)' if isinstance(exc, Terminated) else 'interrupted'}; "
-                  + _continue_hint(job_dir, root))
-        raise
     finally:
         _close(client)
     for key, value in outputs.items():
@@ -290,8 +308,8 @@ def _run_initial_model(args: argparse.Namespace) -> int:
 
     out = Path(args.o)
     job_dir = _job_dir_of(out)
-    _check("initial_model", args, [Output(job_dir / "run", prefix=True), job_dir / "initial_model.mrc"])
-    _in_job_dir(args, job_dir)
+    values = _check("initial_model", args, [Output(job_dir / "run", prefix=True), job_dir / "initial_model.mrc"])
+    _in_job_dir(args, job_dir, "initial_model", values)
     return int(run_from_args(args))
 
 
@@ -302,8 +320,8 @@ def _run_align_symmetry(args: argparse.Namespace) -> int:
     out = Path(args.o if args.o else OUTPUT_NAME)
     if out.suffix.lower() not in (".mrc", ".map"):
         out = out / OUTPUT_NAME
-    _check("align_symmetry", args, [out])
-    _in_job_dir(args, out.parent)
+    values = _check("align_symmetry", args, [out])
+    _in_job_dir(args, out.parent, "align_symmetry", values)
     return int(run_from_args(args))
 
 
@@ -453,6 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     temporary name and renamed). ``SUBTOMO_DEBUG=1`` shows the Python traceback instead.
     """
     args = build_parser().parse_args(argv)
+    args._argv = list(sys.argv[1:] if argv is None else argv)   # the command as typed, for note.txt
     keep_freed_memory()   # jobs reuse the memory of their freed arrays (subtomo_nb._memory)
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     previous = signal.getsignal(signal.SIGTERM)

@@ -28,13 +28,9 @@ import pandas as pd
 
 from subtomo_nb.io._paths import project_relative
 from subtomo_nb.io.mrc import write_map
-from subtomo_nb.io.optimisation_set import (
-    OptimisationSet,
-    read_optimisation_set,
-    write_optimisation_set,
-)
+from subtomo_nb.io.optimisation_set import OptimisationSet, write_optimisation_set
 from subtomo_nb.io.particles import ParticleSet, write_particles
-from subtomo_nb.io.star import read_star, write_star
+from subtomo_nb.io.star import write_star
 
 if TYPE_CHECKING:  # pragma: no cover
     from subtomo_nb.initial_model.vdam import InitialModel
@@ -173,15 +169,9 @@ def centre_positive_mass(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def tomograms_file(job: InitialModel) -> Path | None:
     """The tomogram set of the run: ``--tomograms``, else the input optimisation set's."""
-    if job.opts.tomograms:
-        return Path(job.opts.tomograms)
-    try:
-        first = next(iter(read_star(job.opts.particles).values()), None)
-        if isinstance(first, dict) and "rlnTomoParticlesFile" in first:
-            return read_optimisation_set(job.opts.particles).resolve("rlnTomoTomogramsFile")
-    except (OSError, ValueError, KeyError):  # unreadable as an optimisation set: none named
-        return None
-    return None
+    from subtomo_nb.tasks.particle_data import input_files
+
+    return input_files(job.opts.particles, job.opts.tomograms).get("rlnTomoTomogramsFile")
 
 
 def write_iteration(job: InitialModel) -> dict[str, Path]:

@@ -25,6 +25,7 @@ from .jobdir import (
     JobRecord,
     JobValidationError,
     create_job_dir,
+    job_execution,
     job_status,
     next_job_number,
     read_job,
@@ -65,5 +66,6 @@ __all__ = [
     "write_job_star",
     "read_job",
     "job_status",
+    "job_execution",
     "run_job",
 ]

@@ -19,9 +19,11 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import shlex
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,7 @@ __all__ = [
     "write_note",
     "job_status",
     "resolve_run_function",
+    "job_execution",
     "run_job",
 ]
 
@@ -314,8 +317,11 @@ def write_note(
     *,
     relative_dir: str | None = None,
     is_continue: bool = False,
+    command: Sequence[str] | None = None,
 ) -> Path:
     """Append the job's command lines to ``note.txt`` (RELION's record of every execution).
+
+    The file is rewritten whole under a temporary name and renamed (never half written).
 
     Parameters
     ----------
@@ -326,11 +332,15 @@ def write_note(
         Project-relative job directory used in the commands (default: ``<Process>/<jobNNN>/``
         from ``job_dir``).
     is_continue : bool
+    command : sequence of str, optional
+        The ``subtomo`` command line as it was run (default: the one equivalent to ``values``).
 
     Returns
     -------
     pathlib.Path
     """
+    from subtomo_nb.io.star import _atomic_write_text
+
     jt = get_job_type(job_type)
     d = Path(job_dir)
     rel = relative_dir or f"{d.absolute().parent.name}/{d.name}/"
@@ -339,11 +349,11 @@ def write_note(
     lines = [f" ++++ Executing new job on {time.ctime()}", " ++++ with the following command(s): "]
     for argv in relion_commands(jt, v, rel, is_continue=is_continue):
         lines.append(format_command(argv, nr_mpi))
-    lines += [" ++++ ", " ++++ run by subtomo_nb as: ",
-              format_command(subtomo_command(jt, v, job_prefix(jt, rel) + output_name(jt))), " ++++ ", ""]
+    as_run = list(command) if command is not None else subtomo_command(jt, v, job_prefix(jt, rel) + output_name(jt))
+    lines += [" ++++ ", " ++++ run by subtomo_nb as: ", format_command(as_run), " ++++ ", ""]
     path = d / NOTE
-    with open(path, "a") as fh:
-        fh.write("\n".join(lines))
+    previous = path.read_text() if path.is_file() else ""
+    _atomic_write_text(path, previous + "\n".join(lines))
     return path
 
 
@@ -372,6 +382,109 @@ def _touch(path: Path) -> None:
     path.write_text("")
 
 
+def with_worker_count(values: Mapping[str, Any], client: Any) -> dict[str, Any]:
+    """``values`` with ``nr_threads`` set to the number of workers of the dask ``client`` the job runs on.
+
+    The job's record (``job.star``, the ``--j`` of ``note.txt``) then says what was used. Values that
+    attach the job to a cluster of their own (``scheduler_file`` / ``scheduler_address``), or no
+    client, leave ``nr_threads`` as it is.
+    """
+    out = dict(values)
+    if client is None or "nr_threads" not in out or out.get("scheduler_file") or out.get("scheduler_address"):
+        return out
+    from subtomo_nb.parallel.client import worker_count
+
+    n = worker_count(client)
+    if n > 0:
+        out["nr_threads"] = n
+    return out
+
+
+def _project_relative_dir(d: Path, project: Path) -> str:
+    """The job directory as RELION names it: project-relative, ending in ``/``."""
+    from subtomo_nb.io._paths import project_relative
+
+    return project_relative(d, project).rstrip("/") + "/"
+
+
+@contextmanager
+def job_execution(
+    job_type: str | JobType,
+    values: Mapping[str, Any],
+    job_dir: str | os.PathLike,
+    *,
+    project_dir: str | os.PathLike,
+    is_continue: bool = False,
+    progress: ProgressCallback | None = None,
+    command: Sequence[str] | None = None,
+    log_traceback: bool = True,
+    on_interrupt: Callable[[KeyboardInterrupt], str] | None = None,
+) -> Iterator[ProgressLog]:
+    """Record one execution of a job in its directory, as RELION's pipeliner does.
+
+    Before the block: ``job.star`` and ``note.txt`` (both written under a temporary name, then
+    renamed) and a ``run.out`` header (program, version, date, job directory, command); old exit
+    markers are removed. After it: a closing ``run.out`` line with the date and the seconds taken,
+    and ``RELION_JOB_EXIT_SUCCESS`` / ``_FAILURE`` / ``_ABORTED``. Every write is inside
+    ``job_dir`` (created if needed); the exception of a failed block propagates.
+
+    Parameters
+    ----------
+    job_type : str or JobType
+    values : mapping
+        The job's complete values (``nr_threads``: the real worker count, see :func:`with_worker_count`).
+    job_dir : str or os.PathLike
+    project_dir : str or os.PathLike
+        RELION's working directory; names in the commands are relative to it.
+    is_continue : bool
+    progress : callable, optional
+        Also receives every event written to ``run.out``.
+    command : sequence of str, optional
+        The ``subtomo`` command line as run (default: the equivalent of ``values``).
+    log_traceback : bool
+        Write the traceback of a failure to ``run.err`` (the ``subtomo`` command does it itself).
+    on_interrupt : callable, optional
+        The closing ``run.out`` line of an interrupted run (e.g. how to continue it).
+
+    Yields
+    ------
+    ProgressLog
+        The job's log.
+    """
+    from subtomo_nb import __version__
+
+    jt = get_job_type(job_type)
+    v = jt.complete(values)
+    d = Path(job_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    for marker in _MARKERS:
+        (d / marker).unlink(missing_ok=True)
+    rel = _project_relative_dir(d, Path(project_dir))
+    write_job_star(d, jt, v, is_continue=is_continue)
+    write_note(d, jt, v, relative_dir=rel, is_continue=is_continue, command=command)
+    log = ProgressLog(d, progress)
+    as_run = list(command) if command is not None else subtomo_command(jt, v, job_prefix(jt, rel) + output_name(jt))
+    log.write(f" ++++ subtomo_nb version {__version__}: {jt.title} ({jt.name}) in {rel}, started {time.ctime()}\n"
+              f" ++++ command: {shlex.join(as_run)}")
+    start = time.time()
+    try:
+        yield log
+    except KeyboardInterrupt as exc:
+        log.write(on_interrupt(exc) if on_interrupt is not None
+                  else f" ++++ aborted at {time.ctime()} after {time.time() - start:.1f} s")
+        _touch(d / EXIT_ABORTED)
+        raise
+    except Exception as exc:  # the job failed: record it as RELION does
+        log.write(f"ERROR: {type(exc).__name__}: {exc}")
+        if log_traceback:
+            log.write(traceback.format_exc(), err=True)
+        log.write(f" ++++ failed at {time.ctime()} after {time.time() - start:.1f} s")
+        _touch(d / EXIT_FAILURE)
+        raise
+    log.write(f" ++++ finished successfully at {time.ctime()} after {time.time() - start:.1f} s")
+    _touch(d / EXIT_SUCCESS)
+
+
 def run_job(
     job_type: str | JobType,
     values: Mapping[str, Any],
@@ -387,7 +500,9 @@ def run_job(
 
     Creates ``<project>/<Process>/jobNNN/``, writes ``job.star`` and ``note.txt``, calls the
     job type's run function with the job directory as its only output place, appends progress
-    to ``run.out`` and writes ``RELION_JOB_EXIT_SUCCESS`` or ``RELION_JOB_EXIT_FAILURE``.
+    to ``run.out`` and writes ``RELION_JOB_EXIT_SUCCESS`` or ``RELION_JOB_EXIT_FAILURE``
+    (:func:`job_execution`). With a ``client``, ``nr_threads`` is recorded as its number of
+    workers (the ``--j`` the job ran with).
 
     The run function is called as ``run(values, job_dir, project_dir=..., progress=...,
     client=...)`` with every value complete and typed; file names in ``values`` are relative to
@@ -436,7 +551,7 @@ def run_job(
     if unknown:
         raise JobValidationError({k: f"{k}: not a field of job type {jt.title!r}" for k in unknown})
     try:
-        v = jt.complete(values)
+        v = with_worker_count(jt.complete(values), client)
     except ValueError as exc:
         raise JobValidationError({str(exc).split(":", 1)[0]: str(exc)}) from None
     if job_dir is None:
@@ -446,31 +561,13 @@ def run_job(
         d = d if d.is_absolute() else project / d
         if not d.is_dir():
             raise FileNotFoundError(f"job directory to continue not found: {d}")
-        for marker in _MARKERS:
-            (d / marker).unlink(missing_ok=True)
-    rel = f"{d.parent.name}/{d.name}/"
-    write_job_star(d, jt, v, is_continue=is_continue)
-    write_note(d, jt, v, relative_dir=rel, is_continue=is_continue)
-    log = ProgressLog(d, progress)
-    log.write(f" ++++ {jt.title} ({jt.name}) in {rel}, started {time.ctime()}")
-    start = time.time()
     try:
-        fn = resolve_run_function(jt.run)
-        keep_freed_memory()   # a job's E-step reuses its freed arrays (subtomo_nb._memory)
-        with job_scratch(d):  # temporary files and dask spill stay inside the job directory
-            fn(v, d, project_dir=project, progress=log, client=client)
-    except KeyboardInterrupt:
-        log.write(f" ++++ aborted after {time.time() - start:.1f} s")
-        _touch(d / EXIT_ABORTED)
-        raise
-    except Exception as exc:  # the job failed: record it as RELION does
-        log.write(f"ERROR: {type(exc).__name__}: {exc}")
-        log.write(traceback.format_exc(), err=True)
-        log.write(f" ++++ failed after {time.time() - start:.1f} s")
-        _touch(d / EXIT_FAILURE)
+        with job_execution(jt, v, d, project_dir=project, is_continue=is_continue, progress=progress) as log:
+            fn = resolve_run_function(jt.run)
+            keep_freed_memory()   # a job's E-step reuses its freed arrays (subtomo_nb._memory)
+            with job_scratch(d):  # temporary files and dask spill stay inside the job directory
+                fn(v, d, project_dir=project, progress=log, client=client)
+    except Exception as exc:  # recorded in the job directory by job_execution
         if raise_errors:
             raise JobFailedError(d, exc) from exc
-        return d
-    log.write(f" ++++ finished successfully in {time.time() - start:.1f} s")
-    _touch(d / EXIT_SUCCESS)
     return d

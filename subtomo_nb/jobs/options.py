@@ -53,7 +53,7 @@ def _refine3d(v: Mapping[str, Any], job_dir: Path, project_dir: Path) -> Any:
     if v["fn_cont"]:
         # --continue: the stopped run's own options (saved with its iteration), a new output root
         return RefineOptions(particles="", reference="", output_root=job_dir / "run",
-                             continue_from=input_path(v["fn_cont"], project_dir))
+                             continue_from=input_path(v["fn_cont"], project_dir), project_dir=project_dir)
     particles, tomograms = job_inputs(v, project_dir)
     extra, _ = parse_additional_arguments(v["other_args"], REFINE_FLAGS)
     align_ref_sym = not extra.pop("no_align_ref_sym", False)
@@ -70,7 +70,7 @@ def _refine3d(v: Mapping[str, Any], job_dir: Path, project_dir: Path) -> Any:
         offset_range_px=float(v["offset_range"]), offset_step_px=float(to_flag("x2", v["offset_step"])),
         sigma_tilt=float(v["sigma_tilt"]),
         auto_ignore_angles=bool(v["auto_faster"]), auto_resol_angles=bool(v["auto_faster"]),
-        align_reference_symmetry=align_ref_sym, **extra,
+        align_reference_symmetry=align_ref_sym, project_dir=project_dir, **extra,
     )
 
 

@@ -49,7 +49,7 @@ import distributed
 from subtomo_nb.io.errors import InputError
 
 __all__ = ["get_client", "close_if_owned", "gpu_count", "cuda_cluster_available", "attach_client",
-           "describe_cluster", "job_client", "scheduler_of"]
+           "describe_cluster", "job_client", "scheduler_of", "worker_count"]
 
 #: Seconds to wait for an attached scheduler (and for its first worker) before giving up.
 ATTACH_TIMEOUT = 30.0
@@ -288,6 +288,14 @@ def _worker_device() -> dict[str, Any]:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
     return {"cuda_visible_devices": visible, "dask_cuda": "dask_cuda" in sys.modules,
             "gpu": bool(visible) and visible not in ("-1", "NoDevFiles")}
+
+
+def worker_count(client: distributed.Client) -> int:
+    """The number of workers of the cluster behind ``client`` (0 when it cannot be asked)."""
+    try:
+        return len(client.scheduler_info().get("workers", {}))
+    except Exception:  # noqa: BLE001 - a closed client or a scheduler gone: none known
+        return 0
 
 
 def describe_cluster(client: distributed.Client) -> str:

@@ -93,6 +93,8 @@ class RefineOptions:
     # (subtomo_nb.refine.reference); "--no_align_ref_sym" in Additional arguments turns it off
     align_reference_symmetry: bool = True
     continue_from: str | os.PathLike | None = None  # --continue run_itNNN_optimiser.star
+    # RELION's working directory: file names in the STAR outputs are relative to it (None: the current one)
+    project_dir: str | os.PathLike | None = None
 
 
 @dataclass
@@ -279,7 +281,7 @@ class AutoRefine:
             from subtomo_nb.refine.state import stored_options
 
             stored = stored_options(opts.continue_from)
-            stored.update(output_root=opts.output_root, continue_from=opts.continue_from)
+            stored.update(output_root=opts.output_root, continue_from=opts.continue_from, project_dir=opts.project_dir)
             opts = RefineOptions(**{k: v for k, v in stored.items() if k in RefineOptions.__dataclass_fields__})
         self.opts = opts
         self.client = client  # a dask client (subtomo_nb.parallel.get_client), or None: serial

@@ -2,10 +2,12 @@
 
 Per iteration ``NNN`` (000 = the starting point): ``run_itNNN_half{1,2}_class001.mrc``,
 ``run_itNNN_half{1,2}_model.star``, ``run_itNNN_data.star``, ``run_itNNN_optimiser.star``,
-``run_itNNN_sampling.star``, ``run_itNNN_optimisation_set.star``. At convergence, without the
-iteration: ``run_class001.mrc``, ``run_half{1,2}_class001_unfil.mrc``, ``run_model.star``,
-``run_data.star``, ``run_optimiser.star``, ``run_sampling.star``, ``run_optimisation_set.star``.
-Tables and labels as RELION writes them (checked against its own outputs in the tests).
+``run_itNNN_sampling.star``, ``run_itNNN_optimisation_set.star``,
+``run_itNNN_half{1,2}_class001_angdist.bild``. At convergence, without the iteration:
+``run_class001.mrc``, ``run_half{1,2}_class001_unfil.mrc``, ``run_model.star``, ``run_data.star``,
+``run_optimiser.star``, ``run_sampling.star``, ``run_optimisation_set.star``,
+``run_class001_angdist.bild``. Tables and labels as RELION writes them (checked against its own
+outputs in the tests); file names in them relative to the project directory, as RELION writes them.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from subtomo_nb.geometry.healpix import psi_step, sampling_directions
+from subtomo_nb.geometry.healpix import direction_vectors, psi_step, sampling_directions
+from subtomo_nb.geometry.symmetry import point_group
+from subtomo_nb.io._paths import project_relative
 from subtomo_nb.io.mrc import write_map
-from subtomo_nb.io.optimisation_set import OptimisationSet, write_optimisation_set
+from subtomo_nb.io.optimisation_set import OPTIMISATION_SET_LABELS, OptimisationSet, write_optimisation_set
 from subtomo_nb.io.particles import ParticleSet, write_particles
-from subtomo_nb.io.star import write_star
+from subtomo_nb.io.star import _atomic_write_text, write_star
 
 if TYPE_CHECKING:  # pragma: no cover
     from subtomo_nb.refine.autorefine import AutoRefine
@@ -36,7 +40,14 @@ def _names(root: Path, iteration: int | None) -> dict[str, Path]:
         "optimiser": Path(f"{base}_optimiser.star"), "sampling": Path(f"{base}_sampling.star"),
         "optimisation_set": Path(f"{base}_optimisation_set.star"), "map": Path(f"{base}_class001.mrc"),
         "half1_unfil": Path(f"{base}_half1_class001_unfil.mrc"), "half2_unfil": Path(f"{base}_half2_class001_unfil.mrc"),
+        "half1_bild": Path(f"{base}_half1_class001_angdist.bild"),
+        "half2_bild": Path(f"{base}_half2_class001_angdist.bild"), "bild": Path(f"{base}_class001_angdist.bild"),
     }
+
+
+def _rel(job: "AutoRefine", path: str | Path) -> str:
+    """A file name as written in the STAR outputs: relative to the project directory (RELION's)."""
+    return project_relative(path, job.opts.project_dir)
 
 
 def model_blocks(job: "AutoRefine", half: int, map_name: str) -> dict:
@@ -103,17 +114,20 @@ def data_particle_set(job: "AutoRefine") -> ParticleSet:
 def optimiser_block(job: "AutoRefine", names: dict[str, Path], iteration: int) -> dict:
     """``data_optimiser_general`` with the labels that describe and resume the run."""
     s, o = job.state, job.opts
+    inputs = input_names(job)
     return {
-        "rlnOutputRootName": str(job.root), "rlnModelStarFile": str(names["half1_model"]),
-        "rlnModelStarFile2": str(names["half2_model"]), "rlnExperimentalDataStarFile": str(names["data"]),
-        "rlnOrientSamplingStarFile": str(names["sampling"]),
-        "rlnTomoTomogramsFile": str(o.tomograms or ""), "rlnTomoTrajectoriesFile": "",
+        "rlnOutputRootName": _rel(job, job.root), "rlnModelStarFile": _rel(job, names["half1_model"]),
+        "rlnModelStarFile2": _rel(job, names["half2_model"]), "rlnExperimentalDataStarFile": _rel(job, names["data"]),
+        "rlnOrientSamplingStarFile": _rel(job, names["sampling"]),
+        "rlnTomoTomogramsFile": inputs.get("rlnTomoTomogramsFile", ""),
+        "rlnTomoTrajectoriesFile": inputs.get("rlnTomoTrajectoriesFile", ""),
         "rlnCurrentIteration": int(iteration), "rlnNumberOfIterations": int(o.auto_iter_max),
         "rlnDoSplitRandomHalves": 1, "rlnJoinHalvesUntilThisResolution": float(o.low_resol_join_halves),
         "rlnAdaptiveOversampleOrder": int(s.sampling.oversampling), "rlnAdaptiveOversampleFraction": 0.999,
         "rlnRandomSeed": int(o.random_seed), "rlnParticleDiameter": float(o.particle_diameter),
         "rlnWidthMaskEdge": 5, "rlnDoZeroMask": int(o.zero_mask), "rlnDoSolventFlattening": int(o.flatten_solvent),
-        "rlnDoSolventFscCorrection": 0, "rlnSolventMaskName": str(o.solvent_mask or "None"),
+        "rlnDoSolventFscCorrection": 0,
+        "rlnSolventMaskName": _rel(job, o.solvent_mask) if o.solvent_mask else "None",
         "rlnIncrementImageSize": int(s.incr_size), "rlnDoMapEstimation": 1, "rlnDoAutoRefine": 1,
         "rlnDoAutoSampling": 1, "rlnAutoLocalSearchesHealpixOrder": int(o.auto_local_healpix_order),
         "rlnNumberOfIterWithoutResolutionGain": int(s.nr_iter_wo_resol_gain),
@@ -156,20 +170,116 @@ def write_iteration(job: "AutoRefine", *, final: bool, initial: bool = False, fi
         write_map(names["map"], np.asarray(final_map, np.float32), pix)
         for h, vol in zip((1, 2), unfil):
             write_map(names[f"half{h}_unfil"], np.asarray(vol, np.float32), pix)
-        write_star(names["model"], model_blocks(job, 0, str(names["map"])))
+        write_star(names["model"], model_blocks(job, 0, _rel(job, names["map"])))
+        write_angdist_bild(names["bild"], job, np.arange(len(job.pset.particles)))
         names["half1_model"] = names["half2_model"] = names["model"]
     else:
         for h in (1, 2):
             write_map(names[f"half{h}_map"], np.asarray(job.halves[h - 1].reference, np.float32), pix)
-            write_star(names[f"half{h}_model"], model_blocks(job, h, str(names[f"half{h}_map"])))
+            write_star(names[f"half{h}_model"], model_blocks(job, h, _rel(job, names[f"half{h}_map"])))
+            write_angdist_bild(names[f"half{h}_bild"], job, job.halves[h - 1].rows)
     write_particles(names["data"], data_particle_set(job), require_tomo=False)
     write_star(names["sampling"], sampling_blocks(job))
     write_star(names["optimiser"], {"optimiser_general": optimiser_block(job, names, it)})
-    oset = OptimisationSet({"rlnTomoParticlesFile": str(names["data"]),
-                            "rlnTomoTomogramsFile": str(job.opts.tomograms or ""), "rlnTomoTrajectoriesFile": ""})
-    write_optimisation_set(names["optimisation_set"], oset)
+    write_optimisation_set(names["optimisation_set"], output_optimisation_set(job, names, final=final))
     if not final:
         from subtomo_nb.refine.state import save_state, state_path
 
         names["state"] = save_state(job, state_path(names["optimiser"]))
     return names
+
+
+def input_names(job: "AutoRefine") -> dict[str, str]:
+    """The input's optimisation-set entries (``--ios``, or ``--i`` with ``--tomograms``), project-relative."""
+    from subtomo_nb.tasks.particle_data import input_files
+
+    return {label: _rel(job, path) for label, path in input_files(job.opts.particles, job.opts.tomograms).items()}
+
+
+def output_optimisation_set(job: "AutoRefine", names: dict[str, Path], *, final: bool) -> OptimisationSet:
+    """``run_[itNNN_]optimisation_set.star``: the input's set with this run's particles (``MlOptimiser::write``).
+
+    The input's tomograms, trajectories and manifolds stay; at convergence, as RELION, the unfiltered
+    half maps become the reference maps (and the solvent mask the reference mask); a reference FSC
+    file of the input is dropped (it belongs to other maps).
+    """
+    entries = input_names(job)
+    entries["rlnTomoParticlesFile"] = _rel(job, names["data"])
+    entries.setdefault("rlnTomoTomogramsFile", "")
+    entries.setdefault("rlnTomoTrajectoriesFile", "")
+    for label in ("rlnTomoReferenceMap1File", "rlnTomoReferenceMap2File", "rlnTomoReferenceMaskFile",
+                  "rlnTomoReferenceFscFile"):
+        entries.pop(label, None)
+    if final:
+        entries["rlnTomoReferenceMap1File"] = _rel(job, names["half1_unfil"])
+        entries["rlnTomoReferenceMap2File"] = _rel(job, names["half2_unfil"])
+        if job.opts.solvent_mask:
+            entries["rlnTomoReferenceMaskFile"] = _rel(job, job.opts.solvent_mask)
+    order = [k for k in OPTIMISATION_SET_LABELS if k in entries] + [k for k in entries if k not in OPTIMISATION_SET_LABELS]
+    return OptimisationSet({k: entries[k] for k in order})
+
+
+def direction_counts(job: "AutoRefine", rows: np.ndarray) -> np.ndarray:
+    """Particles of ``rows`` per HEALPix direction of the current sampling (its asymmetric unit).
+
+    Each particle's projection direction (``Euler_angles2direction`` of its rot, tilt) counts for the
+    nearest sampling direction, over all its symmetry mates. RELION's ``pdf_direction`` sums the
+    posterior probabilities instead; with the peaked posteriors of a refinement the two agree.
+    """
+    smp = job.state.sampling
+    rot, tilt, _ = sampling_directions(smp.healpix_order, smp.sym)
+    grid = direction_vectors(rot, tilt)                                   # (D, 3)
+    ops = np.asarray(point_group(smp.sym), dtype=np.float64)              # (G, 3, 3)
+    counts = np.zeros(len(grid), dtype=np.int64)
+    angles = np.asarray(job.angles, dtype=np.float64)[np.asarray(rows, dtype=np.int64)]
+    for start in range(0, len(angles), 512):
+        d = direction_vectors(angles[start:start + 512, 0], angles[start:start + 512, 1])   # (P, 3)
+        mates = np.einsum("gij,pj->gpi", ops, d)                                             # (G, P, 3)
+        best = np.einsum("gpi,di->gpd", mates, grid).max(axis=0)                             # (P, D)
+        np.add.at(counts, best.argmax(axis=1), 1)
+    return counts
+
+
+def angdist_bild(pdf: np.ndarray, rot: np.ndarray, tilt: np.ndarray, radius: float, offset: float,
+                 angular_sampling: float, rmax_frac: float = 0.3, width_frac: float = 0.5) -> str:
+    """The text of RELION's ``_angdist.bild`` (``HealpixSampling::writeBildFileOrientationalDistribution``).
+
+    One ``.color`` / ``.cylinder`` pair per direction with ``pdf > 0`` (and a non-negligible
+    length): from ``radius`` to ``radius * (1 + rmax_frac * pdf / max(pdf))`` along the direction,
+    shifted by ``offset`` in x, y and z, of radius ``width_frac * pi * radius * angular_sampling /
+    360``; coloured from blue (pdf at or below mean - sigma) to red (mean + 5 sigma), with
+    RELION's statistics (``computeStats``: its integer ``N / (N - 1)`` factor included).
+    """
+    pdf = np.asarray(pdf, dtype=np.float64)
+    n = pdf.size
+    mean = float(pdf.mean()) if n else 0.0
+    var = float((pdf ** 2).mean() - mean * mean) * (n // (n - 1)) if n > 1 else 0.0
+    sigma = np.sqrt(abs(var))
+    pmax = float(pdf.max()) if n else 0.0
+    width = width_frac * np.pi * radius * (angular_sampling / 360.0)
+    lines = []
+    for p, v in zip(pdf, direction_vectors(rot, tilt)):
+        if p <= 0:
+            continue
+        # RELION's (p - mean) / sigma is NaN for sigma = 0, which its min/max turn into +5 sigma
+        col = min(max((p - mean) / sigma, -1.0), 5.0) if sigma > 0 else 5.0
+        col = col / 6.0 + 1.0 / 6.0
+        rp = radius + rmax_frac * radius * p / pmax
+        if not (np.abs((radius - rp) * v) > 0.01).any():
+            continue  # a cylinder of no length (Chimera complains)
+        a, b = radius * v + offset, rp * v + offset
+        lines.append(f".color {col:g} 0 {1.0 - col:g}")
+        lines.append(".cylinder " + " ".join(f"{x:g}" for x in (*a, *b)) + f" {width:g}")
+    return "".join(line + "\n" for line in lines)
+
+
+def write_angdist_bild(path: Path, job: "AutoRefine", rows: np.ndarray) -> Path:
+    """``<root>_class001_angdist.bild`` of the particles ``rows`` (RELION's ``MlModel::write``: radius
+    and offset half the box in Å)."""
+    smp = job.state.sampling
+    rot, tilt, _ = sampling_directions(smp.healpix_order, smp.sym)
+    half_box = job.box * job.pix / 2.0
+    angular_sampling = 360.0 / (6 * round(2.0 ** int(smp.healpix_order)))   # getAngularSampling()
+    text = angdist_bild(direction_counts(job, rows), rot, tilt, half_box, half_box, angular_sampling)
+    _atomic_write_text(Path(path), text)
+    return Path(path)

@@ -24,6 +24,31 @@ from subtomo_nb.io.subtomo import read_particle_subtomo
 from subtomo_nb.io.tomograms import TomogramSet, read_tomograms
 
 
+def input_files(path: str | os.PathLike, tomograms: str | os.PathLike | None = None) -> dict[str, Path]:
+    """The files a job's particle input names, as absolute paths by optimisation-set label.
+
+    ``path`` an optimisation set: its non-empty entries; a particle file: ``rlnTomoParticlesFile``
+    only. ``tomograms`` (``--tomograms``) overrides ``rlnTomoTomogramsFile``. A file that cannot be
+    read as STAR names nothing more than itself.
+    """
+    out: dict[str, Path] = {}
+    try:
+        first = next(iter(read_star(path).values()), None)
+    except (OSError, ValueError, KeyError):  # unreadable as STAR: the file itself is all that is known
+        first = None
+    if isinstance(first, dict) and "rlnTomoParticlesFile" in first:
+        oset = read_optimisation_set(path)
+        for label in oset:
+            name = oset.resolve(label)
+            if name is not None:
+                out[label] = name
+    else:
+        out["rlnTomoParticlesFile"] = Path(path).absolute()
+    if tomograms:
+        out["rlnTomoTomogramsFile"] = Path(tomograms).absolute()
+    return out
+
+
 def load_particle_set(
     path: str | os.PathLike,
     tomograms: str | os.PathLike | None = None,

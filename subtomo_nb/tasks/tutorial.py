@@ -29,10 +29,12 @@ from typing import Any
 import numpy as np
 
 from subtomo_nb.fourier.fsc import fsc, resolution
+from subtomo_nb.io._paths import project_relative
 from subtomo_nb.io.errors import InputError
 from subtomo_nb.io.mrc import read_map
 from subtomo_nb.io.optimisation_set import OptimisationSet, write_optimisation_set
 from subtomo_nb.io.star import read_star, write_star
+from subtomo_nb.jobs.jobdir import job_execution
 from subtomo_nb.tasks.extract import extract_subtomos
 from subtomo_nb.tasks.reconstruct import reconstruct_particles
 
@@ -80,15 +82,6 @@ def _announce(progress: Any, text: str) -> None:
         from subtomo_nb.jobs.progress import Progress
 
         progress(Progress(message=text))
-
-
-def _relative(path: str | os.PathLike, project: Path) -> str:
-    """``path`` as RELION names files: relative to the project directory where it lies inside it."""
-    p = Path(path).resolve()
-    try:
-        return p.relative_to(project.resolve()).as_posix()
-    except ValueError:
-        return str(p)
 
 
 def run_tutorial(project_dir: str | os.PathLike = "tutorial", *, seed: int = 0, tiny: bool = False,
@@ -143,18 +136,27 @@ def run_tutorial(project_dir: str | os.PathLike = "tutorial", *, seed: int = 0, 
     times = {"simulate": time.perf_counter() - t0}
     t1 = time.perf_counter()
     extract_dir = project / "Extract" / "job002"
+    # each job records itself as RELION's pipeliner would run it (job.star, note.txt, run.out, exit marker)
     _announce(progress, f"extracting {sim['n_particles']} pseudo-subtomograms at bin {binning}, box {box} "
                         f"(Extract/job002/)")
-    extracted = extract_subtomos(sim["optimisation_set"], None, extract_dir, binning=binning, box=box,
-                                 stack2d=False, n_workers=n_workers)
+    extract_values = {"in_optimisation": project_relative(sim["optimisation_set"], project), "binning": binning,
+                      "box_size": box, "do_stack2d": False, "nr_threads": n_workers}
+    with job_execution("extract", extract_values, extract_dir, project_dir=project, progress=progress):
+        extracted = extract_subtomos(sim["optimisation_set"], None, extract_dir, binning=binning, box=box,
+                                     stack2d=False, n_workers=n_workers)
     times["extract"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     rec_dir = project / "Reconstruct" / "job003"
     _announce(progress, "reconstructing with the true orientations, the best these data allow (Reconstruct/job003/)")
-    true_star = particles_with_truth(extracted, sim["particles_true"], rec_dir / "particles_true.star", seed=seed)
-    oset = OptimisationSet({"rlnTomoParticlesFile": str(true_star), "rlnTomoTomogramsFile": str(sim["tomograms"])})
-    write_optimisation_set(rec_dir / "optimisation_set.star", oset)
-    result = reconstruct_particles(true_star, rec_dir / "merged.mrc", sym="C6", ctf=True, n_workers=n_workers)
+    true_name = rec_dir / "particles_true.star"
+    rec_values = {"use_direct_entries": True, "in_particles": project_relative(true_name, project),
+                  "binning": binning, "box_size": box, "sym_name": "C6", "do_ctf": True, "nr_threads": n_workers}
+    with job_execution("reconstruct", rec_values, rec_dir, project_dir=project, progress=progress):
+        true_star = particles_with_truth(extracted, sim["particles_true"], true_name, seed=seed)
+        oset = OptimisationSet({"rlnTomoParticlesFile": project_relative(true_star, project),
+                                "rlnTomoTomogramsFile": project_relative(sim["tomograms"], project)})
+        write_optimisation_set(rec_dir / "optimisation_set.star", oset)
+        result = reconstruct_particles(true_star, rec_dir / "merged.mrc", sym="C6", ctf=True, n_workers=n_workers)
     times["reconstruct"] = time.perf_counter() - t2
     merged, pix = read_map(result.merged_path)
     truth, _ = read_map(sim["map"])
@@ -166,7 +168,7 @@ def run_tutorial(project_dir: str | os.PathLike = "tutorial", *, seed: int = 0, 
         "particles": int(len(read_star(true_star)["particles"])),
         "pixel_size_A": float(pix),
         "nyquist_A": 2.0 * float(pix),
-        "true_poses_map": _relative(result.merged_path, project),
+        "true_poses_map": project_relative(result.merged_path, project),
         "true_poses_resolution_A": float(result.resolution_A),
         "true_poses_resolution_vs_truth_A": float(resolution(fsc_truth, n, pix, 0.143)),
         "seconds": times,
@@ -284,7 +286,7 @@ def _initial_model_and_refine(project: Path, sim: dict, extract_dir: Path, n_wor
     iterations = [e for e in read_progress(rf_dir) if e.iteration is not None and e.resolution_A is not None]
     sampling = read_star(rf_dir / "run_sampling.star")
     out["reference"] = ref
-    out["refined_map"] = _relative(rf_dir / "run_class001.mrc", project)
+    out["refined_map"] = project_relative(rf_dir / "run_class001.mrc", project)
     out["refined_resolution_A"] = float(general["rlnCurrentResolution"])
     out["iterations"] = len(iterations)
     out["ini_high_A"] = float(refine_values["ini_high"])
