@@ -350,7 +350,8 @@ def _add_tutorial(sub: argparse._SubParsersAction) -> None:
 
 def _run_tutorial(args: argparse.Namespace) -> int:
     from subtomo_nb.jobs.progress import ProgressPrinter
-    from subtomo_nb.tasks.tutorial import run_tutorial, summary_lines
+    from subtomo_nb.jobs.tutorial import run_tutorial
+    from subtomo_nb.tasks.tutorial import summary_lines
 
     _check_directory(args.o, args)
     result = run_tutorial(args.o, seed=args.seed, tiny=args.tiny, n_workers=args.j, refine=not args.skip_refine,
