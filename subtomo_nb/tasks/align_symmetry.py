@@ -23,11 +23,6 @@ __all__ = ["align_symmetry_file"]
 Report = Callable[[str], None]
 
 
-def _say(progress: Report | None, message: str) -> None:
-    if progress is not None:
-        progress(message)
-
-
 def _is_model_star(path: Path) -> bool:
     return path.suffix.lower() == ".star"
 
@@ -78,6 +73,7 @@ def align_symmetry_file(
         Unknown symmetry or inconsistent options.
     """
     path = Path(path)
+    say = progress if progress is not None else (lambda _message: None)
     ops = point_group(sym)  # unknown name: ValueError before any file is read
     if _is_model_star(path):
         if len(ops) == 1 and not (select_largest_class or select_highest_resol):
@@ -90,14 +86,14 @@ def align_symmetry_file(
     best: AlignResult | None = None
     scores: dict[str, float] = {}
     for src in sources:
-        _say(progress, f"reading {src}")
+        say(f"reading {src}")
         vol, header_px = read_map(src, require_cube=True)
         px = float(angpix) if angpix is not None and angpix > 0 else float(header_px)
         result = align_symmetry(vol, sym, px, progress=progress, **options)
         result.source = src
         scores[str(src)] = result.score
         if len(sources) > 1:
-            _say(progress, f"{src.name}: diff2 {result.score:.6g}")
+            say(f"{src.name}: diff2 {result.score:.6g}")
         if best is None or result.score < best.score:  # first best kept on ties, as RELION
             best = result
     assert best is not None
