@@ -37,7 +37,7 @@ def _iteration_relay(progress: Callable[[Any], None], nr_iter: int) -> Callable[
                               fsc=event["fsc"] or None,
                               accuracy_rot_deg=float(event["acc_rot"]) if event["acc_rot"] < 999 else None,
                               accuracy_trans_A=float(event["acc_trans_A"]) if event["acc_trans_A"] < 999 else None,
-                              timings={"iteration": event["seconds"], "E-step": event["seconds_estep"],
+                              timings={"time": event["seconds"], "E-step": event["seconds_estep"],
                                        "M-step": event["seconds_mstep"]},
                               fraction=event["iteration"] / nr_iter))
         elif event.get("kind") == "particles":

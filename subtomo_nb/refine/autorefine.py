@@ -106,6 +106,8 @@ class HalfModel:
     sigma2: np.ndarray
     tau2: np.ndarray | None = None
     ssnr: np.ndarray | None = None
+    #: noise power of the reconstruction, count / sum(pad**3 W) per shell (rlnReferenceSigma2)
+    ref_sigma2: np.ndarray | None = None
 
 
 @dataclass
@@ -546,12 +548,13 @@ class AutoRefine:
             for h in self.halves:
                 h.ssnr = ssnr.ssnr
                 h.tau2 = ssnr.tau2
+                h.ref_sigma2 = ssnr.sigma2
             self._finish_iteration(t0)
             write_iteration(self, final=True, final_map=final_map, unfil=unfil)
             return True
         for h, bp in zip(self.halves, bps):
             ssnr = bp.ssnr_tau2_from_fsc(f, o.tau2_fudge)
-            h.tau2, h.ssnr = ssnr.tau2, ssnr.ssnr
+            h.tau2, h.ssnr, h.ref_sigma2 = ssnr.tau2, ssnr.ssnr, ssnr.sigma2
             vol = bp.reconstruct(tau2=ssnr.tau2, tau2_fudge=o.tau2_fudge)
             if o.firstiter_cc and s.iteration == 1 and o.ini_high > 0:
                 vol = low_pass(vol, o.ini_high, self.pix)

@@ -61,6 +61,8 @@ def model_blocks(job: "AutoRefine", half: int, map_name: str) -> dict:
     fsc = s.fsc if s.fsc is not None else np.zeros(len(shells))
     ssnr = h.ssnr if h.ssnr is not None else np.zeros(len(shells))
     tau2 = h.tau2 if h.tau2 is not None else np.zeros(len(shells))
+    # the reconstruction's noise power (1 / mean back-projected weight), not the particles' noise
+    ref_sigma2 = h.ref_sigma2 if h.ref_sigma2 is not None else np.zeros(len(shells))
     est = ang[np.flatnonzero(ssnr >= 1.0)[-1]] if (ssnr >= 1.0).any() else 999.0
     general = {
         "rlnReferenceDimensionality": 3, "rlnDataDimensionality": 3, "rlnOriginalImageSize": n,
@@ -82,7 +84,7 @@ def model_blocks(job: "AutoRefine", half: int, map_name: str) -> dict:
     spectra = pd.DataFrame({
         "rlnSpectralIndex": shells, "rlnResolution": res_inv, "rlnAngstromResolution": ang,
         "rlnSsnrMap": ssnr, "rlnGoldStandardFsc": fsc, "rlnFourierCompleteness": (fsc > 0.143).astype(float),
-        "rlnReferenceSigma2": h.sigma2, "rlnReferenceTau2": tau2,
+        "rlnReferenceSigma2": ref_sigma2, "rlnReferenceTau2": tau2,
         "rlnSpectralOrientabilityContribution": np.zeros(len(shells)),
     })
     rows = h.rows if half else np.arange(len(job.pset.particles))

@@ -109,7 +109,9 @@ def _seconds_per_iteration(job_dir: Path) -> dict[int, float]:
     out: dict[int, float] = {}
     for event in read_progress(job_dir):
         if event.iteration is not None and event.timings:
-            out[int(event.iteration)] = float(sum(event.timings.values()))
+            # "time" is the whole iteration (its parts, e.g. "E-step", are inside it)
+            timings = event.timings
+            out[int(event.iteration)] = float(timings["time"] if "time" in timings else sum(timings.values()))
     return out
 
 

@@ -214,6 +214,7 @@ def tiny_run(tiny_extract_3d, tiny_project, tmp_path_factory):
     return out, job, events
 
 
+@pytest.mark.slow
 def test_outputs_have_relion_names_and_tables(tiny_run):
     out, job, events = tiny_run
     for it in (0, 5, TINY_ITER):
@@ -244,6 +245,7 @@ def test_outputs_have_relion_names_and_tables(tiny_run):
     assert all(e["subset"] == job.n for e in its)     # 92 particles < 200: every particle
 
 
+@pytest.mark.slow
 def test_de_novo_map_matches_the_truth(tiny_run, tiny_project):
     out, _job, _ = tiny_run
     ref, pix = read_map(tiny_project["map"])
@@ -260,6 +262,7 @@ def test_de_novo_map_matches_the_truth(tiny_run, tiny_project):
     assert s0.resolution_05_A > 60.0
 
 
+@pytest.mark.slow
 def test_dask_run_equals_serial_run(tiny_extract_3d, tmp_path):
     distributed = pytest.importorskip("distributed")
     from subtomo_nb.initial_model.vdam import InitialModel, VdamOptions

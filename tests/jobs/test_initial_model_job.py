@@ -14,6 +14,7 @@ from subtomo_nb.io.star import read_star
 # ---------------------------------------------------------------------------------------------
 # registry run function (K = 2, run in C1 then aligned) and the command line
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_job_run_function_with_two_classes(tiny_extract_3d, tiny_project, tmp_path):
     from subtomo_nb.jobs.initial_model import run_initial_model_job
     from subtomo_nb.jobs import get_job_type

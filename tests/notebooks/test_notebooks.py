@@ -56,7 +56,8 @@ def test_notebooks_are_stored_clean() -> None:
 
 
 @pytest.mark.timeout(CELL_TIMEOUT_S + 60)
-@pytest.mark.parametrize("name", ORDER)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith("02") else n
+                                  for n in ORDER])   # 02 (VDAM, ~60 s on 2 cores): nightly path
 def test_notebook_runs(name: str, project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if name.startswith("02"):
         reason = initial_model_missing()

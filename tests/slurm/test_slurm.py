@@ -48,6 +48,7 @@ def _serial_equal(run: Path, serial: Path) -> None:
     np.testing.assert_allclose(mb, ma, rtol=0, atol=1e-5 * float(np.abs(ma).max()))
 
 
+@pytest.mark.slow
 def test_slurm_cluster_with_two_jobs(slurm, tiny_project, tiny_extract_3d, local_cluster_run, serial_run, tmp_path):
     with _slurm_cluster(slurm, tmp_path) as cluster:
         cluster.scale(jobs=2)
@@ -65,6 +66,7 @@ def test_slurm_cluster_with_two_jobs(slurm, tiny_project, tiny_extract_3d, local
     _serial_equal(job, serial_run)
 
 
+@pytest.mark.slow
 def test_scancel_of_one_job_mid_iteration(slurm, tiny_project, tiny_extract_3d, local_cluster_run, tmp_path):
     """``scancel`` of one of the two SLURM jobs while iteration 2's E-step runs: the refinement goes on
     on the other worker and ends with the same result, to the bit."""

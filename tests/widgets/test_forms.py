@@ -179,8 +179,8 @@ def test_progress_event_logged_and_fsc_plotted(project: Path) -> None:
     t = threading.Thread(target=form.post_progress, args=(event,))
     t.start()
     t.join(WAIT_S)
-    assert "iteration 3" in form.log.value and "resolution 21.50 A" in form.log.value
-    assert "accuracy rotations 4.2 deg" in form.log.value and "E-step 2.00 s" in form.log.value
+    assert "iteration 3" in form.log.value and "21.50 Å" in form.log.value
+    assert "angular accuracy 4.20°" in form.log.value and "E-step 2.0 s" in form.log.value
     png = bytes(form.fsc_image.value)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     form.post_progress(Progress(iteration=4, fsc=[1.0, 0.8, 0.3, 0.1]))
