@@ -72,13 +72,31 @@ def _in_job_dir(args: argparse.Namespace, job_dir: Path, job_type: str, values: 
 
     args._log_dir = job_dir
     log = None
-    if Path(job_dir).resolve() != Path.cwd().resolve():
+    other = _other_job(Path(job_dir), job_type)
+    if other:
+        print(f"subtomo {args.command}: warning: {job_dir} holds another job ({other}); its job.star, note.txt and "
+              "run.out are left as they are and this run is not recorded there", file=sys.stderr)
+    elif Path(job_dir).resolve() != Path.cwd().resolve():
         log = args._stack.enter_context(job_execution(
             job_type, values, job_dir, project_dir=Path.cwd(), is_continue=is_continue, progress=progress,
             command=["subtomo", *getattr(args, "_argv", [args.command])], log_traceback=False,
             on_interrupt=on_interrupt))
     args._stack.enter_context(job_scratch(job_dir))
     return log
+
+
+def _other_job(job_dir: Path, job_type: str) -> str:
+    """The type label of another job recorded in ``job_dir`` ("" when none, or the same job type)."""
+    from subtomo_nb.jobs.jobdir import read_job_star
+    from subtomo_nb.jobs.registry import get_job_type
+
+    if not (job_dir / "job.star").is_file():
+        return ""
+    try:
+        label = read_job_star(job_dir / "job.star")[0]
+    except InputError:
+        return "an unreadable job.star"
+    return "" if label == get_job_type(job_type).type_label else label
 
 
 def _job_dir_of(out: Path) -> Path:
@@ -156,6 +174,15 @@ def _run_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _particle_geometry(particles: str, tomograms: str | None) -> dict:
+    """``box_size`` (pixels) and ``binning`` of a particle file or optimisation set's particles."""
+    from subtomo_nb.io.particles import box_size, subtomogram_binning
+    from subtomo_nb.tasks.particle_data import load_particle_set
+
+    pset, _ = load_particle_set(particles, tomograms)
+    return {"box_size": box_size(pset), "binning": subtomogram_binning(pset)}
+
+
 def _run_reconstruct(args: argparse.Namespace) -> int:
     from subtomo_nb.tasks.reconstruct import reconstruct_particles
 
@@ -164,10 +191,12 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
         raise InputError(o, "the output map must be an .mrc (or .map) file", field="--o")
     stem = o.with_suffix("")
     values = _check("reconstruct", args, [o, Path(f"{stem}_half1.mrc"), Path(f"{stem}_half2.mrc"), Path(f"{stem}_fsc.star")])
-    _in_job_dir(args, o.parent, "reconstruct", values)
     if values["box_size"] not in (128, None):
         print(f"subtomo reconstruct: warning: averaging at the particles' own box; not applied: "
               f"--b {values['box_size']}", file=sys.stderr)
+    # the job record says what is done: the particles' own box and binning
+    values = {**values, **_particle_geometry(args.i, args.tomograms)}
+    _in_job_dir(args, o.parent, "reconstruct", values)
     from subtomo_nb.jobs.options import options_from
     from subtomo_nb.jobs.progress import ProgressPrinter
     from subtomo_nb.jobs.runners import job_client

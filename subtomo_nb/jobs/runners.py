@@ -144,6 +144,7 @@ def run_refine(
     """3D auto-refine into ``job_dir`` (``run_it*`` per iteration, ``run_class001.mrc`` etc. at the end)."""
     from subtomo_nb.geometry.healpix import angular_step
     from subtomo_nb.refine.autorefine import AutoRefine
+    from subtomo_nb.io._paths import project_relative
     from subtomo_nb.refine.report import stop_report
 
     from .validate import Output
@@ -166,7 +167,7 @@ def run_refine(
                               fsc=[float(x) for x in event["fsc"]], accuracy_rot_deg=float(event["acc_rot"]),
                               accuracy_trans_A=float(event["acc_trans_A"]), timings={"time": event["seconds"]}))
         elif kind == "finished":
-            for line in stop_report(event):
+            for line in stop_report({**event, "job_dir": project_relative(job_dir, project_dir).rstrip("/")}):
                 progress(Progress(message=line))
 
     options = options_from("refine3d", values, job_dir, project_dir)

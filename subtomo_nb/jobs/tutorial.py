@@ -116,7 +116,8 @@ def run_tutorial(project_dir: str | os.PathLike = "tutorial", *, seed: int = 0, 
     _announce(progress, "reconstructing with the true orientations, the best these data allow (Reconstruct/job003/)")
     true_name = rec_dir / "particles_true.star"
     rec_values = {"use_direct_entries": True, "in_particles": project_relative(true_name, project),
-                  "binning": binning, "box_size": box, "sym_name": "C6", "do_ctf": True, "nr_threads": n_workers}
+                  "in_tomograms": project_relative(sim["tomograms"], project), "binning": binning, "box_size": box,
+                  "sym_name": "C6", "do_ctf": True, "nr_threads": n_workers}
     with job_execution("reconstruct", rec_values, rec_dir, project_dir=project, progress=progress):
         true_star = particles_with_truth(extracted, sim["particles_true"], true_name, seed=seed)
         oset = OptimisationSet({"rlnTomoParticlesFile": project_relative(true_star, project),
@@ -136,7 +137,9 @@ def run_tutorial(project_dir: str | os.PathLike = "tutorial", *, seed: int = 0, 
         "nyquist_A": 2.0 * float(pix),
         "true_poses_map": project_relative(result.merged_path, project),
         "true_poses_resolution_A": float(result.resolution_A),
-        "true_poses_resolution_vs_truth_A": float(resolution(fsc_truth, n, pix, 0.143)),
+        "true_poses_resolution_vs_truth_A": float(resolution(fsc_truth, n, pix, 0.5)),
+        "binning": float(binning),
+        "box": int(box),
         "seconds": times,
     }
     if refine:
@@ -152,7 +155,7 @@ def _initial_model_and_refine(project: Path, sim: dict, extract_dir: Path, n_wor
     from .jobdir import run_job
 
     out: dict[str, Any] = {}
-    oset = os.path.relpath((extract_dir / "optimisation_set.star").resolve(), project.resolve())
+    oset = project_relative(extract_dir / "optimisation_set.star", project)
     _announce(progress, f"starting a local dask cluster of {n_workers} workers")
     client = get_client(n_workers=n_workers, gpu="auto", dashboard_address=None)
     refine_values = {**PRESETS["refine3d"]["tutorial"], "in_optimisation": oset, "nr_threads": n_workers}
@@ -163,11 +166,11 @@ def _initial_model_and_refine(project: Path, sim: dict, extract_dir: Path, n_wor
             im_dir = run_job("initial_model", {**PRESETS["initial_model"]["tutorial"], "in_optimisation": oset,
                                                "nr_threads": n_workers},
                              project, client=client, progress=progress)
-            ref = os.path.relpath((im_dir / "initial_model.mrc").resolve(), project.resolve())
+            ref = project_relative(im_dir / "initial_model.mrc", project)
             out["initial_model"] = ref
             times["initial model"] = time.perf_counter() - t0
         else:
-            ref = os.path.relpath(Path(sim["map"]).resolve(), project.resolve())
+            ref = project_relative(sim["map"], project)
         t1 = time.perf_counter()
         _announce(progress, f"3D auto-refine from {ref} low-passed to {refine_values['ini_high']:g} Å, "
                             f"C6, mask {refine_values['particle_diameter']:g} Å")

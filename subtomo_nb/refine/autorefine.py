@@ -633,8 +633,10 @@ class AutoRefine:
                 self._batches.release()
         s = self.state
         nyquist_shell = self.box // 2
+        from subtomo_nb.io.particles import subtomogram_binning
+
         self.progress({"kind": "finished", **self.stop, "resolution_A": s.current_resolution,
-                       "pixel_size_A": self.pix, "box": self.box,
+                       "pixel_size_A": self.pix, "box": self.box, "binning": subtomogram_binning(self.pset),
                        "fsc_at_nyquist": float(s.fsc[nyquist_shell]) if s.fsc is not None and len(s.fsc) > nyquist_shell
                        else float("nan")})
         return self.state.history[-1]

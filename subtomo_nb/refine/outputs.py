@@ -234,8 +234,10 @@ def direction_counts(job: "AutoRefine", rows: np.ndarray) -> np.ndarray:
     ops = np.asarray(point_group(smp.sym), dtype=np.float64)              # (G, 3, 3)
     counts = np.zeros(len(grid), dtype=np.int64)
     angles = np.asarray(job.angles, dtype=np.float64)[np.asarray(rows, dtype=np.int64)]
-    for start in range(0, len(angles), 512):
-        d = direction_vectors(angles[start:start + 512, 0], angles[start:start + 512, 1])   # (P, 3)
+    # particles per chunk: the (G, P, D) products stay near 2**22 values (32 MB) at any HEALPix order
+    chunk = max(1, min(512, (1 << 22) // max(len(ops) * len(grid), 1)))
+    for start in range(0, len(angles), chunk):
+        d = direction_vectors(angles[start:start + chunk, 0], angles[start:start + chunk, 1])   # (P, 3)
         mates = np.einsum("gij,pj->gpi", ops, d)                                             # (G, P, 3)
         best = np.einsum("gpi,di->gpd", mates, grid).max(axis=0)                             # (P, D)
         np.add.at(counts, best.argmax(axis=1), 1)

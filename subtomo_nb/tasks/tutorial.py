@@ -16,6 +16,7 @@ import numpy as np
 
 from subtomo_nb.io.errors import InputError
 from subtomo_nb.io.star import read_star, write_star
+from subtomo_nb.refine.report import at_nyquist, next_step
 
 __all__ = ["TRUTH_COLUMNS", "particles_with_truth", "pose_errors", "summary_lines"]
 
@@ -67,7 +68,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     lines = [f"project {result['project']}/: {result['particles']} particles, pixel {result['pixel_size_A']:.2f} Å "
              f"(Nyquist {nyq:.2f} Å)",
              f"with the true orientations ({result['true_poses_map']}): {result['true_poses_resolution_A']:.2f} Å "
-             f"gold-standard (FSC 0.143), {result['true_poses_resolution_vs_truth_A']:.2f} Å against the ground truth"]
+             f"gold-standard (FSC 0.143); {result['true_poses_resolution_vs_truth_A']:.2f} Å against the ground truth "
+             f"(FSC 0.5)"]
     if "refined_map" in result:
         res, ref_res = result["refined_resolution_A"], result["true_poses_resolution_A"]
         ang, acc = result["median_angular_error_deg"], result["accuracy_rot_deg"]
@@ -75,7 +77,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
             lines.append(f"initial model (VDAM): {result['initial_model']}")
         lines.append(f"auto-refine ({result['refined_map']}): {res:.2f} Å gold-standard after "
                      f"{result['iterations']} iterations"
-                     + (" (at Nyquist)" if res <= nyq * 1.001 else ""))
+                     + (" (at Nyquist)" if at_nyquist(res, result["pixel_size_A"]) else ""))
         lines.append(f"refined poses against the truth: median angular error {ang:.2f}° (modulo C6), median "
                      f"translation error {result['median_translation_error_px']:.2f} px; RELION's accuracy "
                      f"estimate {acc:.2f}°")
@@ -95,12 +97,13 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
                          f"than twice the angular accuracy or sampling ({limit / 2:.2f}°)")
         if ok:
             lines.append("success: the refinement reached the resolution of the true orientations (within 10 %), "
-                         f"with a median angular error within twice its angular accuracy or sampling")
+                         "with a median angular error within twice RELION's accuracy estimate (or the sampling); "
+                         "the best poses against the ground truth are measured by benchmarks/angular_error_oracle.py")
     seconds = result["seconds"]
     lines.append("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
     if "refined_map" in result:
-        lines.append("next step: open notebooks/03_autorefine_and_analysis.ipynb, or look at "
-                     f"{result['refined_map']} with its mask (subtomo_nb.viewer.align_mask)")
+        lines.append(next_step(result["refined_resolution_A"], result["pixel_size_A"], result["binning"],
+                               result["box"], str(Path(result["refined_map"]).parent)))
     return lines
 
 

@@ -596,6 +596,7 @@ class JobForm:
         self.error = None
         self._before = self._existing_jobs()
         self._started = time.time()
+        self._close_bar()
         if continue_dir is not None:
             self.job_dir = continue_dir
         what = f"continuing {self._relative(continue_dir)}" if is_continue else f"running {self.job_type.title}"
@@ -638,6 +639,7 @@ class JobForm:
             self.job_dir = d
             self._set_status(f"finished: {self._relative(d)} in {time.time() - self._started:.1f} s", "finished")
         finally:
+            self._close_bar()
             self._update_buttons(running=False)
 
     def _on_progress(self, event: Progress) -> None:
@@ -668,6 +670,15 @@ class JobForm:
             if self.state == "running" and event.fraction is not None and not self._stop.is_set():
                 where = self._relative(self._new_job_dir() or self.job_dir)
                 self.status.value = html.escape(f"running {where}: {100 * event.fraction:.0f}% done")
+
+    def _close_bar(self) -> None:
+        """Remove the particle bar (a new run or iteration starts a new one)."""
+        with self._lock:
+            if self._bar is not None:
+                self._bar.close()
+            self._bar = None
+            self._bar_key = None
+            self.particles_bar.children = ()
 
     def _count_particles(self, event: Progress) -> None:
         """Move the tqdm bar over the running iteration's particles (a new bar per iteration)."""

@@ -149,3 +149,19 @@ def test_refine_writes_angdist_bild_per_half_and_final(ran):
     np.testing.assert_allclose(end, (R + 0.3 * R * counts[taken] / counts.max())[:, None] * grid[taken], atol=2e-3 * R)
     np.testing.assert_allclose(cyl[:, 6], 0.5 * np.pi * R * (360.0 / (6 * 2 ** order)) / 360.0, rtol=1e-5)
     assert np.all((colours[:, 1] == 0) & (np.abs(colours[:, 0] + colours[:, 2] - 1) < 1e-5))
+
+
+def test_a_command_run_inside_another_jobs_directory_leaves_its_record(ran, project):
+    """`subtomo reconstruct --o Refine3D/job013/rec.mrc`: the refine job's job.star, note.txt, run.out
+    and exit marker stay as they were; the map is written and a warning says why nothing is recorded."""
+    d = ran["refine"]
+    before = {name: (d / name).read_bytes() for name in ("job.star", "note.txt", "run.out", "RELION_JOB_EXIT_SUCCESS")}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    proc = subprocess.run([sys.executable, "-m", "subtomo_nb.cli.main", "reconstruct", "--i",
+                           "Extract/job_3d/particles.star", "--o", "Refine3D/job013/rec.mrc", "--sym", "C6"],
+                          cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert (d / "rec.mrc").is_file()
+    assert "holds another job (relion.refine3d" in proc.stderr
+    assert {name: (d / name).read_bytes() for name in before} == before
+    assert read_job(d).job_type.name == "refine3d"

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 def _result(**kw):
     base = {"project": "tut", "particles": 92, "pixel_size_A": 10.8, "nyquist_A": 21.6,
             "true_poses_map": "Reconstruct/job003/merged.mrc", "true_poses_resolution_A": 28.8,
-            "true_poses_resolution_vs_truth_A": 21.6, "seconds": {"simulate": 2.0, "auto-refine": 40.0},
+            "true_poses_resolution_vs_truth_A": 25.0, "binning": 4.0, "box": 32, "seconds": {"simulate": 2.0, "auto-refine": 40.0},
             "reference": "ground_truth/map_bin4.mrc", "refined_map": "Refine3D/job004/run_class001.mrc",
             "refined_resolution_A": 28.8, "iterations": 8, "ini_high_A": 50.0, "accuracy_rot_deg": 2.45,
             "fine_step_deg": 0.9375, "median_angular_error_deg": 3.36, "median_translation_error_px": 0.25}
@@ -32,7 +32,10 @@ def test_summary_of_a_successful_run():
     assert any(x.startswith("success:") for x in lines)
     assert lines[0] == "project tut/: 92 particles, pixel 10.80 Å (Nyquist 21.60 Å)"
     assert "time: simulate 2.0 s, auto-refine 40.0 s" in lines
-    assert lines[-1].startswith("next step:")
+    assert lines[-1].startswith("next step: look at Refine3D/job004/run_class001.mrc")
+    lines = summary_lines(_result(refined_resolution_A=21.6))
+    assert "21.60 Å gold-standard after 8 iterations (at Nyquist)" in lines[2]
+    assert "--ios Refine3D/job004/run_optimisation_set.star --bin 2 --b 64" in lines[-1]
     # one path style: project-relative
     assert all("/tmp" not in x for x in lines)
 
@@ -53,7 +56,8 @@ def test_summary_of_the_old_tiny_failure_says_so_plainly():
 def test_summary_without_refinement_reports_no_step_that_did_not_run():
     result = _result()
     for key in [k for k in result if k not in ("project", "particles", "pixel_size_A", "nyquist_A", "true_poses_map",
-                                               "true_poses_resolution_A", "true_poses_resolution_vs_truth_A")]:
+                                               "true_poses_resolution_A", "true_poses_resolution_vs_truth_A",
+                                               "binning", "box")]:
         result.pop(key)
     result["seconds"] = {"simulate": 1.0, "extract": 1.0, "reconstruct": 1.0}
     lines = summary_lines(result)

@@ -296,3 +296,15 @@ def test_forms_import_without_qt() -> None:
             "assert not bad, bad\n")
     root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True, timeout=120)
+
+
+def test_particle_counts_drive_a_tqdm_bar_not_the_log(project: Path) -> None:
+    """The notebook's progress bar over an iteration's particles (tqdm's widget), a new one per iteration."""
+    form = JobForm("refine3d", project)
+    for done in (12, 46):
+        form.post_progress(Progress(iteration=1, particles_done=done, particles_total=92))
+    bar = form.particles_bar.children[0]
+    assert bar.children[1].value == 46 and bar.children[1].max == 92 and "iteration\u20071" in bar.children[0].value  # tqdm joins with U+2007
+    assert form.events == [] and form.log.value == ""
+    form.post_progress(Progress(iteration=2, particles_done=5, particles_total=92))
+    assert form.particles_bar.children[0] is not bar and form.particles_bar.children[0].children[1].value == 5
