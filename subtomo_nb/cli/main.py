@@ -33,6 +33,10 @@ from subtomo_nb.io.errors import InputError
 #: Environment variable that shows the Python traceback of every error.
 DEBUG_ENV = "SUBTOMO_DEBUG"
 
+#: The project directory of the direct sub-commands: the current directory, kept relative so that
+#: file names reach the tasks as they were typed.
+_HERE = Path(".")
+
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the process is, so that ``finally`` blocks and temporary files clean up."""
@@ -156,26 +160,8 @@ def _run_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_extract(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("extract", help="extract subtomos (relion_tomo_subtomo)")
-    p.add_argument("--ios", "--i", dest="ios", required=True, help="input optimisation set (or particles STAR with --tomograms)")
-    p.add_argument("--tomograms", default=None, help="tomogram set (tomograms.star) when --i is a particle file")
-    p.add_argument("--o", required=True, help="output directory")
-    p.add_argument("--bin", type=float, default=1, help="binning factor relative to the tilt series")
-    p.add_argument("--b", type=int, default=128, help="box size (binned pixels)")
-    p.add_argument("--crop", type=int, default=-1, help="crop size (binned pixels; -1: no crop)")
-    p.add_argument("--max_dose", type=float, default=-1, help="highest cumulative dose (e/Å²) to use")
-    p.add_argument("--min_frames", type=int, default=1, help="minimum number of visible tilts")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--stack2d", dest="stack2d", action="store_true", default=True, help="write 2D stacks (default)")
-    g.add_argument("--no_stack2d", dest="stack2d", action="store_false", help="write 3D pseudo-subtomograms")
-    p.add_argument("--float16", action="store_true", default=True, help="write float16 MRC (default)")
-    p.add_argument("--float32", dest="float16", action="store_false", help="write float32 MRC")
-    p.add_argument("--j", type=int, default=1, help="number of workers")
-    p.set_defaults(func=_run_extract)
-
-
 def _run_extract(args: argparse.Namespace) -> int:
+    from subtomo_nb.jobs.options import options_from
     from subtomo_nb.jobs.validate import Output
     from subtomo_nb.tasks.extract import extract_subtomos
 
@@ -183,23 +169,9 @@ def _run_extract(args: argparse.Namespace) -> int:
     values = _check("extract", args, [o / "particles.star", o / "optimisation_set.star",
                                       Output(o / "Subtomograms", prefix=True)])
     _in_job_dir(args, o, "extract", values)
-    out = extract_subtomos(args.ios, args.tomograms, args.o, binning=args.bin, box=args.b, crop=args.crop,
-                           max_dose=args.max_dose, min_frames=args.min_frames, stack2d=args.stack2d,
-                           float16=args.float16, n_workers=args.j)
+    out = extract_subtomos(**options_from("extract", values, o, _HERE))
     print(f"particles: {out}")
     return 0
-
-
-def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("reconstruct", help="reconstruct particle (relion_reconstruct)")
-    p.add_argument("--i", required=True, help="input particle STAR file or optimisation set")
-    p.add_argument("--tomograms", default=None, help="tomogram set, needed for 2D stacks when --i is a particle file")
-    p.add_argument("--o", required=True, help="output map (.mrc); half maps and FSC are written beside it")
-    p.add_argument("--sym", default="C1", help="point group")
-    p.add_argument("--ctf", action="store_true", help="apply CTF correction (divide by the CTF² sum)")
-    p.add_argument("--pad", type=int, default=2, help="padding factor")
-    p.add_argument("--j", type=int, default=1, help="number of workers")
-    p.set_defaults(func=_run_reconstruct)
 
 
 def _particle_geometry(particles: str, tomograms: str | None) -> dict:
@@ -225,13 +197,13 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
     # the job record says what is done: the particles' own box and binning
     values = {**values, **_particle_geometry(args.i, args.tomograms)}
     _in_job_dir(args, o.parent, "reconstruct", values)
-    from subtomo_nb.jobs.runners import _job_client
-
+    from subtomo_nb.jobs.options import options_from
     from subtomo_nb.jobs.progress import ProgressPrinter
+    from subtomo_nb.jobs.runners import job_client
 
-    with _job_client(values, None, ProgressPrinter()) as client:
-        result = reconstruct_particles(args.i, args.o, sym=args.sym, ctf=args.ctf, pad=args.pad,
-                                       n_workers=args.j, tomograms=args.tomograms, client=client)
+    options = {**options_from("reconstruct", values, o.parent, _HERE), "out_map": o}   # --o names the map
+    with job_client(values, None, ProgressPrinter()) as client:
+        result = reconstruct_particles(**options, client=client)
     print(f"merged map: {result.merged_path}")
     if result.fsc is not None:
         print(f"half maps: {result.half_paths[0]} {result.half_paths[1]}")
@@ -239,20 +211,8 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_star_handler(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("star-handler", help="relion_star_handler --center")
-    p.add_argument("--i", required=True, help="input STAR file (never modified)")
-    p.add_argument("--o", required=True, help="output STAR file")
-    p.add_argument("--center", action="store_true", help="re-centre on (--center_X, --center_Y, --center_Z)")
-    p.add_argument("--center_X", type=float, default=0.0, help="X of the new centre (pixels of the reference)")
-    p.add_argument("--center_Y", type=float, default=0.0, help="Y of the new centre (pixels of the reference)")
-    p.add_argument("--center_Z", type=float, default=0.0, help="Z of the new centre (pixels of the reference)")
-    p.add_argument("--ignore_optics", action="store_true", help="use --angpix instead of the optics table")
-    p.add_argument("--angpix", type=float, default=1.0, help="pixel size (Å) with --ignore_optics")
-    p.set_defaults(func=_run_star_handler)
-
-
 def _run_star_handler(args: argparse.Namespace) -> int:
+    from subtomo_nb.jobs.options import options_from
     from subtomo_nb.tasks.recentre import recentre_star
 
     if not args.center:
@@ -260,8 +220,8 @@ def _run_star_handler(args: argparse.Namespace) -> int:
         return 2
     values = _check("recentre", args, [Path(args.o)])
     _in_job_dir(args, Path(args.o).parent, "recentre", values)
-    out = recentre_star(args.i, args.o, (args.center_X, args.center_Y, args.center_Z),
-                        ignore_optics=args.ignore_optics, angpix=args.angpix)
+    options = {**options_from("recentre", values, Path(args.o).parent, _HERE), "out_path": args.o}  # --o: the file
+    out = recentre_star(**options)
     print(f"re-centred particles: {out}")
     return 0
 
@@ -332,7 +292,7 @@ def _run_refine(args: argparse.Namespace) -> int:
 
 def _run_initial_model(args: argparse.Namespace) -> int:
     """``subtomo initial-model``: relion_refine --grad --denovo_3dref (VDAM), then align symmetry."""
-    from subtomo_nb.initial_model.vdam import run_from_args
+    from subtomo_nb.jobs.initial_model import run_from_args
     from subtomo_nb.jobs.validate import Output
 
     out = Path(args.o)
@@ -344,7 +304,7 @@ def _run_initial_model(args: argparse.Namespace) -> int:
 
 def _run_align_symmetry(args: argparse.Namespace) -> int:
     """``subtomo align-symmetry``: relion_align_symmetry."""
-    from subtomo_nb.initial_model.align_symmetry import OUTPUT_NAME, run_from_args
+    from subtomo_nb.jobs.align_symmetry import OUTPUT_NAME, run_from_args
 
     out = Path(args.o if args.o else OUTPUT_NAME)
     if out.suffix.lower() not in (".mrc", ".map"):
@@ -379,7 +339,8 @@ def _add_tutorial(sub: argparse._SubParsersAction) -> None:
 
 def _run_tutorial(args: argparse.Namespace) -> int:
     from subtomo_nb.jobs.progress import ProgressPrinter
-    from subtomo_nb.tasks.tutorial import run_tutorial, summary_lines
+    from subtomo_nb.jobs.tutorial import run_tutorial
+    from subtomo_nb.tasks.tutorial import summary_lines
 
     _check_directory(args.o, args)
     result = run_tutorial(args.o, seed=args.seed, tiny=args.tiny, n_workers=args.j, refine=not args.skip_refine,

@@ -157,7 +157,7 @@ def centre_positive_mass(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     the shift ``(x, y, z)`` in pixels.
     """
     from subtomo_nb.fourier.fft import irfft3, rfft3, shift_half
-    from subtomo_nb.initial_model.align_symmetry import centre_of_mass
+    from subtomo_nb.initial_model.map_geometry import centre_of_mass
 
     v = np.asarray(volume, dtype=np.float64)
     pos = np.maximum(v, 0.0)
@@ -199,7 +199,7 @@ def align_to_symmetry_axes(volume: np.ndarray, sym: str, pixel_size_A: float, *,
     box-32 VDAM map for about half the seeds: a false basin ~48° away scores within a few percent
     of the true one, and the local grid stops short of the true minimum. Here the search runs from
     ``n_starts`` seeds, the lowest diff2 is kept, that orientation is refined by Powell's method
-    on the same score (:func:`~subtomo_nb.initial_model.align_symmetry.symmetry_scores`), and the
+    on the same score (:func:`~subtomo_nb.initial_model.symmetry_search.symmetry_scores`), and the
     map is rotated and symmetrised as ``align_symmetry`` does. C1 returns the map unchanged.
 
     Returns
@@ -210,11 +210,9 @@ def align_to_symmetry_axes(volume: np.ndarray, sym: str, pixel_size_A: float, *,
 
     from subtomo_nb.fourier.projector import Projector
     from subtomo_nb.geometry.symmetry import point_group, symmetrise_map
-    from subtomo_nb.initial_model.align_symmetry import (
-        align_symmetry,
-        rotate_map,
-        symmetry_scores,
-    )
+    from subtomo_nb.initial_model.align_symmetry import align_symmetry
+    from subtomo_nb.initial_model.map_geometry import rotate_map
+    from subtomo_nb.initial_model.symmetry_search import symmetry_scores
 
     say = progress if callable(progress) else (lambda msg: None)
     results = [align_symmetry(volume, sym, pixel_size_A, keep_centre=True, apply_sym=False, seed=seed + i,
@@ -237,9 +235,7 @@ def align_to_symmetry_axes(volume: np.ndarray, sym: str, pixel_size_A: float, *,
 
 def finish_job(job: InitialModel) -> dict[str, Path]:
     """``initial_model.mrc`` (aligned to the symmetry axes when run in C1) and ``run_optimisation_set.star``."""
-    from subtomo_nb.initial_model.align_symmetry import (
-        class_maps_from_model,
-    )
+    from subtomo_nb.io.model_star import class_maps_from_model
     from subtomo_nb.io.mrc import read_map
 
     o = job.opts

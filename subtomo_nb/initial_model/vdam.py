@@ -32,11 +32,10 @@ uses the soft class posteriors, which the shared E-step cannot yet weight per pa
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,7 +75,7 @@ from subtomo_nb.refine.sampling import Sampling, coarse_radius, finer_translatio
 from subtomo_nb.tasks.particle_data import TransformCache, load_particle_set
 from subtomo_nb.tasks.reconstruct import common_box_and_pixel
 
-__all__ = ["InitialModel", "VdamOptions", "parse_other_args", "run_from_args", "run_initial_model_job", "vdam_options"]
+__all__ = ["InitialModel", "VdamOptions"]
 
 #: Soft-edge width of the particle and solvent masks (pixels, RELION's --maskedge).
 MASK_EDGE_PX = 5
@@ -592,149 +591,3 @@ class InitialModel:
                 self._full_batches.release()
                 self._full_batches = None
         return self.state.history[-1] if self.state.history else {}
-
-
-# ---------------------------------------------------------------------------------------------
-# job glue: the registry's run function and the CLI body
-# ---------------------------------------------------------------------------------------------
-#: relion_refine flags honoured in the job's "Additional arguments" (other_args) -> VdamOptions field.
-OTHER_ARGS = {"--maxsig": ("max_significant", int), "--random_seed": ("random_seed", int),
-              "--grad_write_iter": ("grad_write_iter", int), "--grad_ini_subset": ("grad_ini_subset", int),
-              "--grad_fin_subset": ("grad_fin_subset", int), "--grad_ini_frac": ("grad_ini_frac", float),
-              "--grad_fin_frac": ("grad_fin_frac", float), "--grad_stepsize": ("grad_stepsize", float),
-              "--mu": ("mu", float)}
-
-
-def parse_other_args(text: str) -> tuple[dict[str, Any], list[str]]:
-    """The :data:`OTHER_ARGS` flags of an "Additional arguments" string, and the words not used.
-
-    Raises
-    ------
-    InputError
-        A known flag without a value or with a value of the wrong type.
-    """
-    import shlex
-
-    words = shlex.split(text or "")
-    out: dict[str, Any] = {}
-    unused: list[str] = []
-    i = 0
-    while i < len(words):
-        flag = words[i]
-        if flag in OTHER_ARGS:
-            name, kind = OTHER_ARGS[flag]
-            try:
-                out[name] = kind(words[i + 1])
-            except (IndexError, ValueError):
-                raise InputError(None, what=f"{flag} needs a{'n integer' if kind is int else ' number'} value",
-                                 field="other_args") from None
-            i += 2
-        else:
-            unused.append(flag)
-            i += 1
-    return out, unused
-
-
-def vdam_options(values: Mapping[str, Any], job_dir: Path, project_dir: Path) -> VdamOptions:
-    """:class:`VdamOptions` of the "3D initial reference" job form (RELION's mappings, §10.2).
-
-    "Additional arguments" may set the relion_refine flags of :data:`OTHER_ARGS` (e.g.
-    ``--maxsig 20 --random_seed 7``); other words are reported and ignored by the run function.
-    """
-    from subtomo_nb.jobs.runners import _inputs
-
-    project_dir = Path(project_dir)
-    particles, tomograms = _inputs(values, project_dir)
-    extra, _ = parse_other_args(str(values.get("other_args", "") or ""))
-    return VdamOptions(
-        particles=particles, output_root=Path(job_dir) / "run", tomograms=tomograms,
-        nr_iter=int(values.get("nr_iter", 200)), tau2_fudge=float(values.get("tau_fudge", 4.0)),
-        nr_classes=int(values.get("nr_classes", 1)), particle_diameter=float(values.get("particle_diameter", 200.0)),
-        flatten_solvent=bool(values.get("do_solvent", True)), sym=str(values.get("sym_name", "C1")),
-        run_in_c1=bool(values.get("do_run_C1", True)), sigma_tilt=float(values.get("sigma_tilt", -1.0)),
-        ctf=bool(values.get("do_ctf_correction", True)),
-        ctf_intact_first_peak=bool(values.get("ctf_intact_first_peak", False)),
-        n_workers=max(1, int(values.get("nr_threads", 1))), project_dir=project_dir, **extra,
-    )
-
-
-def run_initial_model_job(
-    values: Mapping[str, Any],
-    job_dir: Path,
-    *,
-    project_dir: Path,
-    progress: Callable[[Any], None],
-    client: Any = None,
-) -> dict[str, Path]:
-    """The "3D initial reference" job: VDAM into ``job_dir`` (``run_it*``, ``initial_model.mrc``, ...).
-
-    ``--continue`` (``fn_cont``) is not supported yet and is refused with a clear message.
-    """
-    from subtomo_nb.jobs.progress import Progress
-
-    if values.get("fn_cont"):
-        raise InputError(what="continuing a stopped 3D initial reference run is not supported yet; "
-                         "start a new job", path=values["fn_cont"], field="--continue")
-    from subtomo_nb.jobs.runners import preflight
-    from subtomo_nb.jobs.validate import Output
-
-    preflight("initial_model", values, job_dir, project_dir, progress,
-              [Output(Path(job_dir) / "run", prefix=True), Path(job_dir) / "initial_model.mrc"])
-    opts = vdam_options(values, job_dir, project_dir)
-    _, unused = parse_other_args(str(values.get("other_args", "") or ""))
-    if unused:
-        progress(Progress(message="additional arguments not used: " + " ".join(unused)))
-
-    def relay(event: dict) -> None:
-        if event.get("kind") == "iteration":
-            progress(Progress(message=f"of {opts.nr_iter}, mini-batch of {event['subset']} particles, step "
-                              f"{event['step']:.2f}, T {event['tau2_fudge']:.2f}, sampling "
-                              f"{angular_step(int(event['healpix_order']), 1):.2f}° (HEALPix order "
-                              f"{event['healpix_order']}, oversampled once)",
-                              iteration=int(event["iteration"]), resolution_A=float(event["resolution_A"]),
-                              fsc=event["fsc"] or None,
-                              accuracy_rot_deg=float(event["acc_rot"]) if event["acc_rot"] < 999 else None,
-                              accuracy_trans_A=float(event["acc_trans_A"]) if event["acc_trans_A"] < 999 else None,
-                              timings={"time": event["seconds"], "E-step": event["seconds_estep"],
-                                       "M-step": event["seconds_mstep"]},
-                              fraction=event["iteration"] / opts.nr_iter))
-        elif event.get("kind") == "particles":
-            progress(Progress(iteration=int(event["iteration"]), particles_done=int(event["done"]),
-                              particles_total=int(event["of"])))
-        elif event.get("kind") == "message":
-            progress(Progress(message=event["message"]))
-
-    from subtomo_nb.geometry.healpix import angular_step
-    from subtomo_nb.jobs.runners import _job_client
-
-    with _job_client(values, client, progress, project_dir) as client:
-        own = None
-        if client is None and opts.n_workers > 1:
-            from subtomo_nb.parallel import get_client
-
-            client = own = get_client(opts.n_workers)
-        try:
-            job = InitialModel(opts, progress=relay, client=client)
-            job.run()
-        finally:
-            if own is not None:
-                from subtomo_nb.parallel import close_if_owned
-
-                close_if_owned(own)
-    return dict(job.outputs)
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    """``subtomo initial-model``: relion_refine --grad --denovo_3dref with RELION's flags; run.out beside run_*."""
-    from subtomo_nb.jobs import values_from_args
-    from subtomo_nb.jobs.progress import ProgressLog, ProgressPrinter
-
-    out = Path(args.o)
-    job_dir = out.parent if out.name.startswith("run") else out
-    job_dir.mkdir(parents=True, exist_ok=True)
-    values = values_from_args("initial_model", args)
-    log = ProgressLog(job_dir, forward=ProgressPrinter())
-    outputs = run_initial_model_job(values, job_dir, project_dir=Path.cwd(), progress=log)
-    for key, value in outputs.items():
-        print(f"{key}: {value}")
-    return 0

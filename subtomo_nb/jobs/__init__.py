@@ -4,6 +4,13 @@
   auto-refine, reconstruct particle, re-centre, align symmetry) with its :class:`Param` fields
   (RELION's job.star keys, labels, tabs, defaults, ranges, flags).
 * :mod:`~subtomo_nb.jobs.commands`: :func:`command_line` (RELION's and ``subtomo``'s).
+* :mod:`~subtomo_nb.jobs.options`: :func:`~subtomo_nb.jobs.options.options_from`, what a job
+  runs with, from its values (one per job type; flag units from :mod:`~subtomo_nb.jobs.units`,
+  "Additional arguments" from :mod:`~subtomo_nb.jobs.additional_args`).
+* :mod:`~subtomo_nb.jobs.runners`, :mod:`~subtomo_nb.jobs.initial_model`,
+  :mod:`~subtomo_nb.jobs.align_symmetry`: the run functions (and ``subtomo`` bodies) around the
+  algorithms and tasks; :mod:`~subtomo_nb.jobs.tutorial`: the synthetic tutorial's jobs;
+  :mod:`~subtomo_nb.jobs.presets`: the forms' named value sets.
 * :mod:`~subtomo_nb.jobs.validate`: :func:`validate` -> ``{key: message}``.
 * :mod:`~subtomo_nb.jobs.cli`: :func:`build_argparser` / :func:`values_from_args`.
 * :mod:`~subtomo_nb.jobs.jobdir`: ``<Process>/jobNNN/`` directories, :func:`run_job`,
@@ -11,7 +18,9 @@
 * :mod:`~subtomo_nb.jobs.progress`: :class:`Progress` events written to ``run.out``.
 
 Importing this package imports no numerical code: run functions are named by dotted paths and
-imported when a job runs.
+imported when a job runs. The layers below (io, geometry, fourier, refine, initial_model, tasks,
+simulate) never import this package; this package never imports widgets, viewer or cli
+(import-linter contracts in pyproject.toml).
 """
 
 from __future__ import annotations

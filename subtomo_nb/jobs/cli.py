@@ -31,6 +31,7 @@ from typing import Any
 from .commands import SINGLE_INPUT_JOBS
 from .params import JobType, Param
 from .registry import SAMPLING_CHOICES, get_job_type
+from .units import from_flag, to_flag
 
 __all__ = ["build_argparser", "values_from_args", "parse_job_args", "is_optimisation_set"]
 
@@ -52,15 +53,7 @@ def _absent(p: Param) -> Any:
 
 def _to_cli(p: Param, value: Any) -> Any:
     """A job value in command-line units (the argparse default)."""
-    if p.cli_kind == "x2":
-        return 2 * value
-    if p.cli_kind == "third":
-        return value / 3.0
-    if p.cli_kind == "percent":
-        return value / 100.0
-    if p.cli_kind == "healpix":
-        return SAMPLING_CHOICES.index(value)
-    return value
+    return to_flag(p.cli_kind, value)
 
 
 #: Angular step (degrees) of HEALPix order n, as RELION's form writes it: 60 / 2**n, truncated
@@ -309,15 +302,7 @@ def values_from_args(job_type: str | JobType, args: argparse.Namespace | Mapping
             continue
         if raw is None:
             continue
-        if kind == "x2":
-            raw = raw / 2.0
-        elif kind == "third":
-            raw = raw * 3.0
-        elif kind == "percent":
-            raw = raw * 100.0
-        elif kind == "healpix":
-            raw = SAMPLING_CHOICES[int(raw)]
-        values[p.key] = jt.complete({p.key: raw})[p.key]
+        values[p.key] = jt.complete({p.key: from_flag(kind, raw)})[p.key]
     if jt.name in SINGLE_INPUT_JOBS:
         src = values["in_optimisation"]
         if src and (values["in_tomograms"] or not is_optimisation_set(src)):

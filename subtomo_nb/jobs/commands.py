@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from .params import JobType, Param, format_number
-from .registry import SAMPLING_CHOICES, get_job_type
+from .registry import get_job_type
+from .units import healpix_order, to_flag
 
 __all__ = [
     "command_line",
@@ -39,22 +40,6 @@ def job_prefix(job_type: JobType, job_dir: str | os.PathLike | None) -> str:
         return f"{job_type.process}/jobXXX/"
     text = os.fspath(job_dir)
     return text if text.endswith("/") else text + "/"
-
-
-def healpix_order(choice: str) -> int:
-    """HEALPix order of an angular-sampling choice with oversampling 1 (RELION: index + 1 - 1).
-
-    Parameters
-    ----------
-    choice : str
-        One of RELION's sampling texts, e.g. ``"7.5 degrees"``.
-
-    Returns
-    -------
-    int
-        ``2`` for 7.5 degrees, ``4`` for 1.8 degrees.
-    """
-    return SAMPLING_CHOICES.index(choice)
 
 
 def _n(x: float) -> str:
@@ -345,13 +330,9 @@ def _cli_tokens(p: Param, value: Any, v: Mapping[str, Any]) -> list[str]:
     if value == absent:
         return []
     if kind == "healpix":
-        return [opt, str(healpix_order(value))]
-    if kind == "x2":
-        return [opt, _n(2 * value)]
-    if kind == "third":
-        return [opt, _n(value / 3.0)]
-    if kind == "percent":
-        return [opt, _n(value / 100.0)]
+        return [opt, str(to_flag(kind, value))]
+    if kind in ("x2", "third", "percent"):
+        return [opt, _n(to_flag(kind, value))]
     return [opt, _n(value) if p.type in ("int", "float") else str(value)]
 
 

@@ -40,6 +40,7 @@ are. The 2D stacks carry RELION's values (``/ binning``).
 
 from __future__ import annotations
 
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -322,13 +323,29 @@ def relion_data_scale(box: int, crop: int, binning: float) -> float:
     return float(s0 * normfft / crop ** 1.5)
 
 
+@functools.lru_cache(maxsize=1024)
+def _image_size_of(path: str, mtime_ns: int, size: int) -> tuple[int, int]:
+    """``(W, H)`` from one MRC header; cached per file version (path, modification time, size)."""
+    shape = read_header(path).shape
+    return int(shape[-1]), int(shape[-2])
+
+
 def tilt_image_size(tset: TomogramSet, name: str) -> tuple[int, int]:
-    """``(W, H)`` of a tomogram's tilt images, from the MRC header (no image data read)."""
+    """``(W, H)`` of a tomogram's tilt images, from the MRC header (no image data read).
+
+    The header is read once per file: loading every 2D-stack particle of a tomogram asks for the
+    same size, and a file rewritten since (another modification time or size) is read again.
+    """
     fn = _whole_stack_name(tset, name)
     if fn is None:
         fn = split_image_name(str(tset.tilt_table(name)["rlnMicrographName"].iloc[0]))[1]
-    shape = read_header(resolve_relative(tset.project_dir, fn)).shape
-    return int(shape[-1]), int(shape[-2])
+    path = resolve_relative(tset.project_dir, fn)
+    try:
+        st = os.stat(path)
+    except OSError:
+        shape = read_header(path).shape   # raises the InputError that names the missing file
+        return int(shape[-1]), int(shape[-2])
+    return _image_size_of(str(path), st.st_mtime_ns, st.st_size)
 
 
 def stack2d_pseudo_subtomo(pset: ParticleSet, tset: TomogramSet, index: int) -> PseudoSubtomo:

@@ -2,7 +2,7 @@
 
 * :func:`align_mask` -- from a notebook cell: opens napari with the map and mask overlaid and the
   offset dock widget; on a machine without a display (Binder) or without napari it returns the
-  notebook widget of :mod:`subtomo_nb.widgets.offset` instead.
+  notebook widget of :mod:`subtomo_nb.viewer.notebook` instead (ipywidgets, no Qt).
 * :class:`subtomo_nb.viewer.session.OffsetSession` -- the state and the Estimate/Apply actions
   (no GUI imports).
 * ``subtomo_nb.viewer._widget.OffsetDock`` -- the napari dock widget (npe2 manifest
@@ -95,6 +95,6 @@ def align_mask(
         from subtomo_nb.viewer._widget import open_viewer  # noqa: PLC0415
 
         return open_viewer(session, viewer=viewer)
-    from subtomo_nb.widgets.offset import OffsetWidget  # noqa: PLC0415
+    from subtomo_nb.viewer.notebook import OffsetWidget  # noqa: PLC0415
 
     return OffsetWidget(session)

@@ -1,7 +1,7 @@
 """Notebook widgets (ipywidgets). No Qt or napari here: they work on machines with no display.
+The map/mask offset widget is the viewer's (:mod:`subtomo_nb.viewer.notebook`): widgets and
+viewer do not import each other.
 
-* :mod:`subtomo_nb.widgets.offset` -- map/mask offset over orthogonal slices, Estimate/Apply
-  (the fallback of :func:`subtomo_nb.viewer.align_mask`).
 * :mod:`subtomo_nb.widgets.forms` -- :class:`~subtomo_nb.widgets.forms.JobForm`, RELION's job windows from the registry.
 * :mod:`subtomo_nb.widgets.analysis` -- :class:`~subtomo_nb.widgets.analysis.AnalysisView` of a job's outputs
   (FSC per iteration, resolution and accuracies, map slices).

@@ -51,10 +51,11 @@ def test_bad_input_exits_1_with_the_file_named(tmp_path, capsys):
 
 def test_no_align_ref_sym_reaches_the_refine_options(tmp_path):
     from subtomo_nb.cli.main import build_parser, refine_values
-    from subtomo_nb.jobs.runners import refine_options
+    from subtomo_nb.jobs.options import options_from
 
     common = ["refine", "--i", "particles.star", "--ref", "ref.mrc", "--o", str(tmp_path / "run"), "--sym", "C6"]
-    on = refine_options(refine_values(build_parser().parse_args(common)), tmp_path, tmp_path)
-    off = refine_options(refine_values(build_parser().parse_args(common + ["--no_align_ref_sym"])), tmp_path, tmp_path)
+    on = options_from("refine3d", refine_values(build_parser().parse_args(common)), tmp_path, tmp_path)
+    off = options_from("refine3d", refine_values(build_parser().parse_args(common + ["--no_align_ref_sym"])), tmp_path,
+                       tmp_path)
     assert on.align_reference_symmetry and not off.align_reference_symmetry
     assert on.sym == off.sym == "C6"

@@ -26,7 +26,7 @@ def test_the_record_says_the_workers_of_the_client_the_job_ran_on():
 
 
 def test_tutorial_jobs_record_themselves_with_the_real_worker_count(tmp_path):
-    from subtomo_nb.tasks.tutorial import run_tutorial
+    from subtomo_nb.jobs.tutorial import run_tutorial
 
     project = tmp_path / "tut"
     run_tutorial(project, tiny=True, n_workers=2, refine=False, snr=None)

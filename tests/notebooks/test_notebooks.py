@@ -26,11 +26,11 @@ TIMES: dict[str, float] = {}
 def initial_model_missing() -> str:
     """Why notebook 02 cannot run yet ("" when it can): its job's run function is not there."""
     try:
-        module = importlib.import_module("subtomo_nb.initial_model.vdam")
+        module = importlib.import_module("subtomo_nb.jobs.initial_model")
     except Exception as exc:  # noqa: BLE001 - missing or half-written module
-        return f"subtomo_nb.initial_model.vdam cannot be imported yet ({type(exc).__name__}: {exc})"
+        return f"subtomo_nb.jobs.initial_model cannot be imported yet ({type(exc).__name__}: {exc})"
     if not callable(getattr(module, "run_initial_model_job", None)):
-        return "subtomo_nb.initial_model.vdam has no run_initial_model_job yet (the initial-model job)"
+        return "subtomo_nb.jobs.initial_model has no run_initial_model_job yet (the initial-model job)"
     return ""
 
 

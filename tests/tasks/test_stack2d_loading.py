@@ -30,6 +30,21 @@ def test_stack2d_conversion_matches_3d_extraction(tiny_project, tiny_extract_2d,
         np.testing.assert_allclose(a.multiplicity, b.multiplicity, rtol=2e-3, atol=2e-3 * b.multiplicity.max())
 
 
+def test_tilt_image_size_reads_each_header_once(tiny_project, tiny_extract_2d, monkeypatch):
+    import subtomo_nb.tasks.extract as extract
+
+    calls = []
+    read_header = extract.read_header
+    monkeypatch.setattr(extract, "read_header", lambda path: calls.append(str(path)) or read_header(path))
+    extract._image_size_of.cache_clear()
+    p2 = read_particles(tiny_extract_2d)
+    tset = read_tomograms(tiny_project["tomograms"])
+    for i in range(4):
+        stack2d_pseudo_subtomo(p2, tset, i)
+    names = set(p2.particles["rlnTomoName"].iloc[:4].astype(str))
+    assert len(calls) == len(set(calls)) == len(names), calls       # one header per tilt-series file
+
+
 def test_reconstruct_from_2d_stacks(tiny_project, tiny_extract_2d, tmp_path):
     star = particles_with_truth(tiny_extract_2d, tiny_project["particles_true"],
                                 tiny_extract_2d.parent.parent / "job_truth2d" / "particles_true.star", seed=0)

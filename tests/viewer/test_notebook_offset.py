@@ -29,7 +29,7 @@ SCRIPT = textwrap.dedent("""
     sys.meta_path.insert(0, Block())
     import subtomo_nb, subtomo_nb.viewer, subtomo_nb.fourier, subtomo_nb.io, subtomo_nb.tasks
     from subtomo_nb.viewer import align_mask
-    from subtomo_nb.widgets.offset import OffsetWidget
+    from subtomo_nb.viewer.notebook import OffsetWidget
     from tests.viewer._synthetic import write_job
 
     job = write_job(__import__("pathlib").Path(sys.argv[2]), n=40, noise_sigma=0.0, seed=3)
