@@ -44,6 +44,7 @@ def _chromium() -> str | None:
 
 CHROMIUM = _chromium()
 pytestmark = [
+    pytest.mark.slow,   # Voilà + Chromium end to end: ~17 s on 2 cores, the nightly path
     pytest.mark.skipif(CHROMIUM is None, reason="no Chromium (apt-get install chromium; .ci/run does this as root)"),
 ]
 playwright_sync = pytest.importorskip("playwright.sync_api",

@@ -150,6 +150,7 @@ def test_reconstruct_on_the_attached_cluster(hand_cluster, tiny_extract_3d, tmp_
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * float(np.abs(a).max()))
 
 
+@pytest.mark.slow
 def test_refine_on_the_hand_started_cluster_equals_a_local_cluster(hand_cluster, tiny_project, tiny_extract_3d,
                                                                    tmp_path):
     """The same job on the hand-started cluster (--scheduler_file) and on a LocalCluster given by its

@@ -104,6 +104,7 @@ def test_dask_run_equals_serial_run(serial_run, tiny_project, tiny_extract_3d, t
     np.testing.assert_allclose(job.offsets_A, job_serial.offsets_A, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_killing_a_worker_mid_iteration_changes_nothing(serial_run, tiny_project, tiny_extract_3d, tmp_path):
     """A worker dies (os._exit) while iteration 2's E-step runs: the job goes on, same result."""
     import os

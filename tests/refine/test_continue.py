@@ -39,10 +39,9 @@ def test_continue_from_iteration_3_equals_uninterrupted_run(uninterrupted, tmp_p
     np.testing.assert_allclose(job.offsets_A, whole.offsets_A, atol=1e-9)
 
 
-def test_continue_without_saved_state_names_the_file(uninterrupted, tmp_path):
-    out, _ = uninterrupted
+def test_continue_without_saved_state_names_the_file(tmp_path):
     missing = tmp_path / "run_it003_optimiser.star"
-    missing.write_text((out / "run_it003_optimiser.star").read_text())
+    missing.write_text("data_optimiser_general\n\n_rlnCurrentIteration 3\n")
     with pytest.raises(InputError, match="run_it003_state.npz"):
         AutoRefine(RefineOptions(particles="", reference="", output_root=tmp_path / "ct" / "run",
                                  continue_from=missing))

@@ -118,6 +118,7 @@ SCREENSHOT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_screenshot_artifact(gl_display, small_job, artifacts_dir):
     """Saves test-artifacts/viewer_offset.png: the map inside the mask, controls labelled in px."""
     out = artifacts_dir / "viewer_offset.png"
