@@ -87,17 +87,7 @@ def model_blocks(job: "AutoRefine", half: int, map_name: str) -> dict:
 
 def data_particle_set(job: "AutoRefine") -> ParticleSet:
     """The particle set with the current poses and RELION's per-particle statistics."""
-    tab = job.pset.particles.copy()
-    for i, label in enumerate(("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")):
-        tab[label] = job.angles[:, i]
-    for i, label in enumerate(("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")):
-        tab[label] = job.offsets_A[:, i]
-    tab["rlnClassNumber"] = 1
-    tab["rlnNormCorrection"] = 1.0
-    for label in job.stats.columns:
-        tab[label] = job.stats[label].to_numpy()
-    return ParticleSet(general=job.pset.general, optics=job.pset.optics, particles=tab,
-                       path=job.pset.path, project_dir=job.pset.project_dir)
+    return job.poses.particle_set(job.pset, {"rlnClassNumber": 1, "rlnNormCorrection": 1.0})
 
 
 def optimiser_block(job: "AutoRefine", names: dict[str, Path], iteration: int) -> dict:
