@@ -20,14 +20,8 @@ from subtomo_nb.fourier.backprojector import BackProjector
 from subtomo_nb.fourier.projector import Projector
 from subtomo_nb.io.particles import ParticleSet
 from subtomo_nb.io.tomograms import TomogramSet
-from subtomo_nb.refine.expectation import (
-    BatchResult,
-    EStepSettings,
-    IterationCache,
-    ParticleBatch,
-    expectation_batch,
-    without_ctf,
-)
+from subtomo_nb.refine.expectation import BatchResult, EStepSettings, ParticleBatch, expectation_batch, without_ctf
+from subtomo_nb.refine.iteration_cache import IterationCache
 from subtomo_nb.refine.sampling import Sampling
 from subtomo_nb.tasks.particle_data import TransformCache
 

@@ -738,14 +738,14 @@ def _fine_products(lhs: np.ndarray, rhs: np.ndarray, pair_ok: np.ndarray, nchild
     return out.reshape(P, Tmax * nchild_t, Rmax * nchild_r)
 
 
-def _cc_scores(terms: ParticleTerms, power: np.ndarray, d2: np.ndarray) -> np.ndarray:
+def _cc_scores(terms: ParticleTerms, power: np.ndarray, diff2: np.ndarray) -> np.ndarray:
     """Negative normalised cross-correlation in the place of diff2 (``--firstiter_cc``).
 
     With ``sigma2 = 1/2`` the terms are ``a = W²/M``, ``b = W X/M``, ``c = Σ|X|²/M``; the
-    correlation of ``W V`` with ``X φ_t`` is ``B / sqrt(A c)`` and ``B = (A + c - d2) / 2``.
+    correlation of ``W V`` with ``X φ_t`` is ``B / sqrt(A c)`` and ``B = (A + c - diff2) / 2``.
     """
     A = terms.a @ power.T                                              # (P, R)
-    B = 0.5 * (A[:, :, None] + terms.c[:, None, None] - d2)
+    B = 0.5 * (A[:, :, None] + terms.c[:, None, None] - diff2)
     cc = B / np.sqrt(np.maximum(A, 1e-30)[:, :, None] * np.maximum(terms.c, 1e-30)[:, None, None])
     return -cc
 
