@@ -30,7 +30,7 @@ def main() -> None:
     from subtomo_nb.geometry.symmetry import point_group
     from subtomo_nb.io.mrc import read_map
     from subtomo_nb.io.star import read_star
-    from subtomo_nb.refine.expectation import expectation_batch
+    from subtomo_nb.refine.expectation import EStepSettings, IterationCache, ParticleBatch, expectation_batch
     from subtomo_nb.refine.sampling import Sampling
     from subtomo_nb.tasks.particle_data import load_particle_set, particle_transforms
 
@@ -62,8 +62,9 @@ def main() -> None:
     for start in range(0, len(ang), 16):
         idx = np.arange(start, min(start + 16, len(ang)))
         data, ctf2, mult = particle_transforms(pset, idx, tomograms=tomo, dtype=np.float32, origins=off[idx] / pix)
-        r = expectation_batch(proj, data, ctf2, mult, sigma2, s, ang[idx], pixel_size_A=pix, coarse_radius=N // 2,
-                              fine_radius=N // 2, sigma_offset_A=10.0, coarse_cache={})
+        r = expectation_batch(proj, ParticleBatch.of(data, ctf2, mult), sigma2, s, ang[idx],
+                              EStepSettings(pixel_size_A=pix, coarse_radius=N // 2, fine_radius=N // 2,
+                                            sigma_offset_A=10.0), cache=IterationCache())
         rots.append(np.stack([r.rot, r.tilt, r.psi], axis=1))
         shifts.append(r.shift_px)
     A, At = euler_to_matrix(*np.concatenate(rots).T), euler_to_matrix(*ang.T)

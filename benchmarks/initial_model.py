@@ -98,13 +98,13 @@ def main() -> None:
                        particle_diameter=230.0, sym=args.sym, run_in_c1=not args.no_run_c1,
                        sigma_tilt=args.sigma_tilt, random_seed=args.random_seed, max_significant=args.maxsig,
                        grad_write_iter=write_every, n_workers=args.j, project_dir=args.project.absolute())
-    client = None
+    executor = None
     if args.j > 1:
-        from subtomo_nb.parallel import get_client
+        from subtomo_nb.parallel import DaskExecutor, get_client
 
-        client = get_client(args.j, dashboard_address=None)
+        executor = DaskExecutor(get_client(args.j, dashboard_address=None), name="inimodel")
     t_start = time.perf_counter()
-    job = InitialModel(opts, client=client)
+    job = InitialModel(opts, executor=executor)
     print(f"{job.n} particles, box {job.box}, {job.pix:.2f} Å/px; mini-batches {schedules.subset_sizes(job.n)}; "
           f"{'C1 then ' + args.sym if opts.run_in_c1 else args.sym}; tilt prior {args.sigma_tilt:g}°; "
           f"max significant {job.max_significant}", flush=True)
@@ -138,10 +138,11 @@ def main() -> None:
     t_iter = time.perf_counter() - t_start
     job.outputs = finish_job(job)
     t_total = time.perf_counter() - t_start
-    if client is not None:
+    if executor is not None:
         from subtomo_nb.parallel import close_if_owned
 
-        close_if_owned(client)
+        executor.release()
+        close_if_owned(executor.client)
 
     s = _evaluate(job.outputs["initial_model"], truth, pix)
     print(f"\ninitial_model.mrc: FSC 0.5 at {s.resolution_05_A:.1f} Å, 0.143 at {s.resolution_0143_A:.1f} Å; "

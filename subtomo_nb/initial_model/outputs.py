@@ -99,18 +99,8 @@ def model_blocks(job: InitialModel, names: dict[str, Path]) -> dict:
 
 def data_particle_set(job: InitialModel) -> ParticleSet:
     """The particle set with the current poses, classes and RELION's per-particle statistics."""
-    tab = job.pset.particles.copy()
-    for i, label in enumerate(("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")):
-        tab[label] = job.angles[:, i]
-    for i, label in enumerate(("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")):
-        tab[label] = job.offsets_A[:, i]
-    tab["rlnClassNumber"] = job.classes.astype(np.int64)
-    tab["rlnNormCorrection"] = 1.0
-    tab["rlnGroupNumber"] = 1
-    for label in job.stats.columns:
-        tab[label] = job.stats[label].to_numpy()
-    return ParticleSet(general=job.pset.general, optics=job.pset.optics, particles=tab,
-                       path=job.pset.path, project_dir=job.pset.project_dir)
+    return job.poses.particle_set(job.pset, {"rlnClassNumber": job.classes.astype(np.int64),
+                                             "rlnNormCorrection": 1.0, "rlnGroupNumber": 1})
 
 
 def optimiser_block(job: InitialModel, names: dict[str, Path]) -> dict:

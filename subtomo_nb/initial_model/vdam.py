@@ -10,8 +10,8 @@ particles alone:
    mini-batch (seed ``random_seed + iteration``), its size, step size and T from the schedules;
    every 10th iteration the angular accuracy is estimated and auto-sampling may go one HEALPix
    order finer (never to local searches, §8.6).
-3. **E-step** (:func:`~subtomo_nb.refine.expectation.expectation_batch`, serial or through
-   :mod:`subtomo_nb.parallel`): one reference per class, the mini-batch split into two pseudo
+3. **E-step** (:func:`~subtomo_nb.refine.expectation.expectation_batch`, run by the executor
+   passed in: serial by default, on dask when the job layer passes one): one reference per class, the mini-batch split into two pseudo
    half-sets by particle index parity, each back-projected into its own
    :class:`~subtomo_nb.fourier.backprojector.BackProjector`; at most ``100 K`` significant
    coarse poses per particle go to the oversampled pass (§8.4, ``max_significant``).
@@ -35,13 +35,12 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from subtomo_nb.fourier.backprojector import BackProjector
 from subtomo_nb.fourier.filters import low_pass
@@ -66,19 +65,14 @@ from subtomo_nb.initial_model.schedules import (
     tau2_fudge,
 )
 from subtomo_nb.io.errors import InputError
-from subtomo_nb.refine.expectation import (
-    MULTIPLICITY_THRESHOLD,
-    expectation_batch,
-    flush_rotation_sums,
-)
-from subtomo_nb.refine.sampling import Sampling, coarse_radius, finer_translations
-from subtomo_nb.tasks.particle_data import TransformCache, load_particle_set
-from subtomo_nb.tasks.reconstruct import common_box_and_pixel
+from subtomo_nb.refine.driver import PoseDriver, PoseOptions, PoseState
+from subtomo_nb.refine.executor import EStepExecutor, HalfSetResult
+from subtomo_nb.refine.expectation import MULTIPLICITY_THRESHOLD, without_ctf
+from subtomo_nb.refine.poses import MASK_EDGE_PX, change_statistics, shell_of_resolution, sigma2_from_sums
+from subtomo_nb.refine.sampling import Sampling, finer_translations
 
 __all__ = ["InitialModel", "VdamOptions"]
 
-#: Soft-edge width of the particle and solvent masks (pixels, RELION's --maskedge).
-MASK_EDGE_PX = 5
 #: RELION's incr_size: shells added to the current resolution for the image size.
 INCR_SIZE = 10
 #: Smallest current-resolution shell (RELION's minres_map).
@@ -89,36 +83,26 @@ MAX_SIGNIFICANT_PER_CLASS = 100
 AUTO_SAMPLING_EVERY = 10
 
 
-@dataclass
-class VdamOptions:
+@dataclass(kw_only=True)
+class VdamOptions(PoseOptions):
     """Options of the tomo "3D initial reference" job (``relion_refine --grad --denovo_3dref``).
 
     RELION's flag names in the comments; angles in degrees, distances in Å unless the name
-    says px.
+    says px; the options auto-refine shares are those of
+    :class:`~subtomo_nb.refine.driver.PoseOptions` (``sym`` is the particle's point group,
+    ``auto_local_healpix_order`` is never reached).
     """
 
-    particles: str | os.PathLike                  # --i / --ios
-    output_root: str | os.PathLike                # --o (e.g. InitialModel/job008/run)
-    tomograms: str | os.PathLike | None = None    # --tomograms
     nr_iter: int = 200                            # --iter (number of VDAM mini-batches)
     tau2_fudge: float = 4.0                       # --tau2_fudge (regularisation parameter T)
     nr_classes: int = 1                           # --K
-    particle_diameter: float = -1.0               # --particle_diameter (-1: box minus edge)
-    flatten_solvent: bool = True                  # --flatten_solvent
-    sym: str = "C1"                               # --sym (the particle's point group)
     run_in_c1: bool = True                        # "Run in C1 and apply symmetry later?" (--sym C1 + align_symmetry)
-    sigma_tilt: float = -1.0                      # --sigma_tilt (prior width on tilt; <= 0: none)
-    ctf: bool = True                              # --ctf
     ctf_intact_first_peak: bool = False           # --ctf_intact_first_peak
-    random_seed: int = 0                          # --random_seed
     n_workers: int = 1                            # --j
     # fixed by RELION's job (getCommandsInimodelJob); changeable for experiments
     healpix_order: int = 1                        # --healpix_order
     offset_range_px: float = 6.0                  # --offset_range
-    offset_step_px: float = 2.0                   # --offset_step
-    auto_local_healpix_order: int = 4             # --auto_local_healpix_order (never reached)
     pad: int = 1                                  # --pad
-    zero_mask: bool = True                        # --zero_mask
     grad_write_iter: int = 10                     # --grad_write_iter
     grad_ini_frac: float = 0.3                    # --grad_ini_frac
     grad_fin_frac: float = 0.2                    # --grad_fin_frac
@@ -128,8 +112,6 @@ class VdamOptions:
     grad_stepsize_inflate: float = 1.8            # --grad_stepsize_scheme "<0.9/base>-step"
     mu: float = 0.9                               # --mu
     max_significant: int = -1                     # --maxsig (-1: 100 K)
-    batch_size: int = 16
-    dtype: str = "float32"
     project_dir: str | os.PathLike | None = None  # file names in the STAR outputs are relative to it
 
     @property
@@ -138,28 +120,13 @@ class VdamOptions:
         return "C1" if self.run_in_c1 else self.sym
 
 
-@dataclass
-class VdamState:
+@dataclass(kw_only=True)
+class VdamState(PoseState):
     """What the run keeps between iterations (RELION's model and optimiser state)."""
 
-    iteration: int
-    sampling: Sampling
-    current_resolution: float
-    current_size: int = 0
     subset: int = 0
     step: float = 0.0
     tau2_fudge: float = 1.0
-    sigma_offset_A: float = 10.0
-    acc_rot: float = 999.0
-    acc_trans_A: float = 999.0
-    change_orientations: float = 999.0
-    change_offsets_A: float = 999.0
-    nr_iter_wo_resol_gain: int = 0
-    best_resolution: float = 999.0
-    has_fine_enough_sampling: bool = False
-    ave_pmax: float = 0.0
-    log_likelihood: float = 0.0
-    history: list = field(default_factory=list)
 
 
 @dataclass
@@ -176,16 +143,7 @@ class ClassModel:
     n_particles: int = 0
 
 
-def _particle_radius_px(opts: VdamOptions, box: int, pix: float) -> float:
-    d = opts.particle_diameter if opts.particle_diameter > 0 else (box - MASK_EDGE_PX) * pix
-    return d / (2.0 * pix)
-
-
-def _shell_of_resolution(res_A: float, box: int, pix: float) -> int:
-    return math.floor(box * pix / res_A + 0.5) if res_A > 0 else 0
-
-
-class InitialModel:
+class InitialModel(PoseDriver):
     """A running VDAM initial model (one object per job; :meth:`run` does every iteration).
 
     Parameters
@@ -195,24 +153,17 @@ class InitialModel:
     progress
         Called with a dict per event (``kind`` = ``"iteration"``, ``"particles"`` (the
         particles of the mini-batch done so far, ``done`` of ``of``), ``"message"``).
-    client
-        A dask client (:func:`subtomo_nb.parallel.get_client`) for the E-step, or None: serial.
+    executor
+        Runs the E-steps (:class:`~subtomo_nb.refine.executor.EStepExecutor`); default serial.
     """
 
     def __init__(self, opts: VdamOptions, progress: Callable[[dict], None] | None = None,
-                 client: object | None = None) -> None:
+                 executor: EStepExecutor | None = None) -> None:
         if opts.nr_iter < 1:
             raise ValueError(f"--iter must be at least 1, got {opts.nr_iter}")
         if opts.nr_classes < 1:
             raise ValueError(f"--K must be at least 1, got {opts.nr_classes}")
-        self.opts = opts
-        self.client = client
-        self.progress = progress or (lambda event: None)
-        self.root = Path(opts.output_root)
-        self.root.parent.mkdir(parents=True, exist_ok=True)
-        self.pset, self.tomograms = load_particle_set(opts.particles, opts.tomograms)
-        self.box, self.pix = common_box_and_pixel(self.pset)
-        self.dtype = np.float32 if opts.dtype == "float32" else np.float64
+        super().__init__(opts, progress, executor)
         self.ops = point_group(opts.run_sym)
         point_group(opts.sym)  # fail early on an unknown target group
         self.budget = iteration_budget(opts.nr_iter, opts.grad_ini_frac, opts.grad_fin_frac)
@@ -220,20 +171,11 @@ class InitialModel:
         self.n = n = len(tab)
         if n < 2:
             raise InputError(what="VDAM needs at least 2 particles (two pseudo half-sets)", path=self.pset.path)
-        get = lambda c: tab[c].to_numpy(np.float64) if c in tab.columns else np.zeros(n)
-        self.angles = np.stack([get("rlnAngleRot"), get("rlnAngleTilt"), get("rlnAnglePsi")], axis=1)
-        self.offsets_A = np.stack([get("rlnOriginXAngst"), get("rlnOriginYAngst"), get("rlnOriginZAngst")], axis=1)
-        self.tilt_prior = get("rlnAngleTiltPrior") if "rlnAngleTiltPrior" in tab.columns else None
         self.classes = np.ones(n, dtype=np.int64)
-        self.stats = pd.DataFrame({"rlnLogLikeliContribution": np.zeros(n), "rlnMaxValueProbDistribution": np.zeros(n),
-                                   "rlnNrOfSignificantSamples": np.zeros(n, dtype=np.int64)})
-        self.radius_px = _particle_radius_px(opts, self.box, self.pix)
         if self.radius_px + MASK_EDGE_PX > self.box / 2 + 1e-6 and opts.particle_diameter > 0:
             self.progress({"kind": "message", "message": f"mask diameter {opts.particle_diameter:g} Å "
                            f"reaches beyond the box ({self.box * self.pix:.0f} Å)"})
         self.mask = soft_sphere(self.box, self.radius_px, MASK_EDGE_PX)
-        self._particles = TransformCache(self.pset, self.tomograms, self.dtype)
-        self._full_batches = None  # ParticleBatches of every particle (parallel path)
         ini_shell = max(math.floor(0.07 * self.box + 0.5), 1)
         self.ini_high = self.box * self.pix / ini_shell
         sampling = Sampling(healpix_order=opts.healpix_order, offset_range_A=opts.offset_range_px * self.pix,
@@ -254,15 +196,15 @@ class InitialModel:
 
     def _transforms(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Transforms of ``rows`` shifted by their current offsets, CTF² (ones without --ctf), multiplicities."""
-        data, ctf2, mult = self._particles.shifted(rows, self.offsets_A[rows] / self.pix)
+        data, ctf2, mult = self.source.transforms.shifted(rows, self.poses.offsets_A[rows] / self.pix)
         if not self.opts.ctf:
-            ctf2 = (mult > MULTIPLICITY_THRESHOLD).astype(ctf2.dtype) if mult is not None else np.ones_like(ctf2)
+            ctf2 = without_ctf(ctf2, mult)
         return data, ctf2, mult
 
     # ------------------------------------------------------------------ start
     def _initial_sigma2_and_ctf2(self) -> None:
         """Noise spectrum from the first particles (as auto-refine) and their average CTF² per multiplicity."""
-        from subtomo_nb.refine.autorefine import N_SIGMA2_PARTICLES, initial_sigma2
+        from subtomo_nb.refine.noise import N_SIGMA2_PARTICLES, initial_sigma2
 
         rows = np.arange(self.n)
         self.sigma2 = initial_sigma2(self.pset, rows, self.box, self.tomograms, self.dtype)
@@ -296,13 +238,8 @@ class InitialModel:
     # ------------------------------------------------------------------ sizes and sampling
     def _update_size(self) -> None:
         s = self.state
-        maxres = _shell_of_resolution(s.current_resolution, self.box, self.pix)
+        maxres = shell_of_resolution(s.current_resolution, self.box, self.pix)
         s.current_size = int(min(2 * (maxres + INCR_SIZE), self.box))
-
-    def _coarse_radius(self) -> float:
-        """Coarse-pass radius from the coarse angular step (§6.8), within the current size."""
-        return coarse_radius(self.state.sampling.coarse_step, 2 * self.radius_px * self.pix, self.pix, self.box,
-                             self.state.current_size)
 
     def _auto_sampling(self) -> None:
         """One HEALPix order finer when the accuracy allows it (§6.11), never to local searches (§8.6).
@@ -331,93 +268,25 @@ class InitialModel:
                        f"in {step_A / self.pix:.2f} px"})
 
     def _estimate_accuracy(self) -> None:
-        from subtomo_nb.refine.autorefine import _estimate_accuracy
+        from subtomo_nb.refine.accuracy import estimate_accuracy
 
         best = int(np.argmax([c.pdf for c in self.classes_model]))
         proj = Projector(self.classes_model[best].reference.astype(self.dtype), pad=self.opts.pad)
         rng = np.random.default_rng(self.opts.random_seed + 7919 * self.state.iteration)
-        self.state.acc_rot, self.state.acc_trans_A = _estimate_accuracy(
-            proj, self.pset, np.arange(self.n), self.angles, self.sigma2, self.box, self.pix,
+        self.state.acc_rot, self.state.acc_trans_A = estimate_accuracy(
+            proj, self.pset, np.arange(self.n), self.poses.angles, self.sigma2, self.box, self.pix,
             self.state.current_size, self.tomograms, rng, self.dtype)
 
     # ------------------------------------------------------------------ E-step
-    def _prior_angles(self) -> np.ndarray:
-        prior = self.angles.copy()
-        if self.state.sampling.sigma_tilt > 0 and self.tilt_prior is not None:
-            prior[:, 1] = self.tilt_prior
-        return prior
-
-    def _estep_args(self) -> dict:
-        s = self.state
-        fine_r = s.current_size / 2
-        return {"pixel_size_A": self.pix, "coarse_radius": min(self._coarse_radius(), fine_r), "fine_radius": fine_r,
-                "sigma_offset_A": s.sigma_offset_A, "max_significant": self.max_significant}
-
     def _r_max(self) -> int:
         return self.state.current_size // 2
 
     def _estep(self, reference: np.ndarray, halves: list[np.ndarray], back_project: bool = True
-               ) -> list[tuple[BackProjector, list]]:
-        """E-step of one class's reference on two pseudo half-sets: per half (back-projector, [(rows, result)])."""
-        if self.client is not None:
-            return self._estep_parallel(reference, halves)
-        o = self.opts
-        kw = self._estep_args()
-        prior = self._prior_angles()
-        proj = Projector(reference.astype(self.dtype), pad=o.pad)
-        cache: dict = {}
-        out = []
-        done, total = 0, sum(len(h) for h in halves)
-        for rows in halves:
-            bp = BackProjector(self.box, pad=o.pad, r_max=self._r_max(), dtype=self.dtype)
-            results = []
-            for start in range(0, len(rows), o.batch_size):
-                idx = rows[start:start + o.batch_size]
-                data, ctf2, mult = self._transforms(idx)
-                res = expectation_batch(proj, data, ctf2, mult, self.sigma2, self.state.sampling, prior[idx],
-                                        backprojector=bp if back_project else None, coarse_cache=cache, **kw)
-                results.append((idx, res))
-                done += len(idx)
-                self.progress({"kind": "particles", "iteration": self.state.iteration, "done": done, "of": total})
-            out.append((bp, results))
-        flush_rotation_sums(cache)
-        return out
-
-    def _batches_for(self, halves: list[np.ndarray]) -> tuple[Any, bool]:
-        """ParticleBatches of these half-sets: the job's cached one when they are all particles."""
-        from subtomo_nb.parallel import ParticleBatches
-
-        full = sum(len(h) for h in halves) == self.n and all(np.all(np.diff(h) > 0) for h in halves)
-        if full and self._full_batches is not None:
-            return self._full_batches, False
-        batches = ParticleBatches(self.client, self.pset, halves, tomograms=self.tomograms,
-                                  batch_size=self.opts.batch_size, dtype=self.dtype, name="inimodel")
-        if full:
-            self._full_batches = batches
-            return batches, False
-        return batches, True
-
-    def _estep_parallel(self, reference: np.ndarray, halves: list[np.ndarray]) -> list[tuple[BackProjector, list]]:
-        from subtomo_nb.parallel import run_halves_estep
-        from subtomo_nb.refine.particle_progress import batch_counter
-
-        batches, release = self._batches_for(halves)
-        count = batch_counter([len(h) for h in halves], self.opts.batch_size, self.state.iteration, self.progress)
-        try:
-            out = run_halves_estep(self.client, batches, [reference, reference], sigma2=[self.sigma2, self.sigma2],
-                                   progress=count,
-                                   sampling=self.state.sampling, prior_angles=self._prior_angles(),
-                                   origins_px=self.offsets_A / self.pix, pad=self.opts.pad, r_max=self._r_max(),
-                                   dtype=self.dtype, ctf=self.opts.ctf, **self._estep_args())
-            result = []
-            for h, (bp, res) in enumerate(out):
-                rows = batches.rows(h)
-                bounds = np.cumsum([0] + [len(r.pmax) for r in res])
-                result.append((bp, [(rows[a:b], r) for a, b, r in zip(bounds[:-1], bounds[1:], res)]))
-            return result
-        finally:
-            if release:
-                batches.release()
+               ) -> list[HalfSetResult]:
+        """E-step of one class's reference on two pseudo half-sets (one reference: shared projector and cache)."""
+        settings = self.estep_settings(self.state.current_size / 2, max_significant=self.max_significant)
+        return self.run_estep(self.estep_request(halves, [reference, reference], [self.sigma2, self.sigma2], settings,
+                                                 self._r_max(), back_project=back_project))
 
     # ------------------------------------------------------------------ one iteration
     def _mini_batch(self) -> np.ndarray:
@@ -437,8 +306,8 @@ class InitialModel:
             return [halves]
         score = np.full((self.n, K), -np.inf)
         for k, cm in enumerate(self.classes_model):
-            for _, results in self._estep(cm.reference, halves, back_project=False):
-                for idx, res in results:
+            for half in self._estep(cm.reference, halves, back_project=False):
+                for idx, res in half.batches:
                     score[idx, k] = res.log_likelihood + math.log(max(cm.pdf, 1e-30))
         best = np.argmax(score[rows], axis=1)
         self.classes[rows] = best + 1
@@ -459,7 +328,7 @@ class InitialModel:
         halves = [rows[rows % 2 == 0], rows[rows % 2 == 1]]
         uses_subset = len(rows) < self.n
         mu = o.mu if uses_subset else 0.0
-        old_angles, old_offsets = self.angles[rows].copy(), self.offsets_A[rows].copy()
+        before = self.poses.copy_poses()
         t_e = time.perf_counter()
         per_class = self._assign_classes(rows, halves)
         num = np.zeros(self.box // 2 + 1)
@@ -475,16 +344,9 @@ class InitialModel:
                 continue
             estep = self._estep(cm.reference, class_halves)
             tm = time.perf_counter()
-            for _, results in estep:
-                for idx, res in results:
-                    self.angles[idx] = np.stack([res.rot, res.tilt, res.psi], axis=1)
-                    self.offsets_A[idx] = self.offsets_A[idx] + res.shift_px * self.pix
-                    self.stats.loc[idx, "rlnLogLikeliContribution"] = res.log_likelihood
-                    self.stats.loc[idx, "rlnMaxValueProbDistribution"] = res.pmax
-                    self.stats.loc[idx, "rlnNrOfSignificantSamples"] = res.n_significant
-                    num += res.sigma2_num
-                    den += res.sigma2_den
-            bps = [bp for bp, _ in estep]
+            for half in estep:
+                self.poses.apply(half.batches, num, den)
+            bps = [half.backprojector for half in estep]
             for bp in bps:
                 bp.symmetrise(self.ops)
             P = reference_transform(cm.reference, o.pad, r_max)
@@ -507,21 +369,18 @@ class InitialModel:
         t_e = time.perf_counter() - t_e - t_m
         for cm, vol in zip(self.classes_model, new_refs):
             cm.reference = np.asarray(vol, dtype=np.float64)
-        self._update_model(rows, num, den, mu, old_angles, old_offsets)
+        self._update_model(rows, num, den, mu, before)
         s.history.append(event := self._event(time.perf_counter() - t0, t_e, t_m))
         self.progress(event)
         return event
 
     def _update_model(self, rows: np.ndarray, num: np.ndarray, den: np.ndarray, mu: float,
-                      old_angles: np.ndarray, old_offsets: np.ndarray) -> None:
+                      before: tuple[np.ndarray, np.ndarray]) -> None:
         """Noise, offset width, class shares (momentum ``mu``), resolution and hidden-variable changes."""
-        from subtomo_nb.geometry.euler import angular_distance
-
         s = self.state
-        new = np.where(den > 0, num / np.maximum(den, 1e-30), self.sigma2)
-        new = np.where(new > 0, new, self.sigma2)
+        new = sigma2_from_sums(num, den, self.sigma2)
         self.sigma2 = mu * self.sigma2 + (1.0 - mu) * new
-        s2_off = max(float(np.mean(np.sum(self.offsets_A[rows] ** 2, axis=1))) / 3.0, 2.0)
+        s2_off = max(float(np.mean(np.sum(self.poses.offsets_A[rows] ** 2, axis=1))) / 3.0, 2.0)
         s.sigma_offset_A = math.sqrt(mu * s.sigma_offset_A ** 2 + (1.0 - mu) * s2_off)
         counts = np.array([np.sum(self.classes[rows] == k + 1) for k in range(len(self.classes_model))], float)
         for cm, c in zip(self.classes_model, counts / max(counts.sum(), 1.0)):
@@ -533,21 +392,10 @@ class InitialModel:
                 above = np.flatnonzero(cm.ssnr >= 1.0)
                 cm.estimated_resolution = (self.box * self.pix / above[-1]) if above.size and above[-1] > 0 else 999.0
         if shells:
-            new_res = self.box * self.pix / max(shells)
-            if 1.0 / new_res <= 1.0 / s.current_resolution + 1e-4:
-                s.nr_iter_wo_resol_gain += 1
-            else:
-                s.nr_iter_wo_resol_gain = 0
-            s.current_resolution = new_res
-            s.best_resolution = min(s.best_resolution, new_res)
-        A_old = euler_to_matrix(*old_angles.T)
-        A_new = euler_to_matrix(*self.angles[rows].T)
-        dang = np.min([angular_distance(A_new, A_old @ S.T) for S in self.ops], axis=0)
-        doff = np.linalg.norm(self.offsets_A[rows] - old_offsets, axis=1)
-        s.change_orientations = float(dang.mean())
-        s.change_offsets_A = float(np.sqrt(np.sum(doff ** 2) / (2 * len(doff))))
-        s.ave_pmax = float(self.stats["rlnMaxValueProbDistribution"].to_numpy()[rows].mean())
-        s.log_likelihood = float(self.stats["rlnLogLikeliContribution"].to_numpy()[rows].sum())
+            s.record_resolution(self.box * self.pix / max(shells))
+        s.change_orientations, s.change_offsets_A = change_statistics(*self.poses.changes(rows, before, self.ops))
+        s.ave_pmax = float(self.poses.stats["rlnMaxValueProbDistribution"].to_numpy()[rows].mean())
+        s.log_likelihood = float(self.poses.stats["rlnLogLikeliContribution"].to_numpy()[rows].sum())
 
     def _event(self, seconds: float, t_estep: float, t_mstep: float) -> dict:
         s = self.state
@@ -587,7 +435,5 @@ class InitialModel:
                     write_iteration(self)
             self.outputs = finish_job(self)
         finally:
-            if self._full_batches is not None:
-                self._full_batches.release()
-                self._full_batches = None
+            self.executor.release()
         return self.state.history[-1] if self.state.history else {}

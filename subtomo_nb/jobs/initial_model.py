@@ -105,7 +105,12 @@ def run_initial_model_job(
 
             client = own = get_client(opts.n_workers)
         try:
-            job = InitialModel(opts, progress=relay, client=client)
+            executor = None
+            if client is not None:
+                from subtomo_nb.parallel import DaskExecutor
+
+                executor = DaskExecutor(client, name="inimodel")
+            job = InitialModel(opts, progress=relay, executor=executor)
             job.run()
         finally:
             if own is not None:

@@ -172,7 +172,12 @@ def run_refine(
 
     options = options_from("refine3d", values, job_dir, project_dir)
     with job_client(values, client, progress, project_dir) as client:
-        AutoRefine(options, progress=relay, client=client).run()
+        executor = None
+        if client is not None:
+            from subtomo_nb.parallel import DaskExecutor
+
+            executor = DaskExecutor(client, name="refine")
+        AutoRefine(options, progress=relay, executor=executor).run()
     root = Path(job_dir)
     return {"map": root / "run_class001.mrc", "data": root / "run_data.star",
             "optimisation_set": root / "run_optimisation_set.star"}

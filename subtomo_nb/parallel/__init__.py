@@ -8,6 +8,8 @@ The numerical core (``fourier``, ``refine``, ...) never imports this package; it
 * :class:`ParticleBatches` -- particles loaded once per job by tasks, kept on the workers.
 * :func:`run_half_estep` / :func:`run_halves_estep` -- one iteration's E-step of one / both
   half-sets, reproducible to the bit whatever the scheduling (and after a worker's death).
+* :class:`DaskExecutor` -- the drivers' E-step executor
+  (:class:`~subtomo_nb.refine.executor.EStepExecutor`) on a client; the job layer passes it in.
 """
 
 from subtomo_nb.parallel.client import (
@@ -27,6 +29,7 @@ from subtomo_nb.parallel.estep import (
     submit_half_estep,
     tree_sum_order,
 )
+from subtomo_nb.parallel.executor import DaskExecutor
 
 __all__ = [
     "get_client",
@@ -42,4 +45,5 @@ __all__ = [
     "run_half_estep",
     "run_halves_estep",
     "tree_sum_order",
+    "DaskExecutor",
 ]

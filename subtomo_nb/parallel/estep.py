@@ -54,14 +54,13 @@ from subtomo_nb.fourier.fft import shift_half
 from subtomo_nb.fourier.projector import Projector
 from subtomo_nb.io.particles import ParticleSet
 from subtomo_nb.io.tomograms import TomogramSet, read_tomograms
-from subtomo_nb.refine.estep import ReferenceTerms
 from subtomo_nb.refine.expectation import (
-    MULTIPLICITY_THRESHOLD,
     BatchResult,
-    CoarseReferenceCache,
-    FineReferenceCache,
+    EStepSettings,
+    IterationCache,
+    ParticleBatch,
     expectation_batch,
-    flush_rotation_sums,
+    without_ctf,
 )
 from subtomo_nb.refine.sampling import Sampling
 from subtomo_nb.tasks.particle_data import load_particle_set, particle_transforms
@@ -106,16 +105,17 @@ def _hold(value: Any) -> Any:
 
 
 _PROJECTOR_LOCK = threading.Lock()
-#: Worker-local projectors: stream (job batches token + half) -> (reference key, Projector, cache of
-#: the coarse reference values, which are the same for every batch of an iteration and half).
+#: Worker-local projectors: stream (job batches token + half) -> (reference key, Projector, the
+#: shareable part of the iteration's cache (reference values and phases, the same for every batch
+#: of an iteration and half)).
 #: One entry per stream, replaced when the stream's reference key changes (a new iteration),
 #: so a worker holds at most one projector per half-set of each running job; the last item is
 #: a digest of the reference, by which streams with equal references share projector and cache.
-_PROJECTORS: dict[str, tuple[str, Projector, dict, str]] = {}
+_PROJECTORS: dict[str, tuple[str, Projector, IterationCache, str]] = {}
 
 
 def _worker_projector(stream: str, ref_key: str, reference: np.ndarray, pad: float,
-                      dtype: type) -> tuple[Projector, dict]:
+                      dtype: type) -> tuple[Projector, IterationCache]:
     """This worker's Projector of ``reference`` (built once per iteration and half) and its coarse cache.
 
     Streams whose references are equal (VDAM's two pseudo half-sets, the two halves of a first
@@ -132,7 +132,7 @@ def _worker_projector(stream: str, ref_key: str, reference: np.ndarray, pad: flo
             if twin is not None:
                 entry = (ref_key, twin[1], twin[2], digest)
             else:
-                entry = (ref_key, Projector(ref, pad=pad), {}, digest)
+                entry = (ref_key, Projector(ref, pad=pad), IterationCache(), digest)
             _PROJECTORS[stream] = entry
         return entry[1], entry[2]
 
@@ -197,26 +197,11 @@ class _EStepParams:
     ref_key: str
     sigma2: np.ndarray
     sampling: Sampling
-    pixel_size_A: float
-    coarse_radius: float
-    fine_radius: float
-    sigma_offset_A: float
+    settings: EStepSettings
     pad: float
     r_max: float
-    firstiter_cc: bool
     dtype: type
     ctf: bool
-    adaptive_fraction: float
-    max_significant: int | None = None
-
-
-def _shareable(value: Any) -> bool:
-    """Reference values (arrays, tuples of arrays, :class:`ReferenceTerms`,
-    :class:`CoarseReferenceCache`, :class:`FineReferenceCache`) are shared by a worker's tasks;
-    sums are not."""
-    if isinstance(value, tuple):
-        return all(isinstance(v, np.ndarray) for v in value)
-    return isinstance(value, (np.ndarray, ReferenceTerms, CoarseReferenceCache, FineReferenceCache))
 
 
 def _estep_batch(batch: tuple[np.ndarray, np.ndarray, np.ndarray | None], reference: np.ndarray,
@@ -226,27 +211,20 @@ def _estep_batch(batch: tuple[np.ndarray, np.ndarray, np.ndarray | None], refere
     p = params
     keep_freed_memory()
     projector, shared_cache = _worker_projector(p.stream, p.ref_key, reference, p.pad, p.dtype)
-    # The cache holds (a) the reference values of global coarse searches, the same arrays for
-    # every batch of this iteration and half, shared by the worker's tasks, and (b) per-
-    # back-projector orientation sums that expectation_batch defers; (b) belongs to this task's
-    # partial back-projector only and is flushed into it below, never shared.
-    cache = {k: v for k, v in shared_cache.items() if _shareable(v)}
+    # the worker's tasks of this iteration and half share the reference values and phases; the
+    # deferred orientation sums belong to this task's partial back-projector, flushed into it below
+    cache = shared_cache.for_task()
     data, ctf2, mult = batch
     # the same operation particle_transforms(..., origins=...) applies: shift by +origin
     data = shift_half(data, np.asarray(origins_px, dtype=np.float64)).astype(data.dtype)
     if not p.ctf:
-        ctf2 = (mult > MULTIPLICITY_THRESHOLD).astype(ctf2.dtype) if mult is not None else np.ones_like(ctf2)
+        ctf2 = without_ctf(ctf2, mult)
     box = data.shape[1]
     bp = BackProjector(box, pad=p.pad, r_max=p.r_max, dtype=p.dtype)
-    res = expectation_batch(projector, data, ctf2, mult, p.sigma2, p.sampling, prior_angles,
-                            pixel_size_A=p.pixel_size_A, coarse_radius=p.coarse_radius,
-                            fine_radius=p.fine_radius, sigma_offset_A=p.sigma_offset_A, backprojector=bp,
-                            adaptive_fraction=p.adaptive_fraction, firstiter_cc=p.firstiter_cc,
-                            coarse_cache=cache, max_significant=p.max_significant)
-    flush_rotation_sums(cache)
-    for key, value in cache.items():
-        if _shareable(value):
-            shared_cache.setdefault(key, value)
+    res = expectation_batch(projector, ParticleBatch.of(data, ctf2, mult), p.sigma2, p.sampling, prior_angles,
+                            p.settings, backprojector=bp, cache=cache)
+    cache.flush()
+    cache.share_into(shared_cache)
     r = crop_radius(bp.padded, bp.r_max, bp.pad)
     return crop_half(bp.data, r), crop_half(bp.weight, r), res
 
@@ -480,12 +458,13 @@ def submit_half_estep(
     ref_key = f"{batches.name}-reference-h{half + 1}-{tok}"
     with _quiet_large_graph():
         ref = client.submit(_hold, np.ascontiguousarray(reference_map, dtype=dtype), key=ref_key)
-    params = _EStepParams(
-        stream=f"{batches.token}-h{half}", ref_key=ref_key, sigma2=np.asarray(sigma2, dtype=np.float64),
-        sampling=sampling, pixel_size_A=float(pixel_size_A), coarse_radius=float(coarse_radius),
-        fine_radius=float(fine_radius), sigma_offset_A=float(sigma_offset_A), pad=pad, r_max=r_max,
-        firstiter_cc=bool(firstiter_cc), dtype=dtype, ctf=bool(ctf), adaptive_fraction=float(adaptive_fraction),
-        max_significant=None if max_significant is None else int(max_significant))
+    settings = EStepSettings(
+        pixel_size_A=float(pixel_size_A), coarse_radius=float(coarse_radius), fine_radius=float(fine_radius),
+        sigma_offset_A=float(sigma_offset_A), adaptive_fraction=float(adaptive_fraction),
+        firstiter_cc=bool(firstiter_cc), max_significant=None if max_significant is None else int(max_significant))
+    params = _EStepParams(stream=f"{batches.token}-h{half}", ref_key=ref_key,
+                          sigma2=np.asarray(sigma2, dtype=np.float64), sampling=sampling, settings=settings,
+                          pad=pad, r_max=r_max, dtype=dtype, ctf=bool(ctf))
     leaves, results = [], []
     for i, (load, idx) in enumerate(zip(batches.futures[half], batches.batches[half])):
         f = client.submit(_estep_batch, load, ref, params, prior_angles[idx], origins_px[idx],
@@ -542,7 +521,7 @@ def run_half_estep(
         ``(n_particles, 3)`` current origins (x, y, z) in pixels of every particle row; the data
         are shifted by ``+origin`` before scoring, as ``particle_transforms(..., origins=...)``.
     pixel_size_A, coarse_radius, fine_radius, sigma_offset_A, firstiter_cc, adaptive_fraction, max_significant
-        As :func:`~subtomo_nb.refine.expectation.expectation_batch`.
+        As :class:`~subtomo_nb.refine.expectation.EStepSettings`.
     pad
         Padding factor of the projector and back-projector.
     r_max

@@ -100,17 +100,7 @@ def model_blocks(job: "AutoRefine", half: int, map_name: str) -> dict:
 
 def data_particle_set(job: "AutoRefine") -> ParticleSet:
     """The particle set with the current poses and RELION's per-particle statistics."""
-    tab = job.pset.particles.copy()
-    for i, label in enumerate(("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")):
-        tab[label] = job.angles[:, i]
-    for i, label in enumerate(("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")):
-        tab[label] = job.offsets_A[:, i]
-    tab["rlnClassNumber"] = 1
-    tab["rlnNormCorrection"] = 1.0
-    for label in job.stats.columns:
-        tab[label] = job.stats[label].to_numpy()
-    return ParticleSet(general=job.pset.general, optics=job.pset.optics, particles=tab,
-                       path=job.pset.path, project_dir=job.pset.project_dir)
+    return job.poses.particle_set(job.pset, {"rlnClassNumber": 1, "rlnNormCorrection": 1.0})
 
 
 def optimiser_block(job: "AutoRefine", names: dict[str, Path], iteration: int) -> dict:
@@ -233,7 +223,7 @@ def direction_counts(job: "AutoRefine", rows: np.ndarray) -> np.ndarray:
     grid = direction_vectors(rot, tilt)                                   # (D, 3)
     ops = np.asarray(point_group(smp.sym), dtype=np.float64)              # (G, 3, 3)
     counts = np.zeros(len(grid), dtype=np.int64)
-    angles = np.asarray(job.angles, dtype=np.float64)[np.asarray(rows, dtype=np.int64)]
+    angles = np.asarray(job.poses.angles, dtype=np.float64)[np.asarray(rows, dtype=np.int64)]
     # particles per chunk: the (G, P, D) products stay near 2**22 values (32 MB) at any HEALPix order
     chunk = max(1, min(512, (1 << 22) // max(len(ops) * len(grid), 1)))
     for start in range(0, len(angles), chunk):

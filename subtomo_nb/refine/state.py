@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from subtomo_nb.io.errors import InputError
 from subtomo_nb.refine.sampling import Sampling
@@ -61,15 +60,13 @@ def save_state(job: "AutoRefine", path: str | os.PathLike) -> Path:
         "sampling": dataclasses.asdict(s.sampling),
         "history": s.history,
         "rng": job.rng.bit_generator.state,
-        "stats_columns": list(job.stats.columns),
+        "stats_columns": list(job.poses.stats.columns),
     }
     arrays: dict[str, np.ndarray] = {
-        "angles": job.angles, "offsets_A": job.offsets_A, "tilt_prior": job.tilt_prior,
+        **job.poses.state_arrays(),
         "random_subset": job.pset.particles["rlnRandomSubset"].to_numpy(),
         "fsc": np.asarray(s.fsc if s.fsc is not None else []),
     }
-    for c in job.stats.columns:
-        arrays[f"stats:{c}"] = job.stats[c].to_numpy()
     for i, h in enumerate(job.halves, start=1):
         for name in _HALF_ARRAYS:
             value = getattr(h, name)
@@ -109,13 +106,10 @@ def load_state(job: "AutoRefine", optimiser_star: str | os.PathLike) -> None:
     fsc = data["fsc"]
     job.state = RefineState(sampling=Sampling(**meta["sampling"]), fsc=fsc if fsc.size else None,
                             history=list(meta["history"]), **meta["state"])
-    job.angles = data["angles"].copy()
-    job.offsets_A = data["offsets_A"].copy()
-    job.tilt_prior = data["tilt_prior"].copy()
+    job.poses.restore(data, meta["stats_columns"])
     tab = job.pset.particles.copy()
     tab["rlnRandomSubset"] = data["random_subset"]
     job.pset.particles = tab
-    job.stats = pd.DataFrame({c: data[f"stats:{c}"] for c in meta["stats_columns"]})
     for i, h in enumerate(job.halves, start=1):
         for name in _HALF_ARRAYS:
             key = f"half{i}:{name}"

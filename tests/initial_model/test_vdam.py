@@ -275,10 +275,12 @@ def test_dask_run_equals_serial_run(tiny_extract_3d, tmp_path):
     serial.run()
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
-        par = InitialModel(opts(tmp_path / "dask"), client=client)
+        from subtomo_nb.parallel import DaskExecutor
+
+        par = InitialModel(opts(tmp_path / "dask"), executor=DaskExecutor(client, name="inimodel"))
         par.run()
-    np.testing.assert_allclose(par.angles, serial.angles, atol=1e-6)
-    np.testing.assert_allclose(par.offsets_A, serial.offsets_A, atol=1e-6)
+    np.testing.assert_allclose(par.poses.angles, serial.poses.angles, atol=1e-6)
+    np.testing.assert_allclose(par.poses.offsets_A, serial.poses.offsets_A, atol=1e-6)
     np.testing.assert_allclose(par.classes_model[0].reference, serial.classes_model[0].reference, atol=1e-5, rtol=1e-4)
 
 
@@ -287,7 +289,7 @@ def test_dask_run_equals_serial_run(tiny_extract_3d, tmp_path):
 # ---------------------------------------------------------------------------------------------
 def test_significance_cap_limits_the_oversampled_coarse_samples(tiny_extract_3d, tiny_project):
     from subtomo_nb.fourier.projector import Projector
-    from subtomo_nb.refine.expectation import expectation_batch
+    from subtomo_nb.refine.expectation import EStepSettings, ParticleBatch, expectation_batch
     from subtomo_nb.refine.sampling import Sampling
     from subtomo_nb.tasks.particle_data import load_particle_set, particle_transforms
 
@@ -300,8 +302,9 @@ def test_significance_cap_limits_the_oversampled_coarse_samples(tiny_extract_3d,
     kw = {"pixel_size_A": 10.8, "coarse_radius": 5, "fine_radius": 8, "sigma_offset_A": 10.0}
     prior = np.tile([0.0, 90.0, 0.0], (4, 1))
     sigma2 = np.full(17, 1e3)                         # flat posteriors: many significant samples
-    free = expectation_batch(proj, data, ctf2, mult, sigma2, smp, prior, **kw)
-    capped = expectation_batch(proj, data, ctf2, mult, sigma2, smp, prior, max_significant=2, **kw)
+    batch = ParticleBatch.of(data, ctf2, mult)
+    free = expectation_batch(proj, batch, sigma2, smp, prior, EStepSettings(**kw))
+    capped = expectation_batch(proj, batch, sigma2, smp, prior, EStepSettings(max_significant=2, **kw))
     # at most 2 coarse samples oversampled: 2 x (8 orientations x 8 translations) fine samples
     assert capped.n_significant.max() <= 2 * 64 < free.n_significant.min()
 

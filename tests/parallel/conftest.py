@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from subtomo_nb.io.mrc import read_map
-from subtomo_nb.refine.autorefine import initial_sigma2
+from subtomo_nb.refine.noise import initial_sigma2
 from subtomo_nb.refine.sampling import Sampling
 from subtomo_nb.tasks.particle_data import load_particle_set
 

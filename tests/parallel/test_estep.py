@@ -11,10 +11,10 @@ import pytest
 from subtomo_nb.fourier.backprojector import BackProjector
 from subtomo_nb.fourier.projector import Projector
 from subtomo_nb.parallel import ParticleBatches, run_half_estep, submit_half_estep, tree_sum_order
-from subtomo_nb.parallel.estep import _cached_streams, _shareable, crop_half, crop_radius, uncrop_half
+from subtomo_nb.parallel.estep import _cached_streams, crop_half, crop_radius, uncrop_half
 from subtomo_nb.refine.estep import ReferenceTerms
 from subtomo_nb.refine.expectation import FineReferenceCache
-from subtomo_nb.refine.expectation import expectation_batch, flush_rotation_sums
+from subtomo_nb.refine.expectation import EStepSettings, IterationCache, ParticleBatch, RotationSums, expectation_batch
 from subtomo_nb.tasks.particle_data import particle_transforms
 
 distributed = pytest.importorskip("distributed")
@@ -30,16 +30,16 @@ def _serial_half(s: dict, half: int, batch_rows: list[np.ndarray]):
     dt = s["dtype"]
     proj = Projector(s["references"][half].astype(dt), pad=k["pad"])
     bp = BackProjector(32, pad=k["pad"], r_max=k["r_max"], dtype=dt)
-    cache: dict = {}
+    cache = IterationCache()
+    settings = EStepSettings(pixel_size_A=k["pixel_size_A"], coarse_radius=k["coarse_radius"],
+                             fine_radius=k["fine_radius"], sigma_offset_A=k["sigma_offset_A"],
+                             firstiter_cc=k["firstiter_cc"])
     results = []
     for idx in batch_rows:
         data, ctf2, mult = particle_transforms(s["pset"], idx, dtype=dt, origins=k["origins_px"][idx])
-        results.append(expectation_batch(
-            proj, data, ctf2, mult, s["sigma2"][half], k["sampling"], k["prior_angles"][idx],
-            pixel_size_A=k["pixel_size_A"], coarse_radius=k["coarse_radius"], fine_radius=k["fine_radius"],
-            sigma_offset_A=k["sigma_offset_A"], backprojector=bp, firstiter_cc=k["firstiter_cc"],
-            coarse_cache=cache))
-    flush_rotation_sums(cache)
+        results.append(expectation_batch(proj, ParticleBatch.of(data, ctf2, mult), s["sigma2"][half], k["sampling"],
+                                         k["prior_angles"][idx], settings, backprojector=bp, cache=cache))
+    cache.flush()
     return bp, results
 
 
@@ -61,15 +61,18 @@ def test_tree_order_is_fixed():
 
 
 def test_reference_values_are_shared_by_a_workers_tasks_but_sums_are_not():
-    """A global search's reference values (the coarse ReferenceTerms, the fine [Re, Im] and |V|²
-    tuple) are computed once per worker and iteration; deferred orientation sums stay per task."""
-    from subtomo_nb.refine.expectation import RotationSums
-
-    ref = ReferenceTerms.of(np.ones((3, 4), dtype=np.complex64))
-    assert _shareable(ref) and _shareable((ref.stacked, ref.power)) and _shareable(ref.power)
-    assert _shareable(FineReferenceCache(2, 3, np.float32))
-    sums = RotationSums.__new__(RotationSums)
-    assert not _shareable(sums)
+    """A global search's reference values (coarse and fine) and phase tables are computed once per
+    worker and iteration; deferred orientation sums stay per task."""
+    shared = IterationCache()
+    shared.coarse_references[("c",)] = ReferenceTerms.of(np.ones((3, 4), dtype=np.complex64))
+    task = shared.for_task()
+    assert task.coarse_references[("c",)] is shared.coarse_references[("c",)] and not task.rotation_sums
+    task.fine_references[("f",)] = FineReferenceCache(2, 3, np.float32)
+    task.fine_phases[("p",)] = np.ones((2, 3), np.complex64)
+    task.rotation_sums[("s",)] = RotationSums.__new__(RotationSums)
+    task.share_into(shared)
+    assert shared.fine_references[("f",)] is task.fine_references[("f",)] and ("p",) in shared.fine_phases
+    assert not shared.rotation_sums
 
 
 def test_crop_keeps_every_inserted_voxel():

@@ -7,12 +7,12 @@ import numpy as np
 from subtomo_nb.fourier.projector import Projector
 from subtomo_nb.geometry.euler import euler_to_matrix
 from subtomo_nb.io.mrc import read_map
-from subtomo_nb.refine.autorefine import (
+from subtomo_nb.refine.accuracy import (
     ACCURACY_THRESHOLD,
     ANGULAR_ERROR_STEPS,
     TRANSLATION_ERROR_STEPS,
-    _estimate_accuracy,
 )
+from subtomo_nb.refine.accuracy import estimate_accuracy as _estimate_accuracy
 from subtomo_nb.refine.expectation import FourierSelection
 from subtomo_nb.tasks.particle_data import load_particle_set, particle_transforms
 

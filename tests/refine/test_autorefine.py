@@ -71,7 +71,7 @@ def _assert_every_particle_counted(events: list[dict], n_particles: int, iterati
 
 def test_progress_counts_every_particle_of_each_iteration(serial_run):
     _, job = serial_run
-    _assert_every_particle_counted(job.test_events, n_particles=len(job.angles), iterations=2)
+    _assert_every_particle_counted(job.test_events, n_particles=len(job.poses.angles), iterations=2)
 
 
 def test_finished_event_says_why_it_stopped(serial_run):
@@ -93,15 +93,18 @@ def test_finished_event_says_why_it_stopped(serial_run):
 
 def test_dask_run_equals_serial_run(serial_run, tiny_project, tiny_extract_3d, tmp_path):
     distributed = pytest.importorskip("distributed")
+    from subtomo_nb.parallel import DaskExecutor
+
     out_serial, job_serial = serial_run
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
         events: list[dict] = []
-        job = AutoRefine(_options(tiny_project, tiny_extract_3d, tmp_path), client=client, progress=events.append)
+        job = AutoRefine(_options(tiny_project, tiny_extract_3d, tmp_path), executor=DaskExecutor(client, name="refine"),
+                         progress=events.append)
         job.run()
-    _assert_every_particle_counted(events, n_particles=len(job.angles), iterations=2)
-    np.testing.assert_allclose(job.angles, job_serial.angles, atol=1e-6)
-    np.testing.assert_allclose(job.offsets_A, job_serial.offsets_A, atol=1e-6)
+    _assert_every_particle_counted(events, n_particles=len(job.poses.angles), iterations=2)
+    np.testing.assert_allclose(job.poses.angles, job_serial.poses.angles, atol=1e-6)
+    np.testing.assert_allclose(job.poses.offsets_A, job_serial.poses.offsets_A, atol=1e-6)
 
 
 @pytest.mark.slow
@@ -112,6 +115,8 @@ def test_killing_a_worker_mid_iteration_changes_nothing(serial_run, tiny_project
     import time
 
     distributed = pytest.importorskip("distributed")
+    from subtomo_nb.parallel import DaskExecutor
+
     out_serial, job_serial = serial_run
     killed: list = []
     iteration_done = threading.Event()
@@ -137,13 +142,14 @@ def test_killing_a_worker_mid_iteration_changes_nothing(serial_run, tiny_project
 
         thread = threading.Thread(target=killer, daemon=True)
         thread.start()
-        job = AutoRefine(_options(tiny_project, tiny_extract_3d, tmp_path), progress=progress, client=client)
+        job = AutoRefine(_options(tiny_project, tiny_extract_3d, tmp_path), progress=progress,
+                         executor=DaskExecutor(client, name="refine"))
         job.run()
         thread.join(5)
     assert killed, "no worker was killed during iteration 2"
     assert job.state.iteration == job_serial.state.iteration and job.state.has_converged
-    np.testing.assert_allclose(job.angles, job_serial.angles, atol=1e-6)
-    np.testing.assert_allclose(job.offsets_A, job_serial.offsets_A, atol=1e-6)
+    np.testing.assert_allclose(job.poses.angles, job_serial.poses.angles, atol=1e-6)
+    np.testing.assert_allclose(job.poses.offsets_A, job_serial.poses.offsets_A, atol=1e-6)
     from subtomo_nb.io.mrc import read_map
 
     a, _ = read_map(out_serial / "run_class001.mrc")

@@ -35,8 +35,8 @@ def test_continue_from_iteration_3_equals_uninterrupted_run(uninterrupted, tmp_p
     a, _ = read_map(out / "run_class001.mrc")
     b, _ = read_map(tmp_path / "run_class001.mrc")
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-6 * float(np.abs(a).max()))
-    np.testing.assert_allclose(job.angles, whole.angles, atol=1e-9)
-    np.testing.assert_allclose(job.offsets_A, whole.offsets_A, atol=1e-9)
+    np.testing.assert_allclose(job.poses.angles, whole.poses.angles, atol=1e-9)
+    np.testing.assert_allclose(job.poses.offsets_A, whole.poses.offsets_A, atol=1e-9)
 
 
 def test_continue_without_saved_state_names_the_file(tmp_path):

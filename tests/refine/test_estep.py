@@ -9,7 +9,6 @@ from subtomo_nb.refine.estep import (
     particle_terms,
     phase_factors,
     squared_differences,
-    weighted_particle_sums,
     weights_from_diff2,
 )
 
@@ -118,21 +117,6 @@ def test_significance_threshold_equals_full_sort(scale, max_significant, fractio
     threshold = np.take_along_axis(sorted_w, (n - 1)[:, None], axis=1)[:, 0]
     np.testing.assert_array_equal(W.n_significant, (w >= threshold[:, None]).sum(axis=1))
     np.testing.assert_allclose(W.threshold, threshold, rtol=1e-12)
-
-
-def test_weighted_sums_equal_brute_force():
-    rng = np.random.default_rng(5)
-    kvec, ref, data, ctf2, mult, sigma2, shifts, box = _problem(rng, P=3, R=4, T=6)
-    w = rng.uniform(size=(3, 4, 6))
-    w /= w.sum(axis=(1, 2), keepdims=True)
-    phi = phase_factors(kvec, shifts, box)
-    values, wsum = weighted_particle_sums(data, ctf2, sigma2, w, phi, multiplicity=mult)
-    valid = mult > 0.01
-    for p in range(3):
-        for r in range(4):
-            v = sum(w[p, r, t] * data[p] * phi[t] for t in range(6)) / sigma2 * valid[p]
-            np.testing.assert_allclose(values[p, r], v, rtol=1e-12)
-            np.testing.assert_allclose(wsum[p, r], w[p, r].sum() * ctf2[p] / sigma2 * valid[p], rtol=1e-12)
 
 
 @pytest.mark.gpu

@@ -13,7 +13,7 @@ from subtomo_nb.fourier.grid import shell_index
 from subtomo_nb.fourier.projector import Projector
 from subtomo_nb.geometry.euler import angular_distance, euler_to_matrix
 from subtomo_nb.geometry.symmetry import point_group
-from subtomo_nb.refine.expectation import expectation_batch
+from subtomo_nb.refine.expectation import EStepSettings, IterationCache, ParticleBatch, expectation_batch
 from subtomo_nb.refine.sampling import Sampling, log_orientation_prior
 from subtomo_nb.simulate.phantom import render_map
 
@@ -48,8 +48,9 @@ def test_grid_poses_found_within_the_fine_sampling(reference):
     data = shift_half(proj.rotate3d(A, N), -shifts).astype(np.complex64)
     ctf2 = np.ones(data.shape, np.float32)
     sigma2 = _noise_power(data) + 1e-12
-    res = expectation_batch(proj, data, ctf2, None, sigma2, s, np.zeros((10, 3)), pixel_size_A=PIX,
-                            coarse_radius=8, fine_radius=12, sigma_offset_A=50.0, coarse_cache={})
+    res = expectation_batch(proj, ParticleBatch.of(data, ctf2, None), sigma2, s, np.zeros((10, 3)),
+                            EStepSettings(pixel_size_A=PIX, coarse_radius=8, fine_radius=12, sigma_offset_A=50.0),
+                            cache=IterationCache())
     err = _sym_error(euler_to_matrix(res.rot, res.tilt, res.psi), A)
     assert err.max() <= s.fine_step, np.round(err, 2)
     assert np.abs(res.shift_px - shifts).max() <= 0.5 + 1e-9
@@ -82,16 +83,15 @@ def test_backprojected_sums_reconstruct_the_reference(reference):
     s = Sampling(healpix_order=4, offset_range_A=1 * PIX, offset_step_A=1 * PIX, sym="C1",
                  sigma_rot=3.75, sigma_tilt=3.75, sigma_psi=3.75)
     bp = BackProjector(N, pad=2)
-    expectation_batch(proj, data, ctf2, None, _noise_power(data) + 1e-12, s, ang, pixel_size_A=PIX,
-                      coarse_radius=10, fine_radius=12, sigma_offset_A=5.0, backprojector=bp)
+    expectation_batch(proj, ParticleBatch.of(data, ctf2, None), _noise_power(data) + 1e-12, s, ang,
+                      EStepSettings(pixel_size_A=PIX, coarse_radius=10, fine_radius=12, sigma_offset_A=5.0),
+                      backprojector=bp)
     rec = bp.reconstruct()
     f = np.asarray(fsc(rec, vol))
     assert f[1:9].min() > 0.9, np.round(f, 3)
 
 
 def test_orientation_sums_back_project_like_direct_insertion(reference):
-    from subtomo_nb.refine.expectation import flush_rotation_sums
-
     vol, proj = reference
     rng = np.random.default_rng(2)
     P = 8
@@ -102,12 +102,14 @@ def test_orientation_sums_back_project_like_direct_insertion(reference):
     ctf2 = np.ones(data.shape, np.float32)
     s = Sampling(healpix_order=1, offset_range_A=1 * PIX, offset_step_A=1 * PIX, sym="C6")
     sigma2 = _noise_power(data) * 20 + 1e-12  # broad posteriors: many shared orientations
-    kw = dict(pixel_size_A=PIX, coarse_radius=6, fine_radius=8, sigma_offset_A=20.0)
+    settings = EStepSettings(pixel_size_A=PIX, coarse_radius=6, fine_radius=8, sigma_offset_A=20.0)
     direct, grouped = BackProjector(N, pad=2, dtype=np.float32), BackProjector(N, pad=2, dtype=np.float32)
-    r1 = expectation_batch(proj, data, ctf2, None, sigma2, s, ang, backprojector=direct, **kw)
-    cache: dict = {}
-    r2 = expectation_batch(proj, data, ctf2, None, sigma2, s, ang, backprojector=grouped, coarse_cache=cache, **kw)
-    flush_rotation_sums(cache)
+    batch = ParticleBatch.of(data, ctf2, None)
+    r1 = expectation_batch(proj, batch, sigma2, s, ang, settings, backprojector=direct)
+    cache = IterationCache()
+    r2 = expectation_batch(proj, batch, sigma2, s, ang, settings, backprojector=grouped, cache=cache)
+    assert cache.rotation_sums                                   # the sums were deferred ...
+    cache.flush()                                                # ... and back-projected here
     assert np.mean(r1.n_significant) > 8
     np.testing.assert_allclose(grouped.weight, direct.weight, rtol=1e-4, atol=1e-5 * np.abs(direct.weight).max())
     np.testing.assert_allclose(grouped.data, direct.data, rtol=1e-4, atol=1e-5 * np.abs(direct.data).max())
@@ -122,7 +124,7 @@ def test_firstiter_cc_finds_the_offsets_the_prior_does_not_pin(tiny_project, tin
     from subtomo_nb.fourier.filters import low_pass
     from subtomo_nb.io.mrc import read_map
     from subtomo_nb.io.star import read_star
-    from subtomo_nb.refine.autorefine import initial_sigma2
+    from subtomo_nb.refine.noise import initial_sigma2
     from subtomo_nb.tasks.particle_data import load_particle_set, particle_transforms
 
     pset, tomos = load_particle_set(tiny_extract_3d, None)
@@ -135,8 +137,9 @@ def test_firstiter_cc_finds_the_offsets_the_prior_does_not_pin(tiny_project, tin
     data, ctf2, mult = particle_transforms(pset, rows, tomograms=tomos, dtype=np.float32, origins=np.zeros((8, 3)))
     s2 = initial_sigma2(pset, np.arange(len(pset.particles)), 32, tomos, np.float32)
     smp = Sampling(healpix_order=1, offset_range_A=5 * 10.8, offset_step_A=2 * 10.8, sym="C6")
-    res = expectation_batch(proj, data, ctf2, mult, s2, smp, np.zeros((8, 3)), pixel_size_A=10.8,
-                            coarse_radius=8, fine_radius=10, sigma_offset_A=10.0, coarse_cache={}, firstiter_cc=True)
+    res = expectation_batch(proj, ParticleBatch.of(data, ctf2, mult), s2, smp, np.zeros((8, 3)),
+                            EStepSettings(pixel_size_A=10.8, coarse_radius=8, fine_radius=10, sigma_offset_A=10.0,
+                                          firstiter_cc=True), cache=IterationCache())
     assert np.median(np.linalg.norm(true_px, axis=1)) > 2.0           # the picks are off-centre
     err = np.linalg.norm(res.shift_px - true_px, axis=1)
     assert np.median(err) < 1.0, (res.shift_px, true_px)
@@ -185,20 +188,20 @@ def test_lazily_filled_fine_reference_equals_per_particle_interpolation(referenc
     ctf2 = np.ones(data.shape, np.float32)
     sigma2 = _noise_power(data) + 1e-12
     prior = np.stack([rot[pick], tilt[pick], psi[pick]], axis=1)
-    kw = dict(pixel_size_A=PIX, coarse_radius=8, fine_radius=12, sigma_offset_A=20.0)
-    cache: dict = {}
+    settings = EStepSettings(pixel_size_A=PIX, coarse_radius=8, fine_radius=12, sigma_offset_A=20.0)
+    cache = IterationCache()
     bp_c, bp_n = BackProjector(N, pad=2, dtype=np.float32), BackProjector(N, pad=2, dtype=np.float32)
-    with_cache = [expectation_batch(proj, data[b], ctf2[b], None, sigma2, s, prior[b], coarse_cache=cache,
-                                    backprojector=bp_c, **kw) for b in (slice(0, 3), slice(3, 6))]
-    from subtomo_nb.refine.expectation import flush_rotation_sums
-
-    flush_rotation_sums(cache)
-    without = [expectation_batch(proj, data[b], ctf2[b], None, sigma2, s, prior[b], backprojector=bp_n, **kw)
-               for b in (slice(0, 3), slice(3, 6))]
-    [fine] = [v for v in cache.values() if isinstance(v, FineReferenceCache)]
+    with_cache = [expectation_batch(proj, ParticleBatch.of(data[b], ctf2[b], None), sigma2, s, prior[b], settings,
+                                    cache=cache, backprojector=bp_c) for b in (slice(0, 3), slice(3, 6))]
+    cache.flush()
+    without = [expectation_batch(proj, ParticleBatch.of(data[b], ctf2[b], None), sigma2, s, prior[b], settings,
+                                 backprojector=bp_n) for b in (slice(0, 3), slice(3, 6))]
+    [fine] = cache.fine_references.values()
+    assert isinstance(fine, FineReferenceCache)
     assert 0 < fine.filled.sum() < len(rot)                  # only the neighbourhoods were interpolated
     # the coarse rows: exactly those some particle's prior reaches, equal to direct interpolation
-    [coarse] = [v for v in cache.values() if isinstance(v, CoarseReferenceCache)]
+    [coarse] = cache.coarse_rows.values()
+    assert isinstance(coarse, CoarseReferenceCache)
     reach = np.isfinite(log_orientation_prior(s, rot, tilt, psi, *prior.T)).any(axis=0)
     assert 0 < reach.sum() < len(rot)
     np.testing.assert_array_equal(coarse.filled, reach)
