@@ -82,8 +82,9 @@ def _check_whole(job: Path) -> None:
     assert not (job / "run_class001.mrc").exists()    # stopped before the end
 
 
-@pytest.mark.slow   # ~35 s each on 2 cores (an undisturbed run, then an interrupted and a continued one)
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
+# SIGINT in the fast suite (~12 s on 2 cores after the shared undisturbed run); SIGTERM and SIGKILL nightly
+@pytest.mark.parametrize("sig", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow),
+                                 pytest.param(signal.SIGKILL, marks=pytest.mark.slow)], ids=lambda s: s.name)
 def test_signal_mid_iteration_then_continue_gives_the_undisturbed_map(project, undisturbed, sig):
     job = project / "Refine3D" / f"job1{sig.value:02d}"
     proc = _subtomo("refine", "--o", f"{job.relative_to(project)}/run", *OPTIONS, cwd=project)

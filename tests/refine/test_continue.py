@@ -20,7 +20,6 @@ def uninterrupted(tiny_project, tiny_extract_3d, tmp_path_factory):
     return out, job
 
 
-@pytest.mark.slow
 def test_continue_from_iteration_3_equals_uninterrupted_run(uninterrupted, tmp_path):
     out, whole = uninterrupted
     assert whole.state.iteration == 5 and (out / "run_it003_state.npz").exists()
