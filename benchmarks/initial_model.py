@@ -104,7 +104,7 @@ def main() -> None:
 
         executor = DaskExecutor(get_client(args.j, dashboard_address=None), name="inimodel")
     t_start = time.perf_counter()
-    job = InitialModel(opts, executor=executor)
+    job = InitialModel.from_options(opts, executor=executor)
     print(f"{job.n} particles, box {job.box}, {job.pix:.2f} Å/px; mini-batches {schedules.subset_sizes(job.n)}; "
           f"{'C1 then ' + args.sym if opts.run_in_c1 else args.sym}; tilt prior {args.sigma_tilt:g}°; "
           f"max significant {job.max_significant}", flush=True)

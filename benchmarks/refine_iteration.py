@@ -96,13 +96,13 @@ def main() -> None:
         times = []
         opts = RefineOptions(output_root=work / "part1" / "run", auto_iter_max=args.iterations, **base)
         t0 = time.perf_counter()
-        AutoRefine(opts, progress=lambda e: times.append(e) if e.get("kind") == "iteration" else None).run()
+        AutoRefine.from_options(opts, progress=lambda e: times.append(e) if e.get("kind") == "iteration" else None).run()
         print(f"part 1: {len(times)} iterations in {time.perf_counter() - t0:.1f} s")
         for e in times:
             print(f"  iteration {e['iteration']}: {e['seconds']:.1f} s, HEALPix order {e['healpix_order']}, "
                   f"resolution {e['resolution_A']:.1f} Å")
 
-    job = AutoRefine(RefineOptions(output_root=work / "part2" / "run", **base))
+    job = AutoRefine.from_options(RefineOptions(output_root=work / "part2" / "run", **base))
     write_iteration(job, final=False, initial=True)
     job.state.iteration = 1
     job._update_sizes()

@@ -40,6 +40,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from subtomo_nb.io.particles import ParticleSet
+from subtomo_nb.io.tomograms import TomogramSet
 from subtomo_nb.fourier.backprojector import BackProjector
 from subtomo_nb.fourier.filters import low_pass
 from subtomo_nb.fourier.masks import soft_sphere
@@ -155,13 +157,13 @@ class InitialModel(PoseDriver):
         Runs the E-steps (:class:`~subtomo_nb.refine.executor.EStepExecutor`); default serial.
     """
 
-    def __init__(self, opts: VdamOptions, progress: Callable[[dict], None] | None = None,
-                 executor: EStepExecutor | None = None) -> None:
+    def __init__(self, opts: VdamOptions, particles: ParticleSet, tomograms: TomogramSet | None,
+                 progress: Callable[[dict], None] | None = None, executor: EStepExecutor | None = None) -> None:
         if opts.nr_iter < 1:
             raise ValueError(f"--iter must be at least 1, got {opts.nr_iter}")
         if opts.nr_classes < 1:
             raise ValueError(f"--K must be at least 1, got {opts.nr_classes}")
-        super().__init__(opts, progress, executor)
+        super().__init__(opts, particles, tomograms, progress, executor)
         self.ops = point_group(opts.run_sym)
         point_group(opts.sym)  # fail early on an unknown target group
         self.budget = iteration_budget(opts.nr_iter, opts.grad_ini_frac, opts.grad_fin_frac)
@@ -184,6 +186,13 @@ class InitialModel(PoseDriver):
         self.sigma2 = np.zeros(self.box // 2 + 1)
         self.avg_ctf2 = 1.0
         self.timings: dict[str, float] = {}
+
+    @classmethod
+    def from_options(cls, opts: VdamOptions, progress: Callable[[dict], None] | None = None,
+                     executor: EStepExecutor | None = None) -> "InitialModel":
+        """Read and check the particle and tomogram sets ``opts`` names, then build the job."""
+        particles, tomograms = cls.read_particles(opts)
+        return cls(opts, particles, tomograms, progress=progress, executor=executor)
 
     # ------------------------------------------------------------------ data
     @property

@@ -110,7 +110,7 @@ def run_initial_model_job(
                 from subtomo_nb.parallel import DaskExecutor
 
                 executor = DaskExecutor(client, name="inimodel")
-            job = InitialModel(opts, progress=relay, executor=executor)
+            job = InitialModel.from_options(opts, progress=relay, executor=executor)
             job.run()
         finally:
             if own is not None:

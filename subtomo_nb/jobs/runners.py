@@ -177,7 +177,7 @@ def run_refine(
             from subtomo_nb.parallel import DaskExecutor
 
             executor = DaskExecutor(client, name="refine")
-        AutoRefine(options, progress=relay, executor=executor).run()
+        AutoRefine.from_options(options, progress=relay, executor=executor).run()
     root = Path(job_dir)
     return {"map": root / "run_class001.mrc", "data": root / "run_data.star",
             "optimisation_set": root / "run_optimisation_set.star"}

@@ -40,6 +40,8 @@ from subtomo_nb.geometry.healpix import angular_step
 from subtomo_nb.geometry.symmetry import point_group
 from subtomo_nb.io.errors import InputError
 from subtomo_nb.io.mrc import read_map
+from subtomo_nb.io.particles import ParticleSet
+from subtomo_nb.io.tomograms import TomogramSet
 from subtomo_nb.refine.accuracy import estimate_accuracy
 from subtomo_nb.refine.driver import PoseDriver, PoseOptions, PoseState
 from subtomo_nb.refine.executor import EStepExecutor, EStepRequest, HalfSetResult
@@ -49,6 +51,7 @@ from subtomo_nb.refine.poses import MASK_EDGE_PX, change_statistics, particle_ra
 from subtomo_nb.refine.poses import sigma2_from_sums
 from subtomo_nb.refine.reference import check_reference_symmetry
 from subtomo_nb.refine.sampling import Sampling, finer_translations
+from subtomo_nb.tasks.reconstruct import common_box_and_pixel
 
 
 
@@ -106,16 +109,27 @@ class RefineState(PoseState):
     fsc: np.ndarray | None = None
 
 
-def _solvent_mask(opts: RefineOptions, box: int, pix: float) -> np.ndarray:
-    if opts.solvent_mask:
-        mask, _ = read_map(opts.solvent_mask, require_cube=True)
-        if mask.shape[0] != box:
-            raise InputError(what=f"mask box {mask.shape[0]} differs from the particles' box {box}",
-                             path=opts.solvent_mask, field="rlnImageSize")
-        if mask.min() < -1e-3 or mask.max() > 1 + 1e-3:
-            raise InputError(what="solvent mask values must lie in [0, 1]", path=opts.solvent_mask)
-        return np.clip(mask, 0, 1)
-    return soft_sphere(box, particle_radius_px(opts.particle_diameter, box, pix), MASK_EDGE_PX)
+def _read_reference(path: str | os.PathLike, box: int, pix: float) -> np.ndarray:
+    """The starting reference map (float64), checked against the particles' box and pixel size (Å)."""
+    ref, ref_pix = read_map(path, require_cube=True)
+    if ref.shape[0] != box:
+        raise InputError(what=f"reference box {ref.shape[0]} differs from the particles' box {box}",
+                         path=path, field="rlnImageSize")
+    if ref_pix not in (0.0, 1.0) and abs(ref_pix - pix) > 1e-3 * pix:
+        raise InputError(what=f"reference pixel size {ref_pix} Å differs from the particles' {pix} Å",
+                         path=path, field="rlnImagePixelSize")
+    return np.asarray(ref, dtype=np.float64)
+
+
+def _read_solvent_mask(path: str | os.PathLike, box: int) -> np.ndarray:
+    """The solvent mask of ``--solvent_mask``, checked: the particles' box, values in [0, 1]."""
+    mask, _ = read_map(path, require_cube=True)
+    if mask.shape[0] != box:
+        raise InputError(what=f"mask box {mask.shape[0]} differs from the particles' box {box}",
+                         path=path, field="rlnImageSize")
+    if mask.min() < -1e-3 or mask.max() > 1 + 1e-3:
+        raise InputError(what="solvent mask values must lie in [0, 1]", path=path)
+    return np.clip(mask, 0, 1)
 
 
 def _join_low_resolution(bps: list[BackProjector], shell: int) -> list[BackProjector]:
@@ -137,10 +151,19 @@ def _join_low_resolution(bps: list[BackProjector], shell: int) -> list[BackProje
 class AutoRefine(PoseDriver):
     """A running 3D auto-refine (one object per job; :meth:`run` iterates to convergence).
 
+    Build it with :meth:`from_options` (which reads the files the options name); the
+    constructor takes what was read and reads no file.
+
     Parameters
     ----------
     opts
         The job's options.
+    particles, tomograms
+        The particle set and its tomogram set (None for 3D pseudo-subtomograms).
+    reference
+        The starting reference map ``[z, y, x]``, at the particles' box and pixel size.
+    solvent_mask
+        The solvent mask (values in [0, 1]); None: a soft sphere of the particle diameter.
     progress
         Called with a dict per event (``kind`` = ``"iteration"``, ``"particles"`` (particles of the
         iteration done so far, ``done`` of ``of``), ``"message"``, ``"finished"``).
@@ -148,16 +171,10 @@ class AutoRefine(PoseDriver):
         Runs the E-steps (:class:`~subtomo_nb.refine.executor.EStepExecutor`); default serial.
     """
 
-    def __init__(self, opts: RefineOptions, progress: Callable[[dict], None] | None = None,
-                 executor: EStepExecutor | None = None) -> None:
-        if opts.continue_from:
-            # RELION's --continue: the run's own options, written into the new output root
-            from subtomo_nb.refine.state import stored_options
-
-            stored = stored_options(opts.continue_from)
-            stored.update(output_root=opts.output_root, continue_from=opts.continue_from, project_dir=opts.project_dir)
-            opts = RefineOptions(**{k: v for k, v in stored.items() if k in RefineOptions.__dataclass_fields__})
-        super().__init__(opts, progress, executor)
+    def __init__(self, opts: RefineOptions, particles: ParticleSet, tomograms: TomogramSet | None,
+                 reference: np.ndarray, *, solvent_mask: np.ndarray | None = None,
+                 progress: Callable[[dict], None] | None = None, executor: EStepExecutor | None = None) -> None:
+        super().__init__(opts, particles, tomograms, progress, executor)
         self.stop: dict = {}  # why the final iteration was final (set when it starts)
         self.ops = point_group(opts.sym)
         self.rng = np.random.default_rng(opts.random_seed)
@@ -174,21 +191,16 @@ class AutoRefine(PoseDriver):
                              row=int(np.flatnonzero(bad)[0]) + 1, field="rlnRandomSubset")
         if self.poses.tilt_prior is None:
             self.poses.tilt_prior = self.poses.angles[:, 1].copy()
-        ref, ref_pix = read_map(opts.reference, require_cube=True)
-        if ref.shape[0] != self.box:
-            raise InputError(what=f"reference box {ref.shape[0]} differs from the particles' box {self.box}",
-                             path=opts.reference, field="rlnImageSize")
-        if ref_pix not in (0.0, 1.0) and abs(ref_pix - self.pix) > 1e-3 * self.pix:
-            raise InputError(what=f"reference pixel size {ref_pix} Å differs from the particles' {self.pix} Å",
-                             path=opts.reference, field="rlnImagePixelSize")
-        ref = np.asarray(ref, dtype=np.float64)
+        ref = np.asarray(reference, dtype=np.float64)
         if opts.ini_high > 0:
             ref = low_pass(ref, opts.ini_high, self.pix)
         self.reference_check = None
         if opts.align_reference_symmetry and not opts.continue_from:
             self.reference_check = check_reference_symmetry(ref, opts.sym, self.pix, seed=opts.random_seed)
             ref = self.reference_check.volume
-        self.mask = _solvent_mask(opts, self.box, self.pix)
+        self.mask = (np.clip(solvent_mask, 0, 1) if solvent_mask is not None
+                     else soft_sphere(self.box, particle_radius_px(opts.particle_diameter, self.box, self.pix),
+                                      MASK_EDGE_PX))
         halves = [np.flatnonzero(subset == h) for h in (1, 2)]
         self.halves = [HalfModel(rows=r, reference=ref.copy(),
                                  sigma2=initial_sigma2(self.pset, r, self.box, self.tomograms, self.dtype))
@@ -199,10 +211,38 @@ class AutoRefine(PoseDriver):
         res0 = opts.ini_high if opts.ini_high > 0 else 2 * self.pix * self.box / max(round(0.07 * self.box), 1)
         self.state = RefineState(iteration=0, sampling=sampling, current_resolution=res0)
         self._update_sizes()
+
+    @classmethod
+    def from_options(cls, opts: RefineOptions, progress: Callable[[dict], None] | None = None,
+                     executor: EStepExecutor | None = None) -> "AutoRefine":
+        """Read and check what ``opts`` names, then build the job (the I/O of an auto-refine).
+
+        With ``continue_from`` (RELION's ``--continue``): the run's own stored options, written
+        into the new output root, and its saved state. Then the particle and tomogram sets, the
+        reference map (its box and pixel size checked against the particles') and the solvent
+        mask (box and values checked).
+
+        Raises
+        ------
+        InputError
+            An input that does not fit, naming the file and the field.
+        """
+        if opts.continue_from:
+            from subtomo_nb.refine.state import stored_options
+
+            stored = stored_options(opts.continue_from)
+            stored.update(output_root=opts.output_root, continue_from=opts.continue_from, project_dir=opts.project_dir)
+            opts = RefineOptions(**{k: v for k, v in stored.items() if k in RefineOptions.__dataclass_fields__})
+        particles, tomograms = cls.read_particles(opts)
+        box, pix = common_box_and_pixel(particles)
+        reference = _read_reference(opts.reference, box, pix)
+        mask = _read_solvent_mask(opts.solvent_mask, box) if opts.solvent_mask else None
+        job = cls(opts, particles, tomograms, reference, solvent_mask=mask, progress=progress, executor=executor)
         if opts.continue_from:
             from subtomo_nb.refine.state import load_state
 
-            load_state(self, opts.continue_from)
+            load_state(job, opts.continue_from)
+        return job
 
     # ------------------------------------------------------------------ sizes and sampling
     def _update_sizes(self) -> None:

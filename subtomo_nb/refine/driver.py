@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from subtomo_nb.io.particles import ParticleSet
+from subtomo_nb.io.tomograms import TomogramSet
 from subtomo_nb.refine.executor import EStepExecutor, EStepRequest, HalfSetResult, ParticleSource, SerialExecutor
 from subtomo_nb.refine.expectation import EStepSettings
 from subtomo_nb.refine.particle_progress import batch_counter
@@ -111,20 +113,28 @@ class PoseDriver:
 
     state: PoseState
 
-    def __init__(self, opts: PoseOptions, progress: Callable[[dict], None] | None = None,
-                 executor: EStepExecutor | None = None) -> None:
+    def __init__(self, opts: PoseOptions, particles: ParticleSet, tomograms: TomogramSet | None,
+                 progress: Callable[[dict], None] | None = None, executor: EStepExecutor | None = None) -> None:
         self.opts = opts
         self.executor: EStepExecutor = executor if executor is not None else SerialExecutor()
         self.progress = progress or (lambda event: None)
         self.root = Path(opts.output_root)
-        self.root.parent.mkdir(parents=True, exist_ok=True)
-        self.pset, self.tomograms = load_particle_set(opts.particles, opts.tomograms)
+        self.pset, self.tomograms = particles, tomograms
         self.box, self.pix = common_box_and_pixel(self.pset)
         self.dtype = np.float32 if opts.dtype == "float32" else np.float64
         self.radius_px = particle_radius_px(opts.particle_diameter, self.box, self.pix)
         # serial E-steps read each particle once and keep it (as the dask workers keep theirs)
         self.source = ParticleSource(self.pset, self.tomograms, self.dtype, opts.batch_size)
         self.poses = ParticlePoses.from_table(self.pset.particles, self.pix)
+
+    @staticmethod
+    def read_particles(opts: PoseOptions) -> tuple[ParticleSet, TomogramSet | None]:
+        """The particle and tomogram sets ``opts`` names, read and checked, and the output directory made.
+
+        The I/O of a job's ``from_options`` constructor: the driver itself reads no file.
+        """
+        Path(opts.output_root).parent.mkdir(parents=True, exist_ok=True)
+        return load_particle_set(opts.particles, opts.tomograms)
 
     def _coarse_radius(self) -> float:
         """Coarse-pass radius (Fourier pixels) from the coarse angular step (§6.8), within the current size."""

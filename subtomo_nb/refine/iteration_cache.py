@@ -216,8 +216,6 @@ class RotationSums:
         self.used[:] = False
 
 
-#: Largest number of fine-orientation ids kept as dense particle-frame sums.
-MAX_ROTATION_SUM_IDS = 12_000
 
 
 def _shared() -> Any:

@@ -154,8 +154,10 @@ class ParticlePoses:
                            path=pset.path, project_dir=pset.project_dir)
 
     def state_arrays(self) -> dict[str, np.ndarray]:
-        """The arrays of a saved state (``angles``, ``offsets_A``, ``tilt_prior``, ``stats:<label>``)."""
-        out = {"angles": self.angles, "offsets_A": self.offsets_A, "tilt_prior": self.tilt_prior}
+        """The arrays of a saved state (``angles``, ``offsets_A``, ``tilt_prior`` where there is one, ``stats:<label>``)."""
+        out = {"angles": self.angles, "offsets_A": self.offsets_A}
+        if self.tilt_prior is not None:
+            out["tilt_prior"] = self.tilt_prior
         for c in self.stats.columns:
             out[f"stats:{c}"] = self.stats[c].to_numpy()
         return out
@@ -164,5 +166,5 @@ class ParticlePoses:
         """Take the poses and statistics of a saved state (:meth:`state_arrays`)."""
         self.angles = arrays["angles"].copy()
         self.offsets_A = arrays["offsets_A"].copy()
-        self.tilt_prior = arrays["tilt_prior"].copy()
+        self.tilt_prior = arrays["tilt_prior"].copy() if "tilt_prior" in arrays else None
         self.stats = pd.DataFrame({c: arrays[f"stats:{c}"] for c in stats_columns})

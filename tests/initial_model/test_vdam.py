@@ -209,7 +209,7 @@ def tiny_run(tiny_extract_3d, tiny_project, tmp_path_factory):
                        sym="C6", run_in_c1=False, sigma_tilt=10.0, random_seed=1, max_significant=5,
                        grad_write_iter=5, project_dir=tiny_project["project_dir"])
     events = []
-    job = InitialModel(opts, progress=events.append)
+    job = InitialModel.from_options(opts, progress=events.append)
     job.run()
     return out, job, events
 
@@ -271,13 +271,13 @@ def test_dask_run_equals_serial_run(tiny_extract_3d, tmp_path):
         return VdamOptions(particles=tiny_extract_3d, output_root=out / "run", nr_iter=2, particle_diameter=230.0,
                            sym="C6", run_in_c1=False, sigma_tilt=10.0, random_seed=5, max_significant=5)
 
-    serial = InitialModel(opts(tmp_path / "serial"))
+    serial = InitialModel.from_options(opts(tmp_path / "serial"))
     serial.run()
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
         from subtomo_nb.parallel import DaskExecutor
 
-        par = InitialModel(opts(tmp_path / "dask"), executor=DaskExecutor(client, name="inimodel"))
+        par = InitialModel.from_options(opts(tmp_path / "dask"), executor=DaskExecutor(client, name="inimodel"))
         par.run()
     np.testing.assert_allclose(par.poses.angles, serial.poses.angles, atol=1e-6)
     np.testing.assert_allclose(par.poses.offsets_A, serial.poses.offsets_A, atol=1e-6)
@@ -328,7 +328,7 @@ def test_auto_sampling_stops_below_local_order_but_refines_translations(tiny_ext
     from subtomo_nb.initial_model.vdam import InitialModel, VdamOptions
 
     opts = VdamOptions(particles=tiny_extract_3d, output_root=tmp_path / "run", nr_iter=10, particle_diameter=230.0)
-    job = InitialModel(opts)
+    job = InitialModel.from_options(opts)
     s = job.state
     s.acc_rot, s.acc_trans_A, s.change_offsets_A = 1.0, 1.0, 0.5 * job.pix
     step0 = s.sampling.offset_step_A
@@ -358,7 +358,7 @@ def test_job_directory_given_relative_to_the_current_directory_outside_the_proje
     opts = VdamOptions(particles=tiny_extract_3d, output_root=Path("im") / "run", nr_iter=1, particle_diameter=230.0,
                        sym="C6", run_in_c1=True, sigma_tilt=10.0, random_seed=1, max_significant=5,
                        project_dir=tiny_project["project_dir"])
-    job = InitialModel(opts, progress=lambda e: None)
+    job = InitialModel.from_options(opts, progress=lambda e: None)
     job.run()
     assert (tmp_path / "im" / "initial_model.mrc").is_file()
     name = read_star(tmp_path / "im" / "run_it001_model.star")["model_classes"]["rlnReferenceImage"].iloc[0]

@@ -96,7 +96,7 @@ def test_matches_serial_estep(cluster_client, batches, undisturbed, estep_setup)
 
     Tolerances: the sums are float32 (as AutoRefine's) and are added in another order. The serial
     loop sums every batch's particle-frame contributions per orientation in float32 and scatters
-    them once (``flush_rotation_sums``); each cluster task scatters its own batch into a partial
+    them once (``IterationCache.flush``); each cluster task scatters its own batch into a partial
     back-projector and the partials are added by a binary tree. Both are float32 sums of
     O(10-100) terms per voxel, so they differ by up to ~n * eps32 ~ 1e-5 of the largest value
     (measured: 2e-6 on data, 8e-6 on weight). Besides, the workers' BLAS is single-threaded and

@@ -29,7 +29,7 @@ def _translation_error_px(data_star, truth_star, pix=10.8):
 def serial_run(tiny_project, tiny_extract_3d, tmp_path_factory):
     out = tmp_path_factory.mktemp("refine_serial")
     events: list[dict] = []
-    job = AutoRefine(_options(tiny_project, tiny_extract_3d, out), progress=events.append)
+    job = AutoRefine.from_options(_options(tiny_project, tiny_extract_3d, out), progress=events.append)
     job.run()
     job.test_events = events
     return out, job
@@ -99,7 +99,7 @@ def test_dask_run_equals_serial_run(serial_run, tiny_project, tiny_extract_3d, t
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
         events: list[dict] = []
-        job = AutoRefine(_options(tiny_project, tiny_extract_3d, tmp_path), executor=DaskExecutor(client, name="refine"),
+        job = AutoRefine.from_options(_options(tiny_project, tiny_extract_3d, tmp_path), executor=DaskExecutor(client, name="refine"),
                          progress=events.append)
         job.run()
     _assert_every_particle_counted(events, n_particles=len(job.poses.angles), iterations=2)
@@ -142,7 +142,7 @@ def test_killing_a_worker_mid_iteration_changes_nothing(serial_run, tiny_project
 
         thread = threading.Thread(target=killer, daemon=True)
         thread.start()
-        job = AutoRefine(_options(tiny_project, tiny_extract_3d, tmp_path), progress=progress,
+        job = AutoRefine.from_options(_options(tiny_project, tiny_extract_3d, tmp_path), progress=progress,
                          executor=DaskExecutor(client, name="refine"))
         job.run()
         thread.join(5)

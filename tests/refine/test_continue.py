@@ -15,7 +15,7 @@ from .test_autorefine import _options
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_project, tiny_extract_3d, tmp_path_factory):
     out = tmp_path_factory.mktemp("refine_whole")
-    job = AutoRefine(_options(tiny_project, tiny_extract_3d, out, auto_iter_max=5))
+    job = AutoRefine.from_options(_options(tiny_project, tiny_extract_3d, out, auto_iter_max=5))
     job.run()
     return out, job
 
@@ -24,7 +24,7 @@ def test_continue_from_iteration_3_equals_uninterrupted_run(uninterrupted, tmp_p
     out, whole = uninterrupted
     assert whole.state.iteration == 5 and (out / "run_it003_state.npz").exists()
     # the continued run reads only the stopped run's files (options, poses, maps, noise, RNG)
-    job = AutoRefine(RefineOptions(particles="", reference="", output_root=tmp_path / "run",
+    job = AutoRefine.from_options(RefineOptions(particles="", reference="", output_root=tmp_path / "run",
                                    continue_from=out / "run_it003_optimiser.star"))
     assert job.state.iteration == 3 and job.opts.sym == "C6" and job.opts.auto_iter_max == 5
     job.run()
@@ -42,5 +42,5 @@ def test_continue_without_saved_state_names_the_file(tmp_path):
     missing = tmp_path / "run_it003_optimiser.star"
     missing.write_text("data_optimiser_general\n\n_rlnCurrentIteration 3\n")
     with pytest.raises(InputError, match="run_it003_state.npz"):
-        AutoRefine(RefineOptions(particles="", reference="", output_root=tmp_path / "ct" / "run",
+        AutoRefine.from_options(RefineOptions(particles="", reference="", output_root=tmp_path / "ct" / "run",
                                  continue_from=missing))

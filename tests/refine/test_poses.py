@@ -84,3 +84,22 @@ def test_apply_changes_table_and_state():
     restored.restore(poses.state_arrays(), list(poses.stats.columns))
     np.testing.assert_array_equal(restored.angles, poses.angles)
     pd.testing.assert_frame_equal(restored.stats, poses.stats)
+
+
+def test_saved_state_without_a_tilt_prior_round_trips_through_npz(tmp_path):
+    """VDAM's usual case: no rlnAngleTiltPrior column. The state must save (npz without pickles)
+    and restore with the prior still absent."""
+    tab, poses = _poses(tilt_prior=False)
+    poses = ParticlePoses.from_table(tab, 2.0)
+    assert poses.tilt_prior is None
+    path = tmp_path / "state.npz"
+    np.savez(path, **poses.state_arrays())
+    with np.load(path, allow_pickle=False) as arrays:
+        restored = ParticlePoses.from_table(tab, 2.0)
+        restored.restore(dict(arrays), list(poses.stats.columns))
+    assert restored.tilt_prior is None
+    np.testing.assert_array_equal(restored.angles, poses.angles)
+    with_prior = _poses()[1]
+    again = ParticlePoses.from_table(_poses()[0], 2.0)
+    again.restore(with_prior.state_arrays(), list(with_prior.stats.columns))
+    np.testing.assert_array_equal(again.tilt_prior, with_prior.tilt_prior)

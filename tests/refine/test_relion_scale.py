@@ -42,12 +42,12 @@ relion_reconstruct comparison):
 ===  ===================================================================================  ==============================================
  #   mutation                                                                             failing tests (measured value)
 ===  ===================================================================================  ==============================================
- a   refine/expectation.py:566 ``wts = 2.0 * (per_particle @ (Wf * inv))`` (M-step)       reference_sigma2 (median 0.694),
+ a   refine/expectation.py mstep_sums ``weights = 2.0 * (per_particle @ (W * inv_noise))``  reference_sigma2 (median 0.694),
                                                                                           half_map_amplitude (0.48-0.54)
  b   fourier/backprojector.py:232-233 ``self.data += 2 * d...``, ``self.weight += 2 *``   reference_sigma2 (median 0.694)
- c1  refine/autorefine.py:164 ``initial_sigma2``: ``return 10 * s2`` (E-step noise)       reference_sigma2 (13.9), sigma2_noise (shell 16:
+ c1  refine/noise.py ``initial_sigma2``: ``return 10 * s2`` (E-step noise)                reference_sigma2 (13.9), sigma2_noise (shell 16:
                                                                                           18.1), half_map_amplitude (shell 4: 0.81)
- c2  refine/autorefine.py:495 ``_apply_results``: ``10 * num / np.maximum(den, 1e-30)``   sigma2_noise (3.4-29)
+ c2  refine/poses.py ``sigma2_from_sums``: ``10 * num / np.maximum(den, 1e-30)``          sigma2_noise (3.4-29)
 ===  ===================================================================================  ==============================================
 
 (b) leaves every map unchanged (D and W doubled, tau2 halved with 1 / mean W, so D / (W + 1/tau2)
@@ -82,7 +82,7 @@ def first_iteration(tmp_path_factory) -> dict:
                          flatten_solvent=True, zero_mask=True, pad=2, healpix_order=2, auto_local_healpix_order=4,
                          offset_range_px=5, offset_step_px=2, low_resol_join_halves=40,
                          auto_ignore_angles=True, auto_resol_angles=True)
-    job = AutoRefine(opts)
+    job = AutoRefine.from_options(opts)
     relion_halves = read_star(ref / "refine_outputs_c4" / "run_it001_data.star")["particles"]["rlnRandomSubset"]
     assert (job.pset.particles["rlnRandomSubset"].to_numpy() == relion_halves.to_numpy()).all()
     job.iterate()
