@@ -87,7 +87,7 @@ def run_tutorial(project_dir: str | os.PathLike = "tutorial", *, seed: int = 0, 
     Returns
     -------
     dict with the paths written (project-relative) and the measured numbers (particles,
-    resolutions in Å, pose errors, seconds per stage); :func:`summary_lines` turns it into text.
+    resolutions in Å, pose errors, seconds per stage); :func:`subtomo_nb.tasks.tutorial.summary_lines` turns it into text.
     """
     from subtomo_nb.simulate import simulate_project, simulate_tiny_project
 

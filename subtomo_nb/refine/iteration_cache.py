@@ -216,8 +216,6 @@ class RotationSums:
         self.used[:] = False
 
 
-
-
 def _shared() -> Any:
     return field(default_factory=dict, metadata={"shared": True})
 
