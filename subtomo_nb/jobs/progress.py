@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["Progress", "ProgressLog", "ProgressCallback", "read_progress", "RUN_OUT", "RUN_ERR", "PROGRESS_JSONL",
-           "ProgressPrinter"]
+           "ProgressPrinter", "ParticleBar"]
 
 RUN_OUT = "run.out"
 RUN_ERR = "run.err"
@@ -190,6 +190,45 @@ def _in_notebook() -> bool:
     return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
 
 
+class ParticleBar:
+    """A tqdm bar over the particles of the running iteration: a new bar for each iteration.
+
+    Parameters
+    ----------
+    make : callable
+        ``make(total=..., desc=..., unit=...)`` returns a new tqdm bar (a text bar, or tqdm's
+        notebook widget).
+
+    Attributes
+    ----------
+    bar : the current tqdm bar, or None.
+    """
+
+    def __init__(self, make: Callable[..., Any]) -> None:
+        self._make = make
+        self.bar: Any = None
+        self._key: tuple | None = None
+
+    def update(self, event: Progress) -> bool:
+        """Move the bar to ``event.particles_done``; returns True when a new bar was made for it."""
+        key = (event.iteration, event.particles_total)
+        new = self.bar is None or self._key != key
+        if new:
+            self.close()
+            self.bar = self._make(total=event.particles_total, desc=f"iteration {event.iteration}", unit="particle")
+            self._key = key
+        self.bar.update(max(0, int(event.particles_done or 0) - self.bar.n))
+        self.bar.refresh()   # one event per batch of particles: draw each
+        return new
+
+    def close(self) -> None:
+        """Close the current bar (the next event starts a new one)."""
+        if self.bar is not None:
+            self.bar.close()
+        self.bar = None
+        self._key = None
+
+
 class ProgressPrinter:
     """Show progress events as a person reads them: one line each, and a bar over the particles.
 
@@ -209,9 +248,14 @@ class ProgressPrinter:
     def __init__(self, file: Any = None, bar: bool | None = None) -> None:
         self.file = file
         self.bar = bar
-        self._bar: Any = None
-        self._key: tuple | None = None
+        self._particles = ParticleBar(self._text_bar)
         self._lock = threading.Lock()
+
+    @staticmethod
+    def _text_bar(**kwargs: Any) -> Any:
+        from tqdm.auto import tqdm
+
+        return tqdm(leave=False, file=sys.stderr, disable=False, **kwargs)
 
     def _show_bar(self) -> bool:
         if self.bar is not None:
@@ -231,24 +275,12 @@ class ProgressPrinter:
     def _count(self, event: Progress) -> None:
         if not self._show_bar():
             return
-        key = (event.iteration, event.particles_total)
-        if self._bar is None or self._key != key:
-            self._close()
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(total=event.particles_total, desc=f"iteration {event.iteration}", unit="particle",
-                             leave=False, file=sys.stderr, disable=False)
-            self._key = key
-        self._bar.update(max(0, int(event.particles_done or 0) - self._bar.n))
-        self._bar.refresh()   # one event per batch of particles: draw each
+        self._particles.update(event)
         if (event.particles_done or 0) >= (event.particles_total or 0):
-            self._close()
+            self._particles.close()
 
     def _close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-            self._key = None
+        self._particles.close()
 
     def close(self) -> None:
         """Close an open bar."""

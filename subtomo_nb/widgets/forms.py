@@ -60,6 +60,7 @@ from subtomo_nb.jobs import (
 )
 from subtomo_nb.jobs import validate as validate_values
 from subtomo_nb.jobs.params import coerce
+from subtomo_nb.jobs.progress import ParticleBar
 from subtomo_nb.jobs.presets import PRESETS
 
 __all__ = ["JobForm", "JobStopped", "PRESETS", "render_fsc", "last_optimiser", "matching_files"]
@@ -338,8 +339,7 @@ class JobForm:
         self.fsc_image = W.Image(format="png", layout=W.Layout(width="400px"))
         # a tqdm bar over the particles of the running iteration (tqdm's notebook widget)
         self.particles_bar = W.HBox([])
-        self._bar: Any = None
-        self._bar_key: tuple | None = None
+        self._particles = ParticleBar(self._notebook_bar)
         title = W.HTML(value=f"<b>{html.escape(self.job_type.title)}</b> &mdash; "
                              f"{html.escape(self.job_type.description)}")
         self.widget = W.VBox([
@@ -671,29 +671,22 @@ class JobForm:
                 where = self._relative(self._new_job_dir() or self.job_dir)
                 self.status.value = html.escape(f"running {where}: {100 * event.fraction:.0f}% done")
 
+    @staticmethod
+    def _notebook_bar(**kwargs: Any) -> Any:
+        from tqdm.notebook import tqdm
+
+        return tqdm(display=False, **kwargs)
+
     def _close_bar(self) -> None:
         """Remove the particle bar (a new run or iteration starts a new one)."""
         with self._lock:
-            if self._bar is not None:
-                self._bar.close()
-            self._bar = None
-            self._bar_key = None
+            self._particles.close()
             self.particles_bar.children = ()
 
     def _count_particles(self, event: Progress) -> None:
         """Move the tqdm bar over the running iteration's particles (a new bar per iteration)."""
-        from tqdm.notebook import tqdm
-
-        key = (event.iteration, event.particles_total)
-        if self._bar is None or self._bar_key != key:
-            if self._bar is not None:
-                self._bar.close()
-            self._bar = tqdm(total=event.particles_total, desc=f"iteration {event.iteration}", unit="particle",
-                             display=False)
-            self._bar_key = key
-            self.particles_bar.children = (self._bar.container,)
-        self._bar.update(max(0, int(event.particles_done or 0) - self._bar.n))
-        self._bar.refresh()
+        if self._particles.update(event):
+            self.particles_bar.children = (self._particles.bar.container,)
 
     # -- display helpers ------------------------------------------------------------------------
 
