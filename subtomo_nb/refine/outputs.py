@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from subtomo_nb.geometry.healpix import direction_vectors, psi_step, sampling_directions
+from subtomo_nb.geometry.healpix import angular_step, direction_vectors, psi_step, sampling_directions
 from subtomo_nb.geometry.symmetry import point_group
 from subtomo_nb.io._paths import project_relative
 from subtomo_nb.io.mrc import write_map
@@ -273,7 +273,7 @@ def write_angdist_bild(path: Path, job: "AutoRefine", rows: np.ndarray) -> Path:
     smp = job.state.sampling
     rot, tilt, _ = sampling_directions(smp.healpix_order, smp.sym)
     half_box = job.box * job.pix / 2.0
-    angular_sampling = 360.0 / (6 * round(2.0 ** int(smp.healpix_order)))   # getAngularSampling()
+    angular_sampling = angular_step(smp.healpix_order)   # getAngularSampling()
     text = angdist_bild(direction_counts(job, rows), rot, tilt, half_box, half_box, angular_sampling)
     _atomic_write_text(Path(path), text)
     return Path(path)
