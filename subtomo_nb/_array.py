@@ -13,7 +13,7 @@ import numpy as np
 
 
 def get_xp(*arrays: Any) -> ModuleType:
-    """Return ``cupy`` if any argument is a cupy array, else ``numpy``.
+    """Return ``cupy`` (``array_api_strict``) if any argument is a cupy (strict-backend) array, else ``numpy``.
 
     Parameters
     ----------
@@ -22,6 +22,10 @@ def get_xp(*arrays: Any) -> ModuleType:
     """
     for a in arrays:
         mod = type(a).__module__
+        if mod.startswith("array_api_strict"):
+            import array_api_strict  # noqa: PLC0415 - the strict test device (subtomo_nb.backend)
+
+            return array_api_strict
         if mod.startswith("cupy"):
             import cupy  # noqa: PLC0415 - optional dependency
 
@@ -35,6 +39,10 @@ def fft_module(xp: ModuleType) -> ModuleType:
         import scipy.fft  # noqa: PLC0415
 
         return scipy.fft
+    if xp.__name__.startswith("array_api_strict"):
+        from subtomo_nb.backend import get_backend  # noqa: PLC0415
+
+        return get_backend("strict").fft()
     import cupyx.scipy.fft  # noqa: PLC0415
 
     return cupyx.scipy.fft
