@@ -16,8 +16,18 @@ import numpy as np
 
 from subtomo_nb.backend import Backend, backend_of, get_backend
 
-__all__ = ["resolve_backend", "backend_dtype", "real_dtype_of", "wrapped_freqs", "freq_axes",
-           "radius_grid", "shell_index", "round_half_away", "shell_sum", "sinc"]
+__all__ = [
+    "backend_dtype",
+    "freq_axes",
+    "radius_grid",
+    "real_dtype_of",
+    "resolve_backend",
+    "round_half_away",
+    "shell_index",
+    "shell_sum",
+    "sinc",
+    "wrapped_freqs",
+]
 
 
 def resolve_backend(backend: Backend | str | None = None, xp: ModuleType | None = None,

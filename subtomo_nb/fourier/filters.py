@@ -16,7 +16,7 @@ from subtomo_nb.backend import Backend
 from subtomo_nb.fourier._device import radius_grid, real_dtype_of, resolve_backend
 from subtomo_nb.fourier.fft import irfft2, irfft3, rfft2, rfft3
 
-__all__ = ["low_pass", "low_pass_weights", "apply_b_factor", "fourier_crop", "fourier_pad"]
+__all__ = ["apply_b_factor", "fourier_crop", "fourier_pad", "low_pass", "low_pass_weights"]
 
 
 def _nd(x: Any, ndim: int | None) -> int:

@@ -15,7 +15,7 @@ import numpy as np
 from subtomo_nb.fourier._device import resolve_backend, shell_index, shell_sum
 from subtomo_nb.fourier.fft import rfft2, rfft3
 
-__all__ = ["fsc", "resolution", "fsc_true_from_half", "shell_resolution_A"]
+__all__ = ["fsc", "fsc_true_from_half", "resolution", "shell_resolution_A"]
 
 
 def _to_half(x: Any, mask: Any) -> tuple[Any, int, int]:

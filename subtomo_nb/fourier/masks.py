@@ -20,7 +20,7 @@ import numpy as np
 from subtomo_nb.backend import Backend
 from subtomo_nb.fourier._device import backend_dtype, resolve_backend
 
-__all__ = ["centred_radius", "soft_sphere", "mask_particle", "soft_edge_box_mask"]
+__all__ = ["centred_radius", "mask_particle", "soft_edge_box_mask", "soft_sphere"]
 
 
 def centred_radius(shape: tuple[int, ...], xp: ModuleType | None = None, dtype: Any = np.float64, *,

@@ -18,16 +18,22 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from subtomo_nb.backend import Backend
-from subtomo_nb.fourier._device import freq_axes, resolve_backend, round_half_away, sinc, wrapped_freqs
+from subtomo_nb.fourier._device import (
+    freq_axes,
+    resolve_backend,
+    round_half_away,
+    sinc,
+    wrapped_freqs,
+)
 from subtomo_nb.fourier.masks import mask_particle
 
 __all__ = [
-    "wiener_reconstruct",
-    "gridding_correct",
-    "downsampled_average",
-    "ssnr_tau2_from_fsc",
     "SSNRResult",
     "blob_ft_ratio",
+    "downsampled_average",
+    "gridding_correct",
+    "ssnr_tau2_from_fsc",
+    "wiener_reconstruct",
 ]
 
 BLOB_RADIUS = 1.9
@@ -177,7 +183,7 @@ def wiener_reconstruct(data: Any, weight: Any, box: int, pad: float, r_max: int 
     tau2_fudge = float(tau2_fudge)
     rdtype = weight.dtype if weight.dtype in (xp.float32, xp.float64) else xp.float64
     r2 = xp.broadcast_to(_padded_r2(be, m), weight.shape)
-    rmax_pad = int(round(r_max * pad))
+    rmax_pad = round(r_max * pad)
     max_r2 = rmax_pad * rmax_pad
     inside = r2 <= max_r2
     rr = xp.sqrt(xp.astype(r2, xp.float64))
@@ -196,7 +202,7 @@ def wiener_reconstruct(data: Any, weight: Any, box: int, pad: float, r_max: int 
         reg = (r2 < max_r2) & (ires >= minres_map)
         fw = xp.where(reg, fw + inv_tau, fw)
     if skip_gridding:
-        round_max_r2 = int(round((r_max * pad) ** 2))
+        round_max_r2 = round((r_max * pad) ** 2)
         sh = xp.astype(xp.floor(rr / pad), xp.int64)
         valid = (r2 < round_max_r2) & (sh < r_max)
         idx = xp.reshape(xp.where(valid, sh, 0), (-1,))
@@ -327,7 +333,7 @@ def ssnr_tau2_from_fsc(fsc: Any, weight: Any, box: int, pad: float, r_max: int |
     nsh = box // 2 + 1
     r_max = int(box // 2 if r_max is None else r_max)
     r2 = xp.broadcast_to(_padded_r2(be, m), weight.shape)
-    max_r2 = int(round(r_max * pad)) ** 2
+    max_r2 = round(r_max * pad) ** 2
     ires = round_half_away(xp, xp.sqrt(xp.astype(r2, xp.float64)) / pad)
     valid = (r2 < max_r2) & (ires < nsh)
     idx = xp.reshape(xp.where(valid, ires, 0), (-1,))
