@@ -133,7 +133,7 @@ def mask_particle(volume: Any, radius_px: float, edge_px: float = 5.0,
     if isinstance(background, str):
         if background == "mean":
             s = xp.sum(c)
-            bg = xp.sum(c * volume, axis=axes, keepdims=True) / (s if float(s) > 0 else 1.0)
+            bg = xp.sum(c * volume, axis=axes, keepdims=True) / xp.where(s > 0, s, 1.0)  # no sync
         elif background == "zero":
             bg = 0.0
         else:
