@@ -104,14 +104,19 @@ def _index_dtype(xp: Any, size: int) -> Any:
     return xp.int32 if size < 2 ** 31 - 1 else xp.int64
 
 
-def _lerp_(a: Any, b: Any, f: Any, inplace: bool) -> Any:
-    """``a + f * (b - a)``, computed in place in ``b`` on numpy (same rounding as the expression)."""
+def _lerp_(a: Any, b: Any, f: Any, xp: Any, inplace: bool) -> Any:
+    """``a + f * (b - a)`` in the dtype of ``b``, computed in place in ``b`` on numpy.
+
+    Elsewhere the same operations with the same roundings: ``(b - a) * f`` in the wider of the
+    two dtypes, rounded to ``b``'s dtype (as numpy's ``out=b`` casts it), then ``+ a``.
+    """
     if inplace:
         np.subtract(b, a, out=b)
         np.multiply(b, f, out=b)
         np.add(b, a, out=b)
         return b
-    return a + f * (b - a)
+    d = b - a
+    return a + xp.astype(d * f, d.dtype, copy=False)
 
 
 def _conj_where(out: Any, neg: Any, xp: Any, inplace: bool) -> Any:
@@ -192,15 +197,15 @@ def trilinear_gather_half(flat: Any, m: int, width: int, pos: Any) -> Any:
         row = (zr + yr) * width + x0
         a = xp.take(flat, row)
         row += 1
-        return _lerp_(a, xp.take(flat, row), fx, inplace)
+        return _lerp_(a, xp.take(flat, row), fx, xp, inplace)
 
     c00 = lerp_x(z0w, y0w)
     c01 = lerp_x(z0w, y1w)
     c10 = lerp_x(z1w, y0w)
     c11 = lerp_x(z1w, y1w)
-    c0 = _lerp_(c00, c01, fy, inplace)
-    c1 = _lerp_(c10, c11, fy, inplace)
-    out = _lerp_(c0, c1, fz, inplace)
+    c0 = _lerp_(c00, c01, fy, xp, inplace)
+    c1 = _lerp_(c10, c11, fy, xp, inplace)
+    out = _lerp_(c0, c1, fz, xp, inplace)
     return xp.reshape(_conj_where(out, neg, xp, inplace), shape)
 
 
@@ -284,15 +289,15 @@ def trilinear_gather_centred(ext_flat: Any, m: int, width: int, x: Any, y: Any, 
 
     def lerp_x(off: int) -> Any:
         a = xp.take(ext_flat, base + off)
-        return _lerp_(a, xp.take(ext_flat, base + (off + 1)), fx, inplace)
+        return _lerp_(a, xp.take(ext_flat, base + (off + 1)), fx, xp, inplace)
 
     c00 = lerp_x(0)
     c01 = lerp_x(sy)
     c10 = lerp_x(sz)
     c11 = lerp_x(sz + sy)
-    c0 = _lerp_(c00, c01, fy, inplace)
-    c1 = _lerp_(c10, c11, fy, inplace)
-    out = _lerp_(c0, c1, fz, inplace)
+    c0 = _lerp_(c00, c01, fy, xp, inplace)
+    c1 = _lerp_(c10, c11, fy, xp, inplace)
+    out = _lerp_(c0, c1, fz, xp, inplace)
     return xp.reshape(_conj_where(out, neg, xp, inplace), shape)
 
 
