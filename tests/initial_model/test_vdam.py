@@ -282,15 +282,23 @@ def _vdam_strict(extract, out, **kw):
 
 
 def _assert_same_run(strict, numpy_job):
-    """Same poses and classes; class maps within 1e-4 relative (the M-step's maps on the device)."""
+    """Same poses, classes and resolutions; class maps within 1e-4 relative (max |a - b| / max |b|).
+
+    The E-step's float32 sums are not bit-identical between the backends (the start and the M-step
+    are: see test_gradient.py), so the maps drift apart by ~1e-5 over 10 mini-batches. The per-shell
+    curves are compared against their largest value (1e-3): the lowest shells' power of a map with
+    almost no net mass is a cancellation that magnifies that drift.
+    """
     np.testing.assert_allclose(strict.poses.angles, numpy_job.poses.angles, rtol=0, atol=1e-6)
     np.testing.assert_allclose(strict.poses.offsets_A, numpy_job.poses.offsets_A, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(strict.classes, numpy_job.classes)
+    assert strict.state.current_resolution == numpy_job.state.current_resolution
     for cs, cn in zip(strict.classes_model, numpy_job.classes_model):
         got = strict.backend.to_host(cs.reference, "map")
         assert np.abs(got - cn.reference).max() <= 1e-4 * np.abs(cn.reference).max()
-        np.testing.assert_allclose(cs.ssnr, cn.ssnr, rtol=1e-4, atol=1e-8)
-        np.testing.assert_allclose(cs.fsc_estimate, cn.fsc_estimate, rtol=1e-4, atol=1e-8)
+        assert cs.estimated_resolution == cn.estimated_resolution
+        for a, b in ((cs.ssnr, cn.ssnr), (cs.tau2, cn.tau2), (cs.fsc_estimate, cn.fsc_estimate)):
+            assert np.abs(a - b).max() <= 1e-3 * np.abs(b).max()
 
 
 def test_vdam_strict_equals_numpy(tiny_extract_3d, tmp_path):
