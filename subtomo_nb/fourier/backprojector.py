@@ -174,7 +174,7 @@ class BackProjector:
     """
 
     def __init__(self, box: int, pad: float = 2, r_max: float | None = None, data_dim: int = 3,
-                 dtype: Any = np.float64, backend: "str | Backend | ModuleType" = "numpy",
+                 dtype: Any = np.float64, backend: str | Backend | ModuleType = "numpy",
                  xp: ModuleType | None = None, kernels: bool = True) -> None:
         be = backend_for(xp if xp is not None else backend)
         self.backend = be
