@@ -272,8 +272,10 @@ class EStepSettings:
 
 
 def _gather(arr: Any, sel: FourierSelection) -> Any:
-    xp = backend_of(arr).xp
-    return xp.take(xp.reshape(arr, (arr.shape[0], -1)), sel.device_index, axis=1)
+    be = backend_of(arr)
+    if be.name == "numpy":   # numpy's fancy index keeps the memory order the numpy path's sums were tuned on
+        return arr.reshape(arr.shape[0], -1)[:, sel.index]
+    return be.xp.take(be.xp.reshape(arr, (arr.shape[0], -1)), sel.device_index, axis=1)
 
 
 def _scoring_noise(noise: Any, firstiter_cc: bool) -> Any:
