@@ -156,7 +156,7 @@ class ReferenceTerms:
 
     def rows(self, sl: slice) -> "ReferenceTerms":
         """The orientations ``sl`` (views, no copy)."""
-        return ReferenceTerms(self.stacked[sl], self.power[sl])
+        return ReferenceTerms(self.stacked[sl, ...], self.power[sl, ...])
 
 
 def translated_terms(terms: ParticleTerms, phases: Any, out: Any | None = None) -> Any:

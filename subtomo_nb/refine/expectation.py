@@ -292,7 +292,7 @@ def _noise_at(noise_power: Any, selection: FourierSelection, rdt: Any) -> Any:
 def _only_where_allowed(log_prior: Any) -> Any:
     """0 where a prior allows a sample, −inf where it excludes it (``--firstiter_cc`` scores)."""
     xp = backend_of(log_prior).xp
-    return xp.where(xp.isfinite(log_prior), 0.0, -xp.inf)
+    return xp.where(xp.isfinite(log_prior), xp.zeros_like(log_prior), -xp.inf)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,7 +416,7 @@ def coarse_pass(projector: Projector, batch: ParticleBatch, noise_power: Any, sa
             chunk = slice(s, s + ROTATION_CHUNK)
             squared_differences(terms, reference.rows(chunk), phases, lhs=translated, out=diff2[:, chunk])
     else:
-        diff2 = xp.concat([xp.astype(squared_differences(terms, reference.rows(slice(s, s + ROTATION_CHUNK)), phases,
+        diff2 = xp.concat([xp.astype(squared_differences(terms, reference.rows(slice(s, min(s + ROTATION_CHUNK, R))), phases,
                                                          lhs=translated), xp.float64)
                            for s in range(0, R, ROTATION_CHUNK)], axis=1)
     del translated
@@ -969,7 +969,8 @@ def _fine_products(lhs: Any, rhs: Any, pair_ok: Any, nchild_t: int, nchild_r: in
     pp, rr, tt = xp.nonzero(pair_ok)
     blocks = xp.zeros((P * Tmax * Rmax, nchild_t * nchild_r), dtype=dt, device=be.device)
     for s in range(0, n_pairs, PAIR_CHUNK):
-        p, r, t = pp[s:s + PAIR_CHUNK], rr[s:s + PAIR_CHUNK], tt[s:s + PAIR_CHUNK]
+        e = min(s + PAIR_CHUNK, n_pairs)
+        p, r, t = pp[s:e], rr[s:e], tt[s:e]
         prod = gemm(xp.take(lhs_b, p * Tmax + t, axis=0),
                     xp.permute_dims(xp.take(rhs_b, p * Rmax + r, axis=0), (0, 2, 1)))   # (s, ct, cr)
         be.scatter_add(blocks, (p * Tmax + t) * Rmax + r, xp.reshape(prod, (-1, nchild_t * nchild_r)))

@@ -72,9 +72,9 @@ def interpolate_rows(out: "ReferenceTerms | _LazyReferenceRows", projector: Proj
     """Write the reference values at the orientations ``A`` (R, 3, 3) into rows ``start .. start+R-1`` of ``out``.
 
     ``A`` on the host or the projector's backend (uploaded as metadata); :data:`ROTATION_CHUNK`
-    orientations at a time. The numpy backend writes through the projector's compiled
-    :meth:`~subtomo_nb.fourier.projector.Projector.sample_terms`; the others write the sampled
-    values into consecutive rows (slice assignment, no scatter).
+    orientations at a time, through the projector's
+    :meth:`~subtomo_nb.fourier.projector.Projector.sample_terms` (rows given on the host for
+    numpy, on the device otherwise).
     """
     be = projector_backend(projector)
     xp = be.xp
@@ -86,14 +86,10 @@ def interpolate_rows(out: "ReferenceTerms | _LazyReferenceRows", projector: Proj
             projector.sample_terms(A[sl], points, rows[sl], out.stacked, out.power)
         return
     A = be.to_device(A, "metadata")
-    K = int(points.shape[0])
     for s in range(0, n, ROTATION_CHUNK):
         e = min(s + ROTATION_CHUNK, n)
-        V = projector.sample(A[s:e, ...], points)                       # (r, K) complex
-        re, im = xp.astype(xp.real(V), out.stacked.dtype), xp.astype(xp.imag(V), out.stacked.dtype)
-        out.stacked[start + s:start + e, :K] = re
-        out.stacked[start + s:start + e, K:] = im
-        out.power[start + s:start + e, :] = re ** 2 + im ** 2
+        rows = xp.arange(start + s, start + e, dtype=xp.int64, device=be.device)
+        projector.sample_terms(A[s:e, ...], points, rows, out.stacked, out.power)
 
 
 class _LazyReferenceRows:
@@ -325,7 +321,7 @@ class RotationSums:
         (ids,) = xp.nonzero(self.used)
         n = int(ids.shape[0])
         for s in range(0, n, ROTATION_CHUNK):
-            sl = ids[s:s + ROTATION_CHUNK]
+            sl = ids[s:min(s + ROTATION_CHUNK, n)]
             self.bp.insert(xp.take(self.A, sl, axis=0), xp.take(self.values, sl, axis=0),
                            xp.take(self.weights, sl, axis=0), self.sel.device_points)
         self.values = xp.zeros_like(self.values)
