@@ -241,7 +241,8 @@ class AutoRefine(PoseDriver):
         self.halves = []
         for r in halves:
             half = HalfModel(rows=r, reference=None,
-                             sigma2=initial_sigma2(self.pset, r, self.box, self.tomograms, self.dtype))
+                             sigma2=initial_sigma2(self.pset, r, self.box, self.tomograms, self.dtype,
+                                                   transforms=self.source.transforms))
             host = ref.copy()
             half.set_reference(be.to_device(host, "map"), host=host)
             self.halves.append(half)
