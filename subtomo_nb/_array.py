@@ -79,6 +79,27 @@ def backend_for(xp: Any = None) -> Any:
     raise TypeError(f"no backend for the array module {xp!r}")
 
 
+def as_dtype(be: Any, dtype: Any, default: Any = None) -> Any:
+    """The backend ``be``'s dtype for ``dtype``.
+
+    Parameters
+    ----------
+    be
+        A :class:`~subtomo_nb.backend.Backend`.
+    dtype
+        A numpy dtype, scalar type or dtype name (``np.float32``, ``"float64"``, ``float``): mapped
+        with ``be.dtype``; a dtype of the backend (e.g. ``array_api_strict.float32``) is returned
+        as it is; None gives ``default``.
+    default
+        The result for ``dtype=None``.
+    """
+    if dtype is None:
+        return default
+    if isinstance(dtype, (type, np.dtype, str)):
+        return be.dtype(dtype)
+    return dtype
+
+
 def asnumpy(a: Any) -> np.ndarray:
     """Copy an array to host memory (no-op for numpy arrays)."""
     if type(a).__module__.startswith("cupy"):

@@ -175,11 +175,14 @@ def _np_dtype(dtype: Any) -> np.dtype:
 
 
 def _np_scatter_add(target: np.ndarray, index: Any, values: np.ndarray) -> np.ndarray:
-    if not isinstance(index, tuple) and target.ndim == 2 and values.ndim == 2:
-        from subtomo_nb.refine._kernels import add_rows  # noqa: PLC0415 - numba, compiled on first use
+    if (not isinstance(index, tuple) and target.ndim == 2 and values.ndim == 2 and target.flags.c_contiguous
+            and values.dtype == target.dtype):
+        from subtomo_nb.refine import _kernels  # noqa: PLC0415 - numba, compiled on first use
 
-        add_rows(target, np.ascontiguousarray(index), np.ascontiguousarray(values))
-        return target
+        if _kernels.HAVE_NUMBA:
+            # the serial row kernel: repeated rows are summed (the parallel one needs distinct rows)
+            _kernels._add_rows(target, np.ascontiguousarray(index, dtype=np.int64), np.ascontiguousarray(values))
+            return target
     np.add.at(target, index, values)
     return target
 

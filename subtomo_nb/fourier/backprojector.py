@@ -27,10 +27,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from subtomo_nb._array import backend_for
+from subtomo_nb._array import as_dtype, backend_for
 from subtomo_nb.backend import Backend, backend_of
 from subtomo_nb.fourier.grid import freq_grid, half_points
-from subtomo_nb.fourier.projector import _as_dtype, padded_size, trilinear_gather_half
+from subtomo_nb.fourier.projector import padded_size, trilinear_gather_half
 from subtomo_nb.fourier.reconstruct import (
     SSNRResult,
     downsampled_average,
@@ -174,7 +174,7 @@ class BackProjector:
     """
 
     def __init__(self, box: int, pad: float = 2, r_max: float | None = None, data_dim: int = 3,
-                 dtype: Any = np.float64, backend: "str | Backend | ModuleType" = "numpy",
+                 dtype: Any = np.float64, backend: str | Backend | ModuleType = "numpy",
                  xp: ModuleType | None = None, kernels: bool = True) -> None:
         be = backend_for(xp if xp is not None else backend)
         self.backend = be
@@ -184,7 +184,7 @@ class BackProjector:
         self.pad = m / self.box
         self.r_max = float(self.box // 2 if r_max is None else r_max)
         self.data_dim = int(data_dim)
-        self.rdtype = _as_dtype(be, dtype)
+        self.rdtype = as_dtype(be, dtype)
         self.cdtype = xp.complex64 if self.rdtype == xp.float32 else xp.complex128
         self.data = xp.zeros((m, m, m // 2 + 1), dtype=self.cdtype, device=be.device)
         self.weight = xp.zeros((m, m, m // 2 + 1), dtype=self.rdtype, device=be.device)

@@ -8,13 +8,14 @@ backend and device. :func:`low_pass_weights` creates its weights on ``backend``.
 
 from __future__ import annotations
 
-import math
 from types import ModuleType
 from typing import Any
 
-from subtomo_nb.backend import Backend
-from subtomo_nb.fourier._device import radius_grid, real_dtype_of, resolve_backend
+from subtomo_nb._array import backend_for
+from subtomo_nb.backend import Backend, backend_of
 from subtomo_nb.fourier.fft import irfft2, irfft3, rfft2, rfft3
+from subtomo_nb.fourier.grid import radius_grid
+from subtomo_nb.fourier.masks import raised_cosine_edge
 
 __all__ = ["apply_b_factor", "fourier_crop", "fourier_pad", "low_pass", "low_pass_weights"]
 
@@ -24,6 +25,14 @@ def _nd(x: Any, ndim: int | None) -> int:
     if nd not in (2, 3):
         raise ValueError("ndim must be 2 or 3")
     return nd
+
+
+def _real_dtype(xp: Any, dtype: Any) -> Any:
+    """The real dtype a filter is applied in: ``dtype`` if float32/float64, float32 for complex64,
+    else float64."""
+    if dtype == xp.float32 or dtype == xp.complex64:
+        return xp.float32
+    return xp.float64
 
 
 def _fwd(x: Any, nd: int) -> Any:
@@ -61,17 +70,10 @@ def low_pass_weights(box: int, resolution_A: float, pixel_size_A: float, edge_wi
     -------
     float64 weights of half shape ``(box,)*(ndim-1) + (box//2+1,)``.
     """
-    be = resolve_backend(backend, xp)
-    ns = be.xp
-    r = radius_grid(be, int(box), ndim)
+    be = backend_for(xp if backend is None else backend)
+    r = radius_grid(int(box), ndim, be)
     w = float(edge_width_shells)
-    radius = int(box) * float(pixel_size_A) / float(resolution_A) - w / 2.0
-    rp = radius + w
-    if w > 0:
-        soft = 0.5 - 0.5 * ns.cos(math.pi * (rp - r) / w)
-    else:
-        soft = ns.zeros_like(r)
-    return ns.where(r < radius, 1.0, ns.where(r > rp, 0.0, soft))
+    return raised_cosine_edge(r, int(box) * float(pixel_size_A) / float(resolution_A) - w / 2.0, w)
 
 
 def low_pass(volume: Any, resolution_A: float, pixel_size_A: float, edge_width_shells: float = 2.0,
@@ -91,12 +93,12 @@ def low_pass(volume: Any, resolution_A: float, pixel_size_A: float, edge_width_s
     ndim
         Dimensionality of one map (default ``volume.ndim``).
     """
-    be = resolve_backend(arrays=(volume,))
+    be = backend_of(volume)
     nd = _nd(volume, ndim)
     n = int(volume.shape[-1])
     F = _fwd(volume, nd)
     w = low_pass_weights(n, resolution_A, pixel_size_A, edge_width_shells, nd, backend=be)
-    return _inv(F * be.xp.astype(w, real_dtype_of(be.xp, F.dtype)), n, nd)
+    return _inv(F * be.xp.astype(w, _real_dtype(be.xp, F.dtype)), n, nd)
 
 
 def apply_b_factor(volume: Any, b_factor_A2: float, pixel_size_A: float, ndim: int | None = None) -> Any:
@@ -104,15 +106,15 @@ def apply_b_factor(volume: Any, b_factor_A2: float, pixel_size_A: float, ndim: i
 
     ``s = |k| / (box * pixel)`` (1/Å). Positive ``B`` (Å²) blurs; negative ``B`` sharpens.
     """
-    be = resolve_backend(arrays=(volume,))
+    be = backend_of(volume)
     xp = be.xp
     nd = _nd(volume, ndim)
     n = int(volume.shape[-1])
     pixel_size_A, b_factor_A2 = float(pixel_size_A), float(b_factor_A2)
     F = _fwd(volume, nd)
-    s = radius_grid(be, n, nd) / (n * pixel_size_A)
+    s = radius_grid(n, nd, be) / (n * pixel_size_A)
     f = xp.where(s <= 1.0 / (2.0 * pixel_size_A), xp.exp(-(b_factor_A2 / 4.0) * s * s), 0.0)
-    return _inv(F * xp.astype(f, real_dtype_of(xp, F.dtype)), n, nd)
+    return _inv(F * xp.astype(f, _real_dtype(xp, F.dtype)), n, nd)
 
 
 def _blocks(n: int, n_box: int) -> tuple[slice, slice]:
@@ -127,7 +129,7 @@ def _window_half(F: Any, n_old: int, n_new: int, nd: int) -> Any:
     The signed frequencies ``-n//2 .. n - n//2 - 1`` of the smaller box ``n`` are two contiguous
     blocks on each wrapped axis, so the copy is ``2**(nd-1)`` slice assignments.
     """
-    be = resolve_backend(arrays=(F,))
+    be = backend_of(F)
     xp = be.xp
     lead = tuple(F.shape[:-nd])
     out = xp.zeros(lead + (n_new,) * (nd - 1) + (n_new // 2 + 1,), dtype=F.dtype, device=be.device)

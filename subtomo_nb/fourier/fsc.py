@@ -12,14 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from subtomo_nb.fourier._device import resolve_backend, shell_index, shell_sum
+from subtomo_nb.backend import backend_of
 from subtomo_nb.fourier.fft import rfft2, rfft3
+from subtomo_nb.fourier.grid import shell_index, shell_sum
 
 __all__ = ["fsc", "fsc_true_from_half", "resolution", "shell_resolution_A"]
 
 
 def _to_half(x: Any, mask: Any) -> tuple[Any, int, int]:
-    xp = resolve_backend(arrays=(x,)).xp
+    xp = backend_of(x).xp
     if xp.isdtype(x.dtype, "complex floating"):
         ndim = 3 if (x.ndim == 3 and x.shape[0] == x.shape[1]) else 2
         if x.shape[-1] != x.shape[-2] // 2 + 1:
@@ -51,15 +52,15 @@ def fsc(map1: Any, map2: Any, mask: Any = None) -> Any:
     -------
     FSC ``(N//2 + 1,)`` (float64, on the backend and device of the input).
     """
-    be = resolve_backend(arrays=(map1, map2))
+    be = backend_of(map1, map2)
     xp = be.xp
     F1, ndim, n = _to_half(map1, mask)
     F2, _, _ = _to_half(map2, mask)
-    sh = shell_index(be, n, ndim)
+    sh = shell_index(n, ndim, be)
     nsh = n // 2 + 1
-    num = shell_sum(be, xp.real(xp.conj(F1) * F2), sh, nsh)
-    d1 = shell_sum(be, xp.abs(F1) ** 2, sh, nsh)
-    d2 = shell_sum(be, xp.abs(F2) ** 2, sh, nsh)
+    num = shell_sum(xp.real(xp.conj(F1) * F2), sh, nsh)
+    d1 = shell_sum(xp.abs(F1) ** 2, sh, nsh)
+    d2 = shell_sum(xp.abs(F2) ** 2, sh, nsh)
     den = xp.sqrt(d1 * d2)
     return xp.where(den > 0, num / xp.where(den > 0, den, 1.0), 0.0)
 
@@ -97,7 +98,7 @@ def resolution(fsc_curve: Any, box: int, pixel_size_A: float, threshold: float =
     -------
     Resolution in Å (``box * pixel / shell``; 999 for shell 0).
     """
-    be = resolve_backend(arrays=(fsc_curve,))
+    be = backend_of(fsc_curve)
     f = np.asarray(be.to_host(fsc_curve, "results"), dtype=np.float64)
     below = np.nonzero(f[1:] < threshold)[0]
     if below.size == 0:
@@ -115,7 +116,7 @@ def fsc_true_from_half(fsc_half: Any) -> Any:
     Negative values are clipped to 0 first (the formula needs ``FSC >= 0``). Host sequences give
     a numpy array; device curves stay on their backend.
     """
-    be = resolve_backend(arrays=(fsc_half,))
+    be = backend_of(fsc_half)
     xp = be.xp
     if be.owns(fsc_half):
         f = xp.astype(fsc_half, xp.float64)

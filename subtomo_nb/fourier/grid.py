@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from subtomo_nb._array import backend_for
+from subtomo_nb._array import as_dtype, backend_for
 from subtomo_nb.backend import backend_of
 
 __all__ = [
+    "wrapped_freqs",
     "freq_grid",
     "radius_grid",
     "shell_index",
@@ -32,14 +33,6 @@ __all__ = [
 ]
 
 
-def _dtype(be: Any, dtype: Any) -> Any:
-    """The backend's dtype for a numpy dtype (``np.float32``, ``"float64"``, ``float``); a backend
-    dtype is returned as it is."""
-    if isinstance(dtype, (type, np.dtype, str)):
-        return be.dtype(dtype)
-    return dtype
-
-
 def round_half_away(x: Any) -> Any:
     """RELION's ``ROUND``: round half away from zero, returned as int64 (same backend as ``x``)."""
     be = backend_of(x)
@@ -49,6 +42,19 @@ def round_half_away(x: Any) -> Any:
     if not xp.isdtype(x.dtype, "real floating"):
         return xp.astype(x, xp.int64)
     return xp.astype(xp.sign(x) * xp.floor(xp.abs(x) + 0.5), xp.int64)
+
+
+def wrapped_freqs(n: int, xp: Any = np, dtype: Any = None, device: Any = None) -> Any:
+    """Integer frequencies of an FFT axis of length ``n`` in wrapped (FFT) order.
+
+    ``0 .. (n-1)//2, -(n//2) .. -1`` (Fourier pixels of a box of side ``n``): ``fftfreq(n) * n``,
+    exactly. ``xp`` is an array module, backend or backend name; ``dtype`` (default int64) a numpy
+    dtype or the backend's; ``device`` defaults to the backend's.
+    """
+    be = backend_for(xp)
+    X = be.xp
+    i = X.arange(n, dtype=X.int64, device=be.device if device is None else device)
+    return X.astype(X.where(i < (n + 1) // 2, i, i - n), as_dtype(be, dtype, X.int64))
 
 
 def freq_grid(n: int, ndim: int = 3, xp: Any = np, dtype: Any = None, device: Any = None) -> tuple[Any, ...]:
@@ -76,9 +82,8 @@ def freq_grid(n: int, ndim: int = 3, xp: Any = np, dtype: Any = None, device: An
     be = backend_for(xp)
     X = be.xp
     dev = be.device if device is None else device
-    dtype = X.int64 if dtype is None else _dtype(be, dtype)
-    i = X.arange(n, dtype=X.int64, device=dev)
-    k = X.astype(X.where(i < (n + 1) // 2, i, i - n), dtype)  # fftfreq(n) * n, exactly
+    dtype = as_dtype(be, dtype, X.int64)
+    k = wrapped_freqs(n, be, dtype, dev)
     kx = X.astype(X.arange(n // 2 + 1, dtype=X.int64, device=dev), dtype)
     if ndim == 2:
         return X.reshape(kx, (1, -1)), X.reshape(k, (-1, 1))
@@ -110,7 +115,7 @@ def half_points(n: int, ndim: int = 3, xp: Any = np, dtype: Any = np.float64, de
     """
     be = backend_for(xp)
     X = be.xp
-    dtype = _dtype(be, dtype)
+    dtype = as_dtype(be, dtype)
     ks = freq_grid(n, ndim, be, dtype=dtype, device=device)
     shape = (n,) * (ndim - 1) + (n // 2 + 1,)
     full = [X.broadcast_to(k, shape) for k in ks]

@@ -17,14 +17,39 @@ from typing import Any
 
 import numpy as np
 
-from subtomo_nb.backend import Backend
-from subtomo_nb.fourier._device import backend_dtype, resolve_backend
+from subtomo_nb._array import as_dtype, backend_for
+from subtomo_nb.backend import Backend, backend_of
 
-__all__ = ["centred_radius", "mask_particle", "soft_edge_box_mask", "soft_sphere"]
+__all__ = ["centred_radius", "mask_particle", "raised_cosine_edge", "soft_edge_box_mask", "soft_sphere"]
+
+
+def _target(backend: Backend | str | None, xp: ModuleType | None, dtype: Any) -> tuple[Backend, Any]:
+    """The backend a mask is created on (``backend`` wins over the legacy ``xp``; default numpy)
+    and its real dtype for ``dtype`` (None: float64)."""
+    be = backend_for(xp if backend is None else backend)
+    return be, as_dtype(be, dtype, be.xp.float64)
+
+
+def raised_cosine_edge(d: Any, radius: float, width: float) -> Any:
+    """Raised-cosine fall-off of a distance array (same backend and dtype as ``d``).
+
+    ``1`` for ``d < radius``, ``0`` for ``d > radius + width`` and
+    ``0.5 - 0.5 cos(pi (radius + width - d) / width)`` in between (1 -> 0); a step at ``radius``
+    for ``width <= 0``. Units of ``d``, ``radius`` and ``width`` are the caller's (pixels for
+    masks, Fourier pixels for filters).
+    """
+    xp = backend_of(d).xp
+    radius, width = float(radius), float(width)
+    rp = radius + width
+    if width > 0:
+        soft = 0.5 - 0.5 * xp.cos(math.pi * (rp - d) / width)
+    else:
+        soft = xp.zeros_like(d)
+    return xp.where(d < radius, 1.0, xp.where(d > rp, 0.0, soft))
 
 
 def centred_radius(shape: tuple[int, ...], xp: ModuleType | None = None, dtype: Any = np.float64, *,
-                   backend: Backend | str | None = None) -> Any:
+                   backend: Backend | str | None = None, device: Any = None) -> Any:
     """Distance (pixels) of every voxel of a box of ``shape`` from voxel ``n // 2`` of each axis.
 
     Parameters
@@ -37,15 +62,17 @@ def centred_radius(shape: tuple[int, ...], xp: ModuleType | None = None, dtype: 
         Real dtype of the result (numpy or backend dtype).
     backend
         Backend (or name) the array is created on; default numpy.
+    device
+        Device of the result (default the backend's).
     """
-    be = resolve_backend(backend, xp)
+    be, dt = _target(backend, xp, dtype)
     ns = be.xp
-    dt = backend_dtype(be, dtype)
+    dev = be.device if device is None else device
     r2 = None
     nd = len(shape)
     for ax, n in enumerate(shape):
         n = int(n)
-        c = ns.arange(n, dtype=dt, device=be.device) - float(n // 2)
+        c = ns.arange(n, dtype=dt, device=dev) - float(n // 2)
         c = ns.reshape(c, (1,) * ax + (n,) + (1,) * (nd - ax - 1))
         r2 = c * c if r2 is None else r2 + c * c
     return ns.sqrt(r2)
@@ -76,17 +103,9 @@ def soft_sphere(box: int, radius_px: float, edge_px: float = 5.0, ndim: int = 3,
     backend
         Backend (or name) the mask is created on; default numpy.
     """
-    be = resolve_backend(backend, xp)
-    ns = be.xp
-    dt = backend_dtype(be, dtype)
-    radius_px, edge_px = float(radius_px), float(edge_px)
+    be, dt = _target(backend, xp, dtype)
     d = centred_radius((int(box),) * ndim, dtype=dt, backend=be)
-    rp = radius_px + edge_px
-    if edge_px > 0:
-        soft = 0.5 - 0.5 * ns.cos(math.pi * (rp - d) / edge_px)
-    else:
-        soft = ns.zeros_like(d)
-    return ns.astype(ns.where(d < radius_px, 1.0, ns.where(d > rp, 0.0, soft)), dt)
+    return be.xp.astype(raised_cosine_edge(d, radius_px, edge_px), dt)
 
 
 def mask_particle(volume: Any, radius_px: float, edge_px: float = 5.0,
@@ -116,7 +135,7 @@ def mask_particle(volume: Any, radius_px: float, edge_px: float = 5.0,
     -------
     Masked copy of ``volume`` (same backend and device; its dtype if real floating, else float64).
     """
-    be = resolve_backend(arrays=(volume,))
+    be = backend_of(volume)
     xp = be.xp
     if ndim is None:
         ndim = volume.ndim if volume.ndim in (2, 3) else 3
@@ -170,9 +189,8 @@ def soft_edge_box_mask(box: int, edge_px: float = 5.0, ndim: int = 3, xp: Module
     backend
         Backend (or name) the mask is created on; default numpy.
     """
-    be = resolve_backend(backend, xp)
+    be, dt = _target(backend, xp, dtype)
     ns = be.xp
-    dt = backend_dtype(be, dtype)
     box, edge_px = int(box), float(edge_px)
     i = ns.arange(box, dtype=dt, device=be.device)
     dist = ns.minimum(i, (box - 1) - i) + 0.5

@@ -42,10 +42,11 @@ from typing import Any
 
 import numpy as np
 
-from subtomo_nb._array import backend_for
-from subtomo_nb.backend import Backend, backend_of
+from subtomo_nb._array import as_dtype, backend_for
+from subtomo_nb.backend import backend_of
 from subtomo_nb.fourier.fft import rfft3
 from subtomo_nb.fourier.grid import freq_grid, half_points, round_half_away
+from subtomo_nb.fourier.masks import centred_radius
 
 __all__ = ["Projector", "padded_size", "gridding_sinc2", "trilinear_gather_half", "centred_extension",
            "trilinear_gather_centred"]
@@ -55,13 +56,6 @@ def padded_size(box: int, pad: float) -> int:
     """RELION's padded box: ``round(pad * box)`` made even (``padoridim``)."""
     m = int(round(pad * box))
     return m + (m % 2)
-
-
-def _as_dtype(be: Backend, dtype: Any) -> Any:
-    """The backend's dtype for a numpy dtype; a backend dtype is returned as it is."""
-    if isinstance(dtype, (type, np.dtype, str)):
-        return be.dtype(dtype)
-    return dtype
 
 
 def gridding_sinc2(box: int, padded: int, ndim: int = 3, xp: Any = np, dtype: Any = np.float64,
@@ -86,12 +80,8 @@ def gridding_sinc2(box: int, padded: int, ndim: int = 3, xp: Any = np, dtype: An
     """
     be = backend_for(xp)
     X = be.xp
-    dtype = _as_dtype(be, dtype)
-    c = X.arange(box, dtype=dtype, device=be.device if device is None else device) - box // 2
-    if ndim == 3:
-        r = X.sqrt(X.reshape(c, (-1, 1, 1)) ** 2 + X.reshape(c, (1, -1, 1)) ** 2 + X.reshape(c, (1, 1, -1)) ** 2)
-    else:
-        r = X.sqrt(X.reshape(c, (-1, 1)) ** 2 + X.reshape(c, (1, -1)) ** 2)
+    dtype = as_dtype(be, dtype)
+    r = centred_radius((box,) * ndim, dtype=dtype, backend=be, device=device)
     # numpy.sinc, written out (same operations): pi x, with the machine epsilon at x = 0
     y = np.pi * (r / padded)
     y = X.where(y != 0, y, X.finfo(dtype).eps)

@@ -6,8 +6,8 @@ FSC -> SSNR -> tau2 update (``updateSSNRarrays``). All arrays are padded half tr
 ``(M, M, M//2+1)`` in wrapped (FFT) layout with ``M = pad * N``.
 
 Every function runs on the backend of its input arrays (:mod:`subtomo_nb.backend`: numpy,
-cupy, the strict test device) with array-API calls only, per-shell sums by ``be.bincount`` and
-FFTs of the backend; results stay on that device (no host copies).
+cupy, the strict test device) with array-API calls only, the grids and per-shell sums of
+:mod:`~subtomo_nb.fourier.grid` and FFTs of the backend; results stay on that device (no host copies).
 """
 
 from __future__ import annotations
@@ -17,15 +17,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from subtomo_nb.backend import Backend
-from subtomo_nb.fourier._device import (
-    freq_axes,
-    resolve_backend,
-    round_half_away,
-    sinc,
-    wrapped_freqs,
-)
+from subtomo_nb.backend import Backend, backend_of
+from subtomo_nb.fourier.grid import freq_grid, round_half_away, shell_sum, wrapped_freqs
 from subtomo_nb.fourier.masks import mask_particle
+from subtomo_nb.fourier.projector import gridding_sinc2
 
 __all__ = [
     "SSNRResult",
@@ -42,20 +37,8 @@ BLOB_ALPHA = 15.0
 
 def _padded_r2(be: Backend, m: int) -> Any:
     """``|k|**2`` (int64, Fourier pixels of the padded box ``m``), broadcastable to ``(m, m, m//2+1)``."""
-    kx, ky, kz = freq_axes(be, m, 3)
+    kx, ky, kz = freq_grid(m, 3, be)
     return kx * kx + ky * ky + kz * kz
-
-
-def _gridding_sinc2(be: Backend, box: int, padded: int, ndim: int, dtype: Any) -> Any:
-    """``sinc(r / padded)**2`` on a centred box of side ``box`` (``projector.gridding_sinc2``)."""
-    xp = be.xp
-    c = xp.arange(box, dtype=dtype, device=be.device) - float(box // 2)
-    if ndim == 3:
-        r = xp.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2)
-    else:
-        r = xp.sqrt(c[:, None] ** 2 + c[None, :] ** 2)
-    s = sinc(xp, r / float(padded))
-    return s * s
 
 
 def gridding_correct(vol: Any, padded: int) -> Any:
@@ -68,10 +51,10 @@ def gridding_correct(vol: Any, padded: int) -> Any:
     padded
         Padded box ``M = pad * N`` used during interpolation (pixels).
     """
-    be = resolve_backend(arrays=(vol,))
+    be = backend_of(vol)
     xp = be.xp
     rdtype = vol.dtype if vol.dtype in (xp.float32, xp.float64) else xp.float64
-    return vol / _gridding_sinc2(be, int(vol.shape[-1]), int(padded), vol.ndim, rdtype)
+    return vol / gridding_sinc2(int(vol.shape[-1]), int(padded), vol.ndim, be, rdtype)
 
 
 def blob_ft_ratio(rval: Any, radius: float = 2 * BLOB_RADIUS, alpha: float = BLOB_ALPHA) -> Any:
@@ -83,7 +66,7 @@ def blob_ft_ratio(rval: Any, radius: float = 2 * BLOB_RADIUS, alpha: float = BLO
     this with ``a = 2 * 1.9`` and ``alpha = 15``. ``rval`` may be an array of any backend (the
     result stays there) or host numbers.
     """
-    be = resolve_backend(arrays=(rval,))
+    be = backend_of(rval)
     xp = be.xp
     w = xp.astype(rval, xp.float64) if be.owns(rval) else xp.asarray(rval, dtype=xp.float64)
     radius, alpha = float(radius), float(alpha)
@@ -109,12 +92,12 @@ def blob_ft_ratio(rval: Any, radius: float = 2 * BLOB_RADIUS, alpha: float = BLO
 
 def _pipe_menon_weights(fweight: Any, inside: Any, box: int, m: int, n_iter: int) -> Any:
     """Iterative gridding weights (Pipe & Menon 1999, eq. 14), RELION's ``max_iter_preweight``."""
-    be = resolve_backend(arrays=(fweight,))
+    be = backend_of(fweight)
     xp = be.xp
     fft = be.fft()
     newweight = xp.astype(inside, xp.float64)
     # numpy.fft.fftfreq(m, 1/m) with its rounding: integer frequencies times 1 / (m * (1/m))
-    c = xp.astype(wrapped_freqs(be, m), xp.float64) * (1.0 / (m * (1.0 / m)))
+    c = wrapped_freqs(m, be, xp.float64) * (1.0 / (m * (1.0 / m)))
     r = xp.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2)
     blob = blob_ft_ratio(r / (box * (m / box)))  # rval = r / (ori_size * pad), origin at corner
     for _ in range(n_iter):
@@ -175,7 +158,7 @@ def wiener_reconstruct(data: Any, weight: Any, box: int, pad: float, r_max: int 
     -------
     Real map ``(N, N, N)`` with the real dtype of ``weight``.
     """
-    be = resolve_backend(arrays=(data, weight))
+    be = backend_of(data, weight)
     xp = be.xp
     m = int(weight.shape[0])
     box, pad = int(box), float(pad)
@@ -194,7 +177,7 @@ def wiener_reconstruct(data: Any, weight: Any, box: int, pad: float, r_max: int 
         tin = xp.reshape(be.to_device(tau2, "metadata", dtype=xp.float64), (-1,))
         tin = tin[:min(nsh, int(tin.shape[0]))]  # (out-of-bounds slice stops are not array-API)
         t2 = xp.concat([tin, xp.zeros(nsh - int(tin.shape[0]), dtype=xp.float64, device=be.device)])
-        ires = xp.minimum(round_half_away(xp, rr / pad), nsh - 1)
+        ires = xp.minimum(round_half_away(rr / pad), nsh - 1)
         tau = _gather(xp, t2, ires)
         with np.errstate(divide="ignore", invalid="ignore"):
             inv_tau = xp.where(tau > 0, 1.0 / (pad ** 3 * tau2_fudge * xp.where(tau > 0, tau, 1.0)),
@@ -205,9 +188,8 @@ def wiener_reconstruct(data: Any, weight: Any, box: int, pad: float, r_max: int 
         round_max_r2 = round((r_max * pad) ** 2)
         sh = xp.astype(xp.floor(rr / pad), xp.int64)
         valid = (r2 < round_max_r2) & (sh < r_max)
-        idx = xp.reshape(xp.where(valid, sh, 0), (-1,))
-        tot = be.bincount(idx, xp.reshape(xp.where(valid, fw, 0.0), (-1,)), r_max)
-        cnt = be.bincount(idx, xp.astype(xp.reshape(valid, (-1,)), xp.float64), r_max)
+        tot = shell_sum(fw, sh, r_max, valid)
+        cnt = shell_sum(xp.ones(sh.shape, dtype=xp.float64, device=be.device), sh, r_max, valid)
         floor_w = xp.where(cnt > 0, tot / (1000.0 * xp.where(cnt > 0, cnt, 1.0)), 0.0)
         wmax = xp.maximum(fw, _gather(xp, floor_w, xp.minimum(sh, r_max - 1)))
         fconv = xp.where(wmax != 0, fd / xp.where(wmax != 0, wmax, 1.0), fd)
@@ -259,14 +241,14 @@ def downsampled_average(data: Any, weight: Any, box: int, pad: float, divide: bo
     Complex half transform ``(N, N, N//2+1)``, the un-regularised average used for the
     gold-standard FSC (§6.8), on the scale of the inserted values.
     """
-    be = resolve_backend(arrays=(data, weight))
+    be = backend_of(data, weight)
     xp = be.xp
     m = int(weight.shape[0])
     box, pad = int(box), float(pad)
-    kx, ky, kz = (xp.astype(k, xp.float64) for k in freq_axes(be, m, 3))
-    bx = round_half_away(xp, kx / pad)
-    by = round_half_away(xp, ky / pad)
-    bz = round_half_away(xp, kz / pad)
+    kx, ky, kz = freq_grid(m, 3, be, dtype=xp.float64)
+    bx = round_half_away(kx / pad)
+    by = round_half_away(ky / pad)
+    bz = round_half_away(kz / pad)
     nh = box // 2 + 1
     ok = (bx < nh) & (by >= -(box // 2)) & (by < box - box // 2) & (bz >= -(box // 2)) & (bz < box - box // 2)
     idx = ((bz % box) * box + (by % box)) * nh + bx
@@ -274,18 +256,14 @@ def downsampled_average(data: Any, weight: Any, box: int, pad: float, divide: bo
     ok = xp.reshape(xp.broadcast_to(ok, weight.shape), (-1,))
     size = box * box * nh
     d = xp.reshape(data, (-1,))
-    if xp.isdtype(d.dtype, "complex floating"):
-        d_re, d_im = xp.real(d), xp.imag(d)
-    else:
-        d_re, d_im = d, xp.zeros_like(d)
-    re = be.bincount(idx, xp.astype(xp.where(ok, d_re, 0.0), xp.float64), size)
-    im = be.bincount(idx, xp.astype(xp.where(ok, d_im, 0.0), xp.float64), size)
+    if not xp.isdtype(d.dtype, "complex floating"):
+        d = xp.astype(d, xp.complex128)
+    num = shell_sum(d, idx, size, ok)  # complex128: per-voxel sums of the real and imaginary parts
     if divide:
         den_src = xp.reshape(weight, (-1,))
     else:
         den_src = xp.ones(int(ok.shape[0]), dtype=xp.float64, device=be.device)
-    den = be.bincount(idx, xp.astype(xp.where(ok, den_src, 0.0), xp.float64), size)
-    num = xp.astype(re, xp.complex128) + xp.astype(im, xp.complex128) * 1j  # = re + 1j * im
+    den = shell_sum(den_src, idx, size, ok)
     avg = xp.where(den > 0, num / xp.where(den > 0, den, 1.0), 0.0)
     cdtype = data.dtype if xp.isdtype(data.dtype, "complex floating") else xp.complex128
     return xp.astype(xp.reshape(avg, (box, box, nh)), cdtype)
@@ -326,7 +304,7 @@ def ssnr_tau2_from_fsc(fsc: Any, weight: Any, box: int, pad: float, r_max: int |
     whole_data
         True in the final iteration (both halves joined).
     """
-    be = resolve_backend(arrays=(weight,))
+    be = backend_of(weight)
     xp = be.xp
     m = int(weight.shape[0])
     box, pad, tau2_fudge = int(box), float(pad), float(tau2_fudge)
@@ -334,13 +312,13 @@ def ssnr_tau2_from_fsc(fsc: Any, weight: Any, box: int, pad: float, r_max: int |
     r_max = int(box // 2 if r_max is None else r_max)
     r2 = xp.broadcast_to(_padded_r2(be, m), weight.shape)
     max_r2 = round(r_max * pad) ** 2
-    ires = round_half_away(xp, xp.sqrt(xp.astype(r2, xp.float64)) / pad)
+    ires = round_half_away(xp.sqrt(xp.astype(r2, xp.float64)) / pad)
     valid = (r2 < max_r2) & (ires < nsh)
     idx = xp.reshape(xp.where(valid, ires, 0), (-1,))
     w = xp.astype(xp.reshape(weight, (-1,)), xp.float64)
     vmask = xp.reshape(valid, (-1,))
-    s = be.bincount(idx, xp.where(vmask, pad ** 3 * w, 0.0), nsh)
-    cnt = be.bincount(idx, xp.astype(vmask, xp.float64), nsh)
+    s = shell_sum(pad ** 3 * w, idx, nsh, vmask)
+    cnt = shell_sum(xp.astype(vmask, xp.float64), idx, nsh)
     sigma2 = xp.where(s > 1e-10, cnt / xp.where(s > 1e-10, s, 1.0), 0.0)
     f = xp.reshape(be.to_device(fsc, "metadata", dtype=xp.float64), (-1,))
     f = f[:min(nsh, int(f.shape[0]))]
@@ -354,6 +332,6 @@ def ssnr_tau2_from_fsc(fsc: Any, weight: Any, box: int, pad: float, r_max: int |
     t = xp.take(tau2, idx, axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = xp.where(t > 0, w * pad ** 3 * tau2_fudge * t, 0.001 * w * w)
-    cov = be.bincount(idx, xp.astype(vmask & (ratio >= 1), xp.float64), nsh)
+    cov = shell_sum(xp.astype(vmask & (ratio >= 1), xp.float64), idx, nsh)
     coverage = xp.where(cnt > 0, cov / xp.where(cnt > 0, cnt, 1.0), 0.0)
     return SSNRResult(tau2=tau2, ssnr=ssnr, sigma2=sigma2, fourier_coverage=coverage)

@@ -14,6 +14,7 @@ from subtomo_nb.fourier.grid import (
     shell_index,
     shell_masks,
     shell_sum,
+    wrapped_freqs,
 )
 
 
@@ -75,3 +76,31 @@ def test_grids_and_shell_reductions_strict() -> None:
     np.testing.assert_array_equal(be.to_host(radial_average(be.to_device(vals.real))), radial_average(vals.real))
     for nd, dt in ((3, np.float64), (2, np.float32)):
         np.testing.assert_array_equal(be.to_host(gridding_sinc2(12, 24, nd, be, dt)), gridding_sinc2(12, 24, nd, np, dt))
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 10])
+def test_wrapped_freqs_equal_fftfreq(n: int) -> None:
+    """``wrapped_freqs(n)`` is ``fftfreq(n) * n`` exactly (int64, or the dtype asked for), on numpy and strict."""
+    ref = np.rint(np.fft.fftfreq(n, 1.0 / n)).astype(np.int64)
+    got = wrapped_freqs(n)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(wrapped_freqs(n, np, np.float64), ref.astype(np.float64))
+    np.testing.assert_array_equal(freq_grid(n, 2)[1][:, 0], ref)
+    pytest.importorskip("array_api_strict")
+    from subtomo_nb.backend import get_backend
+
+    be = get_backend("strict")
+    dev = wrapped_freqs(n, be, be.xp.float32)
+    assert be.owns(dev) and dev.dtype == be.xp.float32
+    np.testing.assert_array_equal(be.to_host(dev), ref.astype(np.float32))
+
+
+def test_gridding_sinc2_is_numpy_sinc_squared() -> None:
+    """``gridding_sinc2`` equals ``numpy.sinc(r / padded)**2`` on the centred box (r from voxel N//2)."""
+    c = np.arange(9) - 4.0
+    r = np.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2)
+    from subtomo_nb.fourier.projector import gridding_sinc2
+
+    np.testing.assert_array_equal(gridding_sinc2(9, 18), np.sinc(r / 18) ** 2)
+    np.testing.assert_array_equal(gridding_sinc2(9, 18, 2), np.sinc(r[4] / 18) ** 2)

@@ -8,6 +8,7 @@ import pytest
 from subtomo_nb.fourier.masks import (
     centred_radius,
     mask_particle,
+    raised_cosine_edge,
     soft_edge_box_mask,
     soft_sphere,
 )
@@ -103,3 +104,10 @@ def test_mask_particle_strict(be, background) -> None:
     _same(be, mask_particle(be.to_device(imgs, "test"), 5.0, 2.0, background=bg_host if background != "array" else 0.0,
                             ndim=2),
           mask_particle(imgs, 5.0, 2.0, background=bg_host if background != "array" else 0.0, ndim=2))
+
+
+def test_raised_cosine_edge() -> None:
+    """1 inside, 0 outside, the raised cosine in between (0.5 half-way), a step for width 0."""
+    d = np.array([0.0, 2.9, 3.0, 4.0, 5.0, 5.1, 9.0])
+    np.testing.assert_allclose(raised_cosine_edge(d, 3.0, 2.0), [1, 1, 1, 0.5, 0, 0, 0], atol=1e-15)
+    np.testing.assert_array_equal(raised_cosine_edge(d, 3.0, 0.0), [1, 1, 0, 0, 0, 0, 0])
