@@ -230,7 +230,9 @@ class InitialModel(PoseDriver):
         be = self.backend
         xp = be.xp
         rows = np.arange(self.n)
-        self.sigma2 = be.to_host(initial_sigma2(self.pset, rows, self.box, self.tomograms, self.dtype), "results")
+        # through the job's device-resident transforms: read and copied once, where the E-step finds them
+        self.sigma2 = be.to_host(initial_sigma2(self.pset, rows, self.box, self.tomograms, self.dtype,
+                                                transforms=self.source.transforms), "results")
         _, ctf2, mult = self._transforms(rows[:N_SIGMA2_PARTICLES])
         if mult is None:
             mult = xp.ones_like(ctf2)
@@ -312,8 +314,9 @@ class InitialModel(PoseDriver):
         best = int(np.argmax([c.pdf for c in self.classes_model]))
         proj = Projector(xp.astype(self.classes_model[best].reference, self.backend.dtype(self.dtype)), pad=self.opts.pad)
         rng = np.random.default_rng(self.opts.random_seed + 7919 * self.state.iteration)
+        # the job's device-resident transforms: no particle is read or copied again
         self.state.acc_rot, self.state.acc_trans_A = estimate_accuracy(
-            proj, self.pset, np.arange(self.n), self.poses.angles, self.sigma2, self.box, self.pix,
+            proj, self.source.transforms, np.arange(self.n), self.poses.angles, self.sigma2, self.box, self.pix,
             self.state.current_size, self.tomograms, rng, self.dtype)
 
     # ------------------------------------------------------------------ E-step
