@@ -285,9 +285,10 @@ def _assert_same_run(strict, numpy_job):
     """Same poses, classes and resolutions; class maps within 1e-4 relative (max |a - b| / max |b|).
 
     The E-step's float32 sums are not bit-identical between the backends (the start and the M-step
-    are: see test_gradient.py), so the maps drift apart by ~1e-5 over 10 mini-batches. The per-shell
-    curves are compared against their largest value (1e-3): the lowest shells' power of a map with
-    almost no net mass is a cancellation that magnifies that drift.
+    are: see test_gradient.py), so the maps drift apart by ~3e-5 over 10 mini-batches. The per-shell
+    curves are compared against their largest value (1e-3), τ² from shell 1: the power of the
+    lowest shells of a map with almost no net mass is a cancellation that magnifies that drift
+    (shell 0, the net mass squared, differs by 3e-3 of τ²'s largest value after 10 mini-batches).
     """
     np.testing.assert_allclose(strict.poses.angles, numpy_job.poses.angles, rtol=0, atol=1e-6)
     np.testing.assert_allclose(strict.poses.offsets_A, numpy_job.poses.offsets_A, rtol=0, atol=1e-6)
@@ -297,7 +298,7 @@ def _assert_same_run(strict, numpy_job):
         got = strict.backend.to_host(cs.reference, "map")
         assert np.abs(got - cn.reference).max() <= 1e-4 * np.abs(cn.reference).max()
         assert cs.estimated_resolution == cn.estimated_resolution
-        for a, b in ((cs.ssnr, cn.ssnr), (cs.tau2, cn.tau2), (cs.fsc_estimate, cn.fsc_estimate)):
+        for a, b in ((cs.ssnr, cn.ssnr), (cs.tau2[1:], cn.tau2[1:]), (cs.fsc_estimate, cn.fsc_estimate)):
             assert np.abs(a - b).max() <= 1e-3 * np.abs(b).max()
 
 
