@@ -17,7 +17,8 @@ with ``φ_t(k) = exp(-2πi k·t / N)``; points where ``M_p ≤ multiplicity_thre
 ``A`` is one real GEMM (P×K)·(K×R); ``B`` is one real GEMM (P·T × 2K)·(2K × R) on the stacked real
 and imaginary parts. Everything runs on the backend of its inputs (:func:`subtomo_nb.backend.backend_of`:
 numpy, cupy or the strict test device), with array-API calls only; the numpy backend keeps its
-numba kernels and a few marked in-place fast paths.
+numba kernels (``be.kernel``, None elsewhere) and a few marked in-place fast paths, each the same
+arithmetic as the shared expression (listed in :mod:`subtomo_nb.refine.expectation`).
 """
 
 from __future__ import annotations
@@ -186,8 +187,13 @@ def translated_terms(terms: ParticleTerms, phases: Any, out: Any | None = None) 
 
 
 def squared_differences(terms: ParticleTerms, ref: Any, phases: Any, *, lhs: Any | None = None,
-                        out: Any | None = None) -> Any:
+                        dtype: Any = None, out: Any | None = None) -> Any:
     """All squared differences ``diff2[p, r, t]`` for a batch, by two GEMMs.
+
+    The products ``A`` and ``B`` are taken in the inputs' precision; ``diff2 = -2 B + A + C`` is
+    then formed in ``dtype`` (each term cast to it first, then summed in this order), on every
+    backend: float64 keeps the cancellation of ``A + C - 2B`` (terms of ~1e7 for a box-64 particle)
+    from rounding to float32's ~1 in the difference.
 
     Parameters
     ----------
@@ -201,12 +207,16 @@ def squared_differences(terms: ParticleTerms, ref: Any, phases: Any, *, lhs: Any
     lhs
         :func:`translated_terms` of ``terms`` and ``phases`` when already formed (callers that
         score many chunks of orientations against one batch pass it to form it once).
+    dtype
+        Real dtype of the result (of the backend), which the three terms are summed in; None: the
+        result type of the inputs (``out``'s dtype when ``out`` is given).
     out
-        (P, R, T) array to write into (its dtype is the result's; e.g. a slice of a larger one).
+        numpy backend only: (P, R, T) array to write into (e.g. a slice of a larger one); its
+        dtype must be ``dtype``'s when both are given.
 
     Returns
     -------
-    (P, R, T) real array (``out`` when given).
+    (P, R, T) real array of ``dtype`` (``out`` when given).
     """
     ref_t = ref if isinstance(ref, ReferenceTerms) else ReferenceTerms.of(ref)
     be = backend_of(ref_t.power, terms.a)
@@ -219,15 +229,20 @@ def squared_differences(terms: ParticleTerms, ref: Any, phases: Any, *, lhs: Any
     A = gemm(terms.a, ref_t.power.T)                              # (P, R)
     Bt = gemm(ref_t.stacked, lhs.T)                               # (R, P·T): Re·Re + Im·Im
     B = xp.permute_dims(xp.reshape(Bt, (R, P, T)), (1, 0, 2))     # (P, R, T) view
-    if be.name == "numpy":   # in place, no (P, R, T) temporaries
+    if out is not None:
+        if be.name != "numpy":
+            raise ValueError("squared_differences: out= is for numpy arrays only")
+        if dtype is not None and np.dtype(dtype) != out.dtype:
+            raise ValueError(f"squared_differences: out has dtype {out.dtype}, not {np.dtype(dtype)}")
+        dtype = out.dtype
+    dt = xp.result_type(B.dtype, A.dtype, terms.c.dtype) if dtype is None else dtype
+    if be.name == "numpy":   # in place, no (P, R, T) temporaries; the same operations as below
         if out is None:
-            out = np.empty((P, R, T), dtype=np.result_type(B.dtype, A.dtype, terms.c.dtype))
-        np.multiply(B, -2.0, out=out)
-        out += A[:, :, None]
-        out += terms.c[:, None, None]
+            out = np.empty((P, R, T), dtype=dt)
+        np.multiply(B, -2.0, out=out)     # exact in B's precision (×2), so equal to astype(B) · -2
+        out += A.astype(dt, copy=False)[:, :, None]
+        out += terms.c.astype(dt, copy=False)[:, None, None]
         return out
-    dt = xp.result_type(B.dtype, A.dtype, terms.c.dtype)
-    # the same operations in the same order as the numpy path (each rounded to the result type)
     d2 = xp.astype(B, dt) * -2.0
     d2 = d2 + xp.astype(A, dt)[:, :, None]
     return d2 + xp.astype(terms.c, dt)[:, None, None]
@@ -323,9 +338,9 @@ def weights_from_diff2(
     cum = xp.cumulative_sum(sorted_w, axis=1)
     # number kept: first index where the cumulative sum reaches the fraction, inclusive
     n_keep = xp.sum(xp.astype(cum < adaptive_fraction, xp.int64), axis=1) + 1
-    n_keep = xp.minimum(n_keep, xp.asarray(sorted_w.shape[1], dtype=n_keep.dtype, device=be.device))
+    n_keep = xp.clip(n_keep, max=int(sorted_w.shape[1]))
     if max_significant is not None:
-        n_keep = xp.minimum(n_keep, xp.asarray(int(max_significant), dtype=n_keep.dtype, device=be.device))
+        n_keep = xp.clip(n_keep, max=int(max_significant))
     threshold = xp.take_along_axis(sorted_w, (n_keep - 1)[:, None], axis=1)[:, 0]
     keep = w >= threshold[:, None]
     w = xp.where(keep, w, 0.0)

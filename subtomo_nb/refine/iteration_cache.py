@@ -94,7 +94,9 @@ def interpolate_rows(out: "ReferenceTerms | _LazyReferenceRows", projector: Proj
 
 class _LazyReferenceRows:
     """``stacked`` ``[Re V, Im V]`` ``(rows, 2K)`` and ``power`` ``|V|²`` ``(rows, K)`` of a fixed grid
-    of orientations, allocated empty: rows never written take no memory (on the host)."""
+    of orientations, allocated empty (``xp.empty``). On the host (numpy) rows never written take
+    no memory (the pages are not touched); on a GPU (cupy) ``xp.empty`` reserves the whole
+    ``(rows, 3K)`` from the memory pool at once, written or not."""
 
     def __init__(self, n_rows: int, n_points: int, rdtype: Any, be: Backend) -> None:
         xp = be.xp
@@ -226,8 +228,9 @@ class FineReferenceCache(_LazyReferenceRows):
     """Reference values of the fine orientations of one iteration, interpolated when first needed.
 
     Coarse orientation ``coarse`` (of the whole coarse grid) gets a slot when some particle
-    first finds it significant; rows ``slot·8 + child`` then hold its children ``child``:
-    ``stacked`` ``[Re V, Im V]`` ``(Rc·8, 2K)`` and ``power`` ``|V|²`` ``(Rc·8, K)``. Slots are
+    first finds it significant; rows ``slot·c + child`` (``c`` = ``n_child`` children per coarse
+    orientation, 8 for oversampling 1) then hold its children ``child``: ``stacked``
+    ``[Re V, Im V]`` ``(Rc·c, 2K)`` and ``power`` ``|V|²`` ``(Rc·c, K)``. Slots are
     handed out consecutively, so a fill writes consecutive rows. The slot table ``slot``
     ``(Rc,)`` (−1: not filled) lives on the backend: the fine pass reads it there.
     """
@@ -272,18 +275,17 @@ class FineReferenceCache(_LazyReferenceRows):
             child = xp.arange(c, dtype=xp.int64, device=be.device)
             rows = xp.reshape(xp.take(entries, pos)[:, None] * c + child[None, :], (-1,))
             A = xp.take(children.matrices, rows, axis=0)
-            if be.name == "numpy":
-                A = np.asarray(A)
             interpolate_rows(self, projector, A, self.n_used * c, points)
             new = self.n_used + xp.arange(n, dtype=xp.int64, device=be.device)
-            be.scatter_add(self.slot, xp.take(coarse_ids, pos), new + 1)   # −1 → slot (distinct ids)
+            be.set_rows(self.slot, xp.take(coarse_ids, pos), new)   # distinct ids (cupy has no int64 scatter-add)
             self.n_used += n
 
 
 class RotationSums:
     """Particle-frame sums per fine orientation, back-projected once (:meth:`flush`).
 
-    Used while the orientation ids (coarse orientation × 8 children) are few enough for dense
+    Used while the orientation ids (coarse orientation × its children: ``coarse·c + child``,
+    ``c`` = 8 for oversampling 1, 64 for 2) are few enough for dense
     ``(n_ids, K)`` arrays: many particles of a half-set then share orientations (global searches),
     and the scatter into the 3D grid, the costly step, is done once per orientation instead of
     once per particle and orientation. The sums live on the backend of the particle data.
@@ -303,17 +305,10 @@ class RotationSums:
     def add(self, ids: Any, A: Any, values: Any, weights: Any) -> None:
         """Add the sums of the distinct orientation ids ``ids`` (device arrays)."""
         be, xp = self.be, self.be.xp
-        be.scatter_add(self.values, ids, xp.astype(values, self.values.dtype, copy=False))
-        be.scatter_add(self.weights, ids, xp.astype(weights, self.weights.dtype, copy=False))
-        if be.name == "numpy":
-            self.A[ids] = A
-            self.used[ids] = True
-            return
-        new = be.bincount(ids, xp.ones(ids.shape, dtype=xp.float64, device=be.device), self.used.shape[0]) > 0
-        placed = be.scatter_add(xp.zeros(self.A.shape, dtype=self.A.dtype, device=be.device), ids,
-                                xp.astype(A, self.A.dtype, copy=False))
-        self.A = xp.where(new[:, None, None], placed, self.A)
-        self.used = self.used | new
+        _add_distinct_rows(be, self.values, ids, xp.astype(values, self.values.dtype, copy=False))
+        _add_distinct_rows(be, self.weights, ids, xp.astype(weights, self.weights.dtype, copy=False))
+        be.set_rows(self.A, ids, xp.astype(A, self.A.dtype, copy=False))
+        be.set_rows(self.used, ids, xp.ones(ids.shape, dtype=xp.bool, device=be.device))
 
     def flush(self) -> None:
         """Back-project every orientation that received data, then reset."""
@@ -327,6 +322,18 @@ class RotationSums:
         self.values = xp.zeros_like(self.values)
         self.weights = xp.zeros_like(self.weights)
         self.used = xp.zeros_like(self.used)
+
+
+def _add_distinct_rows(be: Backend, target: Any, ids: Any, values: Any) -> None:
+    """``target[ids] += values`` in place for distinct row indices ``ids`` (one addition per element).
+
+    numpy: the backend's scatter-add (a compiled one-pass kernel); elsewhere read, add and write
+    the rows back, which takes any dtype (cupy's scatter-add refuses complex): the same sums.
+    """
+    if be.name == "numpy":
+        be.scatter_add(target, ids, values)
+        return
+    be.set_rows(target, ids, be.xp.take(target, ids, axis=0) + values)
 
 
 def _shared() -> Any:
@@ -402,9 +409,15 @@ class IterationCache:
             sums.flush()
 
     def rotation_sums_for(self, backprojector: BackProjector | None, selection: "FourierSelection",
-                          n_coarse: int, cdt: Any, rdt: Any, be: Backend | None = None) -> RotationSums | None:
-        """The :class:`RotationSums` of ``backprojector`` (None where not worthwhile or not back-projecting)."""
-        if backprojector is None or n_coarse * 8 > MAX_ROTATION_SUM_IDS:
+                          n_coarse: int, n_child: int, cdt: Any, rdt: Any,
+                          be: Backend | None = None) -> RotationSums | None:
+        """The :class:`RotationSums` of ``backprojector`` (None where not worthwhile or not back-projecting).
+
+        ``n_coarse`` coarse orientations with ``n_child`` fine children each (:attr:`FineChildren.n_child`):
+        the fine-orientation ids run over ``0 .. n_coarse·n_child − 1``.
+        """
+        n_ids = n_coarse * n_child
+        if backprojector is None or n_ids > MAX_ROTATION_SUM_IDS:
             return None
-        return self.entry(self.rotation_sums, (n_coarse, len(selection.index), id(backprojector)),
-                          lambda: RotationSums(backprojector, selection, n_coarse * 8, cdt, rdt, be))
+        return self.entry(self.rotation_sums, (n_coarse, n_child, len(selection.index), id(backprojector)),
+                          lambda: RotationSums(backprojector, selection, n_ids, cdt, rdt, be))

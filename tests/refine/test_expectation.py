@@ -116,6 +116,48 @@ def test_orientation_sums_back_project_like_direct_insertion(reference):
     np.testing.assert_array_equal(r1.rot, r2.rot)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "strict"])
+def test_orientation_sums_of_oversampling_2_hold_every_fine_id(reference, backend):
+    """Oversampling 2 gives 64 children per coarse orientation: the deferred orientation sums
+    hold ids up to ``n_coarse·64 − 1`` (not ``n_coarse·8``) and back-project like direct insertion."""
+    from subtomo_nb.backend import get_backend
+
+    if backend == "strict":
+        pytest.importorskip("array_api_strict")
+    be = get_backend(backend)
+    vol, proj = reference
+    rng = np.random.default_rng(7)
+    P = 4
+    ang = np.stack([rng.uniform(-180, 180, P), np.degrees(np.arccos(rng.uniform(-1, 1, P))),
+                    rng.uniform(-180, 180, P)], axis=1)
+    data = proj.rotate3d(euler_to_matrix(*ang.T), N).astype(np.complex64)
+    data += (rng.normal(size=data.shape) + 1j * rng.normal(size=data.shape)).astype(np.complex64) * 0.3 * np.abs(data).mean()
+    ctf2 = np.ones(data.shape, np.float32)
+    s = Sampling(healpix_order=1, offset_range_A=1 * PIX, offset_step_A=1 * PIX, sym="C6", oversampling=2)
+    n_coarse = len(s.grid())                                     # 72: 72·64 = 4608 fine ids
+    sigma2 = _noise_power(data) * 20 + 1e-12
+    settings = EStepSettings(pixel_size_A=PIX, coarse_radius=6, fine_radius=8, sigma_offset_A=20.0)
+    if backend == "numpy":
+        p_run, up = proj, (lambda a: a)
+    else:
+        p_run, up = Projector(be.to_device(vol, "reference"), pad=2), (lambda a: be.to_device(a, "particles"))
+    batch = ParticleBatch.of(up(data), up(ctf2), None)
+    direct = BackProjector(N, pad=2, dtype=np.float32, backend=be)
+    grouped = BackProjector(N, pad=2, dtype=np.float32, backend=be)
+    r1 = expectation_batch(p_run, batch, sigma2, s, ang, settings, backprojector=direct)
+    cache = IterationCache()
+    r2 = expectation_batch(p_run, batch, sigma2, s, ang, settings, backprojector=grouped, cache=cache)
+    (sums,) = cache.rotation_sums.values()
+    assert sums.values.shape[0] == n_coarse * 64
+    assert int(be.xp.max(be.xp.nonzero(sums.used)[0])) >= n_coarse * 8   # ids past the old n_coarse·8 table
+    cache.flush()
+    w1, w2 = (be.to_host(b.weight, "sums") for b in (direct, grouped))
+    d1, d2 = (be.to_host(b.data, "sums") for b in (direct, grouped))
+    np.testing.assert_allclose(w2, w1, rtol=1e-4, atol=1e-5 * np.abs(w1).max())
+    np.testing.assert_allclose(d2, d1, rtol=1e-4, atol=1e-5 * np.abs(d1).max())
+    np.testing.assert_array_equal(be.to_host(r1.rot), be.to_host(r2.rot))
+
+
 def test_firstiter_cc_finds_the_offsets_the_prior_does_not_pin(tiny_project, tiny_extract_3d):
     """--firstiter_cc scores by correlation; the picks are 2.75 px off and the best shift must follow.
 
@@ -310,16 +352,22 @@ def test_expectation_batch_strict(reference, case, use_cache):
     np.testing.assert_array_equal(got.psi, r_np.psi)
     np.testing.assert_array_equal(got.shift_px, r_np.shift_px)
     np.testing.assert_array_equal(got.n_significant, r_np.n_significant)
-    np.testing.assert_allclose(got.pmax, r_np.pmax, rtol=1e-5)
-    # log Σ exp(-diff2) - min diff2 of float32 diff2 (hundreds): rounding of the sums over k (the
-    # numpy path's fancy-indexed gathers sum in another memory order) moves it by ~1e-5
-    np.testing.assert_allclose(got.log_likelihood, r_np.log_likelihood, rtol=1e-5, atol=1e-4)
-    np.testing.assert_allclose(got.sigma2_num, r_np.sigma2_num, rtol=1e-5)
-    np.testing.assert_allclose(got.sigma2_den, r_np.sigma2_den, rtol=1e-6)
+    # The device runs the array expressions, numpy its numba kernels (reference interpolation,
+    # b·φ): float32 rounding of V and B (~1e-7 relative) moves the float32 fine diff2 by up to
+    # ~14 ulp (2e-4 on ~150 in the local case). Measured max differences (strict vs numpy):
+    #   pmax (relative)            global 2.1e-7, local 1.1e-4, firstiter_cc 0
+    #   log_likelihood (relative)  global 9.9e-7, local 1.6e-7 (abs 1.1e-5 of 70), firstiter_cc 6.7e-9
+    #   sigma2_num (relative)      global 1.2e-7, local 4.6e-7, firstiter_cc 7.2e-8; sigma2_den equal
+    #   back-projected sums / max  global 2.7e-7, local 1.3e-5, firstiter_cc 0
+    local = case == "local"
+    np.testing.assert_allclose(got.pmax, r_np.pmax, rtol=2e-4 if local else 1e-6)
+    np.testing.assert_allclose(got.log_likelihood, r_np.log_likelihood, rtol=2e-6, atol=0)
+    np.testing.assert_allclose(got.sigma2_num, r_np.sigma2_num, rtol=1e-6)
+    np.testing.assert_array_equal(got.sigma2_den, r_np.sigma2_den)
     for name in ("data", "weight"):
         ref_sum = np.asarray(getattr(bp_np, name))
-        np.testing.assert_allclose(be.to_host(getattr(bp_d, name), "sums"), ref_sum, rtol=1e-5,
-                                   atol=1e-6 * np.abs(ref_sum).max())
+        np.testing.assert_allclose(be.to_host(getattr(bp_d, name), "sums"), ref_sum, rtol=0,
+                                   atol=(3e-5 if local else 1e-6) * np.abs(ref_sum).max())
 
 
 def test_fine_products_strict():
