@@ -39,7 +39,7 @@ from subtomo_nb.fourier.reconstruct import (
     wiener_reconstruct,
 )
 
-__all__ = ["BackProjector", "SCATTER_CHUNK_POINTS", "trilinear_scatter_half"]
+__all__ = ["SCATTER_CHUNK_POINTS", "BackProjector", "trilinear_scatter_half"]
 
 #: Points (rotation × frequency pairs) one chunk of the array-path scatter handles: bounds its
 #: temporaries (positions, one corner's coefficients, indices and products: about 300 bytes a

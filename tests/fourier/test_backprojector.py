@@ -160,12 +160,6 @@ def test_float32_reconstruction_matches_float64(slices_bp) -> None:
 
 # ---------------------------------------------------------------- strict test device == numpy
 
-def _strict():
-    pytest.importorskip("array_api_strict")
-    from subtomo_nb.backend import get_backend
-
-    return get_backend("strict")
-
 
 def _filled(backend, dtype, kernels: bool = True) -> BackProjector:
     """insert3d, insert2d, insert (shared and per-rotation points) and C4 symmetrise, on ``backend``."""
@@ -192,13 +186,12 @@ def _filled(backend, dtype, kernels: bool = True) -> BackProjector:
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_backprojector_insert_symmetrise_strict(dtype) -> None:
+def test_backprojector_insert_symmetrise_strict(be, dtype) -> None:
     """Insertion (3D, 2D, points, masks) and symmetrise on strict accumulators (the array path a
     GPU runs: strict has no compiled kernels) equal numpy's array path exactly, and numpy's
     compiled scatter to the accumulation order: measured max |strict - kernel| / max|kernel| is
     3.6e-8 (data) and 7.4e-9 (weight) in float32 (the array path sums in float32, the kernel in
     float64 per call), 2.6e-15 and 1.9e-16 in float64; tolerances 1e-6 and 1e-13 of the max."""
-    be = _strict()
     bs = _filled(be, dtype, kernels=True)  # strict: kernel("scatter_rotated") is None
     assert bs._scatter is None
     assert bs.backend is be and be.owns(bs.data) and be.owns(bs.weight)
@@ -243,16 +236,14 @@ def test_array_path_chunks_and_pending_sums(monkeypatch, chunk: int) -> None:
     np.testing.assert_allclose(a.data, k.data, rtol=0, atol=1e-13 * np.abs(k.data).max())
 
 
-def test_backprojector_strict_refuses_host_inputs() -> None:
-    be = _strict()
+def test_backprojector_strict_refuses_host_inputs(be) -> None:
     bp = BackProjector(8, backend="strict")
     with pytest.raises(TypeError, match="to_device"):
         bp.insert(np.eye(3), be.to_device(np.ones(4, complex)), None, be.to_device(np.zeros((4, 3))))
 
 
-def test_backprojector_unregularised_average_strict() -> None:
+def test_backprojector_unregularised_average_strict(be) -> None:
     """The half-set FSC input (D/W binned to the unpadded grid) from strict sums equals numpy's."""
-    be = _strict()
     bn = _filled("numpy", np.float64)
     bs = _filled(be, np.float64)
     np.testing.assert_allclose(be.to_host(bs.unregularised_average()), bn.unregularised_average(),

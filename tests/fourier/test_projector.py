@@ -88,20 +88,13 @@ def test_float32_path_matches_float64() -> None:
 
 # ---------------------------------------------------------------- strict test device == numpy
 
-def _strict():
-    pytest.importorskip("array_api_strict")
-    from subtomo_nb.backend import get_backend
-
-    return get_backend("strict")
-
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_projector_sample_strict(dtype) -> None:
+def test_projector_sample_strict(be, dtype) -> None:
     """Every sampling method on strict arrays (the array expressions a GPU runs: strict has no
     compiled kernels) equals numpy's array path exactly, and numpy's compiled kernels to rounding:
     measured max |strict - kernel| / max|kernel| over the methods is 8.2e-7 in float32 and 1.7e-15
     in float64; tolerances 5e-6 and 1e-13 of the max."""
-    be = _strict()
     rng = np.random.default_rng(3)
     n = 16
     vol = rng.standard_normal((n, n, n)).astype(dtype)
@@ -142,10 +135,9 @@ def test_projector_sample_strict(dtype) -> None:
     same(ps.slice2d(Ad[:2, ...], 12), pa.slice2d(A[:2], 12), pn.slice2d(A[:2], 12))
 
 
-def test_projector_strict_refuses_host_inputs() -> None:
+def test_projector_strict_refuses_host_inputs(be) -> None:
     """On strict, host rotations/points are refused (callers upload them once), and nothing in the
     sampling path copies data across (no transfer is counted)."""
-    be = _strict()
     ps = Projector(be.to_device(np.ones((8, 8, 8)), "reference"))
     A = np.eye(3)
     pts = np.zeros((4, 3))
@@ -160,11 +152,10 @@ def test_projector_strict_refuses_host_inputs() -> None:
     assert be.transfers.snapshot() == before
 
 
-def test_gather_helpers_strict() -> None:
+def test_gather_helpers_strict(be) -> None:
     """centred_extension and trilinear_gather_half on strict arrays equal numpy."""
     from subtomo_nb.fourier.projector import centred_extension, trilinear_gather_half
 
-    be = _strict()
     rng = np.random.default_rng(5)
     n = 10
     half = rfft3(rng.standard_normal((n, n, n)))
