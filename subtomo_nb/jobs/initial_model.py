@@ -100,10 +100,10 @@ def run_initial_model_job(
 
     with job_client(values, client, progress, project_dir) as client:
         own = None
-        if client is None and opts.n_workers > 1:
-            from subtomo_nb.parallel import get_client
+        if client is None:
+            from .runners import local_client
 
-            client = own = get_client(opts.n_workers)
+            client = own = local_client(values, progress)   # --j N workers, or one per --gpu GPU
         try:
             executor = None
             if client is not None:

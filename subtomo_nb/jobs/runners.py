@@ -17,7 +17,8 @@ from typing import Any
 from .options import input_path, options_from
 from .progress import Progress, ProgressCallback
 
-__all__ = ["run_extract", "run_reconstruct", "run_recentre", "run_refine", "input_path", "preflight", "job_client"]
+__all__ = ["run_extract", "run_reconstruct", "run_recentre", "run_refine", "input_path", "preflight", "job_client",
+           "local_client"]
 
 
 def preflight(
@@ -46,6 +47,42 @@ def preflight(
         progress(Progress(message=f"WARNING: {line}"))
 
 
+def local_client(values: Mapping[str, Any], progress: ProgressCallback | None = None) -> Any:
+    """The local dask cluster a job starts for itself, or None when it runs in this process.
+
+    * attached to a scheduler (``scheduler_file`` / ``scheduler_address``): None (the job attaches,
+      :func:`job_client`);
+    * ``--gpu``: a ``LocalCUDACluster`` with one worker per selected GPU (``--j`` not used), except
+      for one GPU that is this process's device 0 (then the job runs here, on it). Without
+      dask-cuda only that case runs: more GPUs, or another one, are refused in one line;
+    * otherwise ``--j N`` > 1: a ``LocalCluster`` of N single-threaded worker processes.
+
+    Raises
+    ------
+    subtomo_nb.io.errors.InputError
+        ``--gpu`` naming GPUs this machine cannot give the job (see above).
+    """
+    from .devices import job_devices
+
+    if values.get("scheduler_file") or values.get("scheduler_address"):
+        return None
+    n = int(values.get("nr_threads", 1) or 1)
+    devices = job_devices(values)
+    if devices.uses_gpus:
+        if devices.gpus == (0,):
+            return None
+        from subtomo_nb.parallel import get_client
+
+        if progress is not None and n > 1:
+            progress(Progress(message=f"--j {n} not used with --gpu: one dask worker per GPU"))
+        return get_client(gpu=list(devices.gpus), dashboard_address=None)
+    if n <= 1:
+        return None
+    from subtomo_nb.parallel import get_client
+
+    return get_client(n_workers=n, gpu=False, dashboard_address=None)
+
+
 def job_client(values: Mapping[str, Any], client: Any, progress: ProgressCallback,
                project_dir: str | os.PathLike | None = None) -> Any:
     """:func:`subtomo_nb.parallel.client.job_client` reporting to the job's progress log.
@@ -61,7 +98,10 @@ def job_client(values: Mapping[str, Any], client: Any, progress: ProgressCallbac
     values = dict(values)
     if values.get("scheduler_file") and project_dir is not None:
         values["scheduler_file"] = str(input_path(values["scheduler_file"], project_dir))
-    return clients.job_client(values, client, lambda line: progress(Progress(message=line)))
+    from .devices import job_devices
+
+    return clients.job_client(values, client, lambda line: progress(Progress(message=line)),
+                              backend=job_devices(values).backend)
 
 
 def run_extract(

@@ -24,6 +24,11 @@ class DaskExecutor:
     mini-batches, VDAM's classes) are loaded for their request and released after it. A request's
     ``back_project`` is not used: the workers always fill their partial back-projectors.
 
+    The workers run the request's backend (``EStepRequest.backend``): each keeps its batches'
+    particles on its device across iterations (uploaded once per worker), receives each half-set's
+    reference once per iteration, and returns host copies of the per-particle results and the
+    half-set sums only. The half-sets stay separate graphs.
+
     Parameters
     ----------
     client
@@ -54,6 +59,11 @@ class DaskExecutor:
             return batches, False
         return batches, True
 
+    @staticmethod
+    def _backend(request: EStepRequest) -> str:
+        """The backend the workers resolve (``EStepRequest.backend``; numpy for a request without one)."""
+        return str(getattr(request, "backend", "numpy"))
+
     def run(self, request: EStepRequest, progress: BatchProgress | None = None) -> list[HalfSetResult]:
         """See :meth:`subtomo_nb.refine.executor.EStepExecutor.run`."""
         batches, release = self._batches_for(request)
@@ -65,7 +75,7 @@ class DaskExecutor:
                 pad=request.pad, r_max=request.r_max, dtype=request.source.dtype, ctf=request.ctf,
                 pixel_size_A=s.pixel_size_A, coarse_radius=s.coarse_radius, fine_radius=s.fine_radius,
                 sigma_offset_A=s.sigma_offset_A, firstiter_cc=s.firstiter_cc, adaptive_fraction=s.adaptive_fraction,
-                max_significant=s.max_significant)
+                max_significant=s.max_significant, backend=self._backend(request))
             return [HalfSetResult(bp, split_by_batches(batches.rows(h), results))
                     for h, (bp, results) in enumerate(out)]
         finally:
