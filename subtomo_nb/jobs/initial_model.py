@@ -18,7 +18,7 @@ from subtomo_nb.io.errors import InputError
 from .additional_args import INITIAL_MODEL_FLAGS, parse_additional_arguments
 from .options import options_from
 from .progress import Progress
-from .runners import job_client, preflight
+from .runners import job_client, memory_plan, preflight
 
 __all__ = ["run_initial_model_job", "run_from_args"]
 
@@ -111,6 +111,7 @@ def run_initial_model_job(
 
                 executor = DaskExecutor(client, name="inimodel")
             job = InitialModel.from_options(opts, progress=relay, executor=executor)
+            memory_plan(job, values, client, progress)     # before iteration 1: refuse what cannot fit
             job.run()
         finally:
             if own is not None:

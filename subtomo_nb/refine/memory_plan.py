@@ -226,8 +226,9 @@ class MemoryPlan:
             where = "full box" if it.label == "final" else f"radius {it.coarse_radius:g} px"
             out.append(f"  {it.label} iteration: HEALPix order {it.healpix_order} ({it.step_deg:.2f}°), "
                        f"{it.reached} of {it.orientations} orientations per batch, {it.translations} translations, "
-                       f"{where}: peak {format_bytes(it.peak)} ("
-                       + ", ".join(f"{k} {format_bytes(v)}" for k, v in it.terms.items() if v) + ")")
+                       f"{where}: peak {format_bytes(it.peak)} (largest: "
+                       + ", ".join(f"{k} {format_bytes(v)}" for k, v in sorted(it.terms.items(), key=lambda kv: -kv[1])[:3])
+                       + ")")
         out.append(f"  available: {avail}; final iteration at full size {format_bytes(self.final.peak)}"
                    + ("" if self.fits else " -- does not fit"))
         return out

@@ -372,3 +372,27 @@ def test_relions_disc_and_memory_options_are_named_as_without_effect(project, mo
         "--preread_images: accepted for RELION compatibility and has no effect here (particles are read once into "
         "memory anyway)",
     ]
+
+
+@pytest.mark.parametrize("argv, name", [(REFINE, "Refine3D/job010"), (INIMODEL, "InitialModel/job011")])
+def test_a_job_that_cannot_fit_is_refused_before_iteration_1(project, monkeypatch, capsys, argv, name):
+    """The memory plan goes to run.out; with (fake) 64 MiB of host memory the job stops in one line."""
+    import subtomo_nb.refine.memory_plan as memory_plan
+
+    monkeypatch.setattr(memory_plan, "host_memory", lambda: 64 << 20)
+    monkeypatch.delenv("SUBTOMO_BACKEND", raising=False)
+    monkeypatch.chdir(project)
+    job = project / name
+    shutil.rmtree(job, ignore_errors=True)
+    try:
+        assert main(argv) == 1
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith(f"subtomo {argv[0]}: error: field memory: the ")
+        assert err[0].endswith("and 64.0 MiB is available (host RAM per worker); use a smaller batch size, fewer "
+                               "particles per worker (more workers) or more GPUs")
+        run_out = (job / "run.out").read_text()
+        assert " ++++ backend: numpy (CPU)" in run_out
+        assert "memory plan per worker (1 worker): box 32 px" in run_out and "final iteration at full size" in run_out
+        assert not list(job.glob("run_it001*")) and (job / "RELION_JOB_EXIT_FAILURE").exists()
+    finally:
+        shutil.rmtree(job, ignore_errors=True)
