@@ -48,6 +48,58 @@ def fft_module(xp: ModuleType) -> ModuleType:
     return cupyx.scipy.fft
 
 
+def backend_for(xp: Any = None) -> Any:
+    """The :class:`~subtomo_nb.backend.Backend` an array module, backend or name stands for.
+
+    Parameters
+    ----------
+    xp
+        None or ``numpy`` (the numpy backend); ``array_api_compat.numpy``; ``array_api_strict``
+        (the strict test device); ``cupy`` or ``array_api_compat.cupy``; a backend name
+        (``"numpy"``, ``"strict"``, ``"cupy"``) or a :class:`~subtomo_nb.backend.Backend` (returned as is).
+
+    Lets functions that take an ``xp=`` module (grids, gridding corrections) create their arrays
+    on the right device (``device=backend_for(xp).device``).
+    """
+    from subtomo_nb.backend import Backend, get_backend  # noqa: PLC0415 - the backend imports numba lazily
+
+    if isinstance(xp, Backend):
+        return xp
+    if xp is None or xp is np:
+        return get_backend("numpy")
+    if isinstance(xp, str):
+        return get_backend(xp)
+    name = getattr(xp, "__name__", "")
+    if name.startswith("array_api_strict"):
+        return get_backend("strict")
+    if name.startswith("cupy") or name == "array_api_compat.cupy":
+        return get_backend("cupy")
+    if name in ("numpy", "array_api_compat.numpy"):
+        return get_backend("numpy")
+    raise TypeError(f"no backend for the array module {xp!r}")
+
+
+def as_dtype(be: Any, dtype: Any, default: Any = None) -> Any:
+    """The backend ``be``'s dtype for ``dtype``.
+
+    Parameters
+    ----------
+    be
+        A :class:`~subtomo_nb.backend.Backend`.
+    dtype
+        A numpy dtype, scalar type or dtype name (``np.float32``, ``"float64"``, ``float``): mapped
+        with ``be.dtype``; a dtype of the backend (e.g. ``array_api_strict.float32``) is returned
+        as it is; None gives ``default``.
+    default
+        The result for ``dtype=None``.
+    """
+    if dtype is None:
+        return default
+    if isinstance(dtype, (type, np.dtype, str)):
+        return be.dtype(dtype)
+    return dtype
+
+
 def asnumpy(a: Any) -> np.ndarray:
     """Copy an array to host memory (no-op for numpy arrays)."""
     if type(a).__module__.startswith("cupy"):

@@ -154,6 +154,19 @@ class Backend:
         """Run a numpy implementation as this backend's kernel (numpy: directly)."""
         raise NotImplementedError
 
+    def set_rows(self, target: Any, index: Any, values: Any) -> Any:
+        """``target[index] = values`` along the leading axis, in place; returns ``target``.
+
+        ``index`` is a 1-D integer array of the backend (distinct rows); ``values`` has
+        ``len(index)`` rows. The array API has no integer-array ``__setitem__``; this is it.
+        """
+        self._host_call(_np_set_rows, target, index, values)
+        return target
+
+
+def _np_set_rows(target: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:
+    target[index] = values
+
 
 def _np_dtype(dtype: Any) -> np.dtype:
     if isinstance(dtype, np.dtype) or isinstance(dtype, type):
@@ -162,11 +175,14 @@ def _np_dtype(dtype: Any) -> np.dtype:
 
 
 def _np_scatter_add(target: np.ndarray, index: Any, values: np.ndarray) -> np.ndarray:
-    if not isinstance(index, tuple) and target.ndim == 2 and values.ndim == 2:
-        from subtomo_nb.refine._kernels import add_rows  # noqa: PLC0415 - numba, compiled on first use
+    if (not isinstance(index, tuple) and target.ndim == 2 and values.ndim == 2 and target.flags.c_contiguous
+            and values.dtype == target.dtype):
+        from subtomo_nb.refine import _kernels  # noqa: PLC0415 - numba, compiled on first use
 
-        add_rows(target, np.ascontiguousarray(index), np.ascontiguousarray(values))
-        return target
+        if _kernels.HAVE_NUMBA:
+            # the serial row kernel: repeated rows are summed (the parallel one needs distinct rows)
+            _kernels._add_rows(target, np.ascontiguousarray(index, dtype=np.int64), np.ascontiguousarray(values))
+            return target
     np.add.at(target, index, values)
     return target
 
@@ -347,6 +363,10 @@ class CupyBackend(Backend):
 
     def _host_call(self, fn: Callable[..., Any], *args: Any) -> Any:  # pragma: no cover - GPU
         raise NotImplementedError("no host implementation runs on cupy arrays")
+
+    def set_rows(self, target: Any, index: Any, values: Any) -> Any:  # pragma: no cover - GPU
+        target[index] = values
+        return target
 
     def memory(self) -> tuple[int, int]:
         free, total = self._cupy.cuda.runtime.memGetInfo()

@@ -11,7 +11,13 @@ conjugated, at the mirrored voxel ``(0, -y, -z)``, so the arrays are always Herm
 insertion, as in RELION's tomography forward insertion).
 
 Scatter is one ``bincount`` per accumulated quantity over all rotations, points and corners --
-no Python loops over orientations, particles or voxels.
+no Python loops over orientations, particles or voxels -- or, where the backend has it, the
+compiled kernel :func:`~subtomo_nb.fourier._kernels.scatter_rotated` (numpy; the strict test
+device runs it on its arrays' buffers).
+
+Backends: a back-projector holds its sums on one backend (``backend=``: numpy, cupy or the strict
+test device); :meth:`BackProjector.insert` takes arrays of that backend (host numpy on the numpy
+backend only), :meth:`BackProjector.symmetrise` takes host operators and uploads them once.
 """
 
 from __future__ import annotations
@@ -21,8 +27,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from subtomo_nb._array import get_xp
-from subtomo_nb.fourier._kernels import HAVE_NUMBA, scatter_rotated
+from subtomo_nb._array import as_dtype, backend_for
+from subtomo_nb.backend import Backend, backend_of
 from subtomo_nb.fourier.grid import freq_grid, half_points
 from subtomo_nb.fourier.projector import padded_size, trilinear_gather_half
 from subtomo_nb.fourier.reconstruct import (
@@ -34,7 +40,7 @@ from subtomo_nb.fourier.reconstruct import (
 
 __all__ = ["BackProjector", "trilinear_scatter_half"]
 
-_CORNERS = np.array([[dx, dy, dz] for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)], dtype=np.int64)
+_CORNERS = [[dx, dy, dz] for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)]
 
 
 def trilinear_scatter_half(n: int, pos: Any, values: Any, reals: Sequence[Any] = (),
@@ -60,17 +66,19 @@ def trilinear_scatter_half(n: int, pos: Any, values: Any, reals: Sequence[Any] =
 
     Returns
     -------
-    ``(data, [real accumulations])``: complex128 ``(n, n, n//2+1)`` (or None) and float64 arrays.
+    ``(data, [real accumulations])``: complex128 ``(n, n, n//2+1)`` (or None) and float64 arrays,
+    on the backend of ``pos`` (all inputs must be arrays of one backend).
     Corners outside ``0 <= x <= n//2``, ``-n/2 <= y, z < n/2`` are dropped (as RELION).
     """
-    xp = get_xp(pos, values)
-    shp = pos.shape[:-1]
-    p = pos.reshape(-1, 3)
+    be = backend_of(pos, values)
+    xp = be.xp
+    shp = tuple(pos.shape[:-1])
+    p = xp.reshape(pos, (-1, 3))
     neg = p[:, 0] < 0
-    p = xp.where(neg[:, None], -p, p)
+    p = xp.where(xp.expand_dims(neg, axis=1), -p, p)
     f0 = xp.floor(p)
     frac = p - f0
-    base = f0.astype(xp.int64)
+    base = xp.astype(f0, xp.int64)
     # the 8 trilinear coefficients, built from the per-axis factors (no (P, 8, 3) temporaries)
     fx, fy, fz = frac[:, 0], frac[:, 1], frac[:, 2]
     wx = (1 - fx, fx)
@@ -78,11 +86,12 @@ def trilinear_scatter_half(n: int, pos: Any, values: Any, reals: Sequence[Any] =
     wz = (1 - fz, fz)
     w = xp.stack([wx[c[0]] * wy[c[1]] * wz[c[2]] for c in _CORNERS], axis=1)  # (P, 8)
     if mask is not None:
-        w = w * xp.broadcast_to(xp.asarray(mask), shp).reshape(-1)[:, None].astype(w.dtype)
-    corners = xp.asarray(_CORNERS)  # (8, 3)
-    gx = base[:, 0:1] + corners[None, :, 0]
-    gy = base[:, 1:2] + corners[None, :, 1]
-    gz = base[:, 2:3] + corners[None, :, 2]
+        mk = xp.astype(xp.reshape(xp.broadcast_to(mask, shp), (-1,)), w.dtype)
+        w = w * xp.expand_dims(mk, axis=1)
+    corners = xp.asarray(_CORNERS, dtype=xp.int64, device=be.device)  # (8, 3)
+    gx = base[:, 0:1] + xp.reshape(corners[:, 0], (1, -1))
+    gy = base[:, 1:2] + xp.reshape(corners[:, 1], (1, -1))
+    gz = base[:, 2:3] + xp.reshape(corners[:, 2], (1, -1))
     nh = n // 2 + 1
     lo, hi = -(n // 2), n - n // 2  # allowed y, z in [lo, hi)
     ok = (gx < nh) & (gy >= lo) & (gy < hi) & (gz >= lo) & (gz < hi)
@@ -91,36 +100,36 @@ def trilinear_scatter_half(n: int, pos: Any, values: Any, reals: Sequence[Any] =
     gyw, gzw = gy % n, gz % n
     idx = ((gzw * n) + gyw) * nh + gx
     size = n * n * nh
-    flat_idx = idx.ravel()
+    flat_idx = xp.reshape(idx, (-1,))
     if mirror_x0:
-        sel = xp.nonzero((ok & (gx == 0) & (w != 0)).ravel())[0]
-        midx = ((((-gz) % n) * n + ((-gy) % n)) * nh).ravel()[sel]
-        all_idx = xp.concatenate([flat_idx, midx])
+        sel = xp.nonzero(xp.reshape(ok & (gx == 0) & (w != 0), (-1,)))[0]
+        midx = xp.take(xp.reshape((((-gz) % n) * n + ((-gy) % n)) * nh, (-1,)), sel)
+        all_idx = xp.concat([flat_idx, midx])
     else:
         sel = None
         all_idx = flat_idx
 
     def scatter(wv: Any, conj_mirror: bool) -> Any:
-        """bincount of (P, 8) weighted values, plus their mirrored x = 0 copies."""
-        flat = wv.ravel()
+        """(P, 8) weighted values, flat, plus their mirrored x = 0 copies."""
+        flat = xp.reshape(wv, (-1,))
         if sel is not None:
-            extra = flat[sel]
-            flat = xp.concatenate([flat, xp.conj(extra) if conj_mirror else extra])
+            extra = xp.take(flat, sel)
+            flat = xp.concat([flat, xp.conj(extra) if conj_mirror else extra])
         return flat
 
     data = None
     if values is not None:
-        v = xp.broadcast_to(values, shp).reshape(-1)
+        v = xp.reshape(xp.broadcast_to(values, shp), (-1,))
         v = xp.where(neg, xp.conj(v), v)
-        wv = scatter(w * v[:, None], True)
-        re = xp.bincount(all_idx, weights=wv.real.astype(xp.float64), minlength=size)
-        im = xp.bincount(all_idx, weights=wv.imag.astype(xp.float64), minlength=size)
-        data = (re + 1j * im).reshape(n, n, nh)
+        wv = scatter(w * xp.expand_dims(v, axis=1), True)
+        re = be.bincount(all_idx, xp.astype(xp.real(wv), xp.float64), size)
+        im = be.bincount(all_idx, xp.astype(xp.imag(wv), xp.float64), size)
+        data = xp.reshape(re + 1j * im, (n, n, nh))
     outs = []
     for r in reals:
-        rv = xp.broadcast_to(xp.asarray(r), shp).reshape(-1)
-        wr = scatter(w * rv[:, None], False).astype(xp.float64)
-        outs.append(xp.bincount(all_idx, weights=wr, minlength=size).reshape(n, n, nh))
+        rv = xp.reshape(xp.broadcast_to(r, shp), (-1,))
+        wr = xp.astype(scatter(w * xp.expand_dims(rv, axis=1), False), xp.float64)
+        outs.append(xp.reshape(be.bincount(all_idx, wr, size), (n, n, nh)))
     return data, outs
 
 
@@ -140,31 +149,57 @@ class BackProjector:
         2 for 2D images inserted as central slices (values on the ``rfft2`` scale, which is ``N``
         times the 3D scale); only the final normalisation of :meth:`reconstruct` depends on it.
     dtype
-        Real dtype of the accumulators (float64 default; float32 halves memory).
+        Real dtype of the accumulators (float64 default; float32 halves memory): numpy's or the
+        backend's.
+    backend
+        Backend of the accumulators: a name (``"numpy"``, ``"cupy"``, ``"strict"``), a
+        :class:`~subtomo_nb.backend.Backend` or an array module.
     xp
-        Array module for the accumulators (numpy default; pass cupy for GPU).
+        Array module of the accumulators (older spelling of ``backend``; wins when given).
+    kernels
+        Use the backend's compiled scatter kernel where it has one (numpy; strict runs it on its
+        arrays' buffers); False: the array expressions (:func:`trilinear_scatter_half`), the path
+        cupy runs.
 
     Attributes
     ----------
+    backend, xp
+        The backend and its array namespace.
     data, weight
-        Padded half arrays ``(M, M, M//2+1)``, complex and real.
+        Padded half arrays ``(M, M, M//2+1)``, complex and real, on the backend.
     box, pad, padded, r_max, data_dim
         As above; ``pad`` is the effective ``M / N``.
+    rdtype, cdtype
+        Real and complex dtypes of the accumulators (the backend's).
     """
 
     def __init__(self, box: int, pad: float = 2, r_max: float | None = None, data_dim: int = 3,
-                 dtype: Any = np.float64, xp: ModuleType | None = None) -> None:
-        xp = np if xp is None else xp
-        self.xp = xp
+                 dtype: Any = np.float64, backend: str | Backend | ModuleType = "numpy",
+                 xp: ModuleType | None = None, kernels: bool = True) -> None:
+        be = backend_for(xp if xp is not None else backend)
+        self.backend = be
+        self.xp = xp = be.xp
         self.box = int(box)
         self.padded = m = padded_size(self.box, pad)
         self.pad = m / self.box
         self.r_max = float(self.box // 2 if r_max is None else r_max)
         self.data_dim = int(data_dim)
-        self.rdtype = np.dtype(dtype).type
+        self.rdtype = as_dtype(be, dtype)
         self.cdtype = xp.complex64 if self.rdtype == xp.float32 else xp.complex128
-        self.data = xp.zeros((m, m, m // 2 + 1), dtype=self.cdtype)
-        self.weight = xp.zeros((m, m, m // 2 + 1), dtype=self.rdtype)
+        self.data = xp.zeros((m, m, m // 2 + 1), dtype=self.cdtype, device=be.device)
+        self.weight = xp.zeros((m, m, m // 2 + 1), dtype=self.rdtype, device=be.device)
+        self._scatter = be.kernel("scatter_rotated") if kernels else None
+
+    def _input(self, a: Any, dtype: Any, what: str) -> Any:
+        """``a`` as an array of the backend (``dtype`` None: its own dtype); host numpy input is
+        accepted on the numpy backend only (elsewhere the caller uploads it with ``be.to_device``)."""
+        be = self.backend
+        if be.owns(a):
+            return a if dtype is None else be.xp.astype(a, dtype, copy=False)
+        if be.name == "numpy":
+            return np.asarray(a) if dtype is None else np.asarray(a, dtype=dtype)
+        raise TypeError(f"BackProjector on the {be.name} backend: {what} must be an array of that backend "
+                        f"(be.to_device), not {type(a).__name__}")
 
     # ------------------------------------------------------------------ insertion
     def insert(self, A: Any, values: Any, weights: Any = None, points: Any = None,
@@ -185,52 +220,61 @@ class BackProjector:
         mask
             Optional ``(R, ...)`` or ``(...)`` 0/1 factor of points to insert.
 
+        All arrays belong to the back-projector's backend (host numpy on the numpy backend).
         Points with ``|k| > r_max`` are skipped. The reference position is ``pad * A.T k``.
         """
+        be = self.backend
         xp = self.xp
-        A = xp.asarray(A, dtype=xp.float64)
+        A = self._input(A, xp.float64, "rotation matrices")
         single = A.ndim == 2
-        A = A.reshape(-1, 3, 3)
-        values = xp.asarray(values)
+        A = xp.reshape(A, (-1, 3, 3))
+        values = self._input(values, None, "values")
         if single:
-            values = values[None]
-        nrot = A.shape[0]
-        pts = xp.asarray(points, dtype=xp.float64)
+            values = xp.expand_dims(values, axis=0)
+        nrot = int(A.shape[0])
+        pts = self._input(points, xp.float64, "points")
         if single and pts.ndim == values.ndim:
-            pts = pts[None]
+            pts = xp.expand_dims(pts, axis=0)
         shared = pts.ndim == values.ndim  # points (..., 3) shared by all rotations
-        shp = (nrot,) + values.shape[1:]
-        w = xp.ones(shp) if weights is None else xp.asarray(weights)
-        if single and weights is not None and w.ndim == values.ndim:
-            w = w[None]
+        shp = (nrot,) + tuple(values.shape[1:])
+        if weights is None:
+            w = xp.ones(shp, dtype=xp.float64, device=be.device)
+        else:
+            w = self._input(weights, None, "weights")
+            if single and w.ndim == values.ndim:
+                w = xp.expand_dims(w, axis=0)
         mk = None
         if mask is not None:
-            mk = xp.asarray(mask, dtype=xp.float64)
+            mk = self._input(mask, xp.float64, "mask")
             if single and mk.ndim == values.ndim:
-                mk = mk[None]
-        if xp is np and HAVE_NUMBA:
+                mk = xp.expand_dims(mk, axis=0)
+        if self._scatter is not None:
             # compiled single pass (same positions, corners and mirroring; no (R, K, 8) temporaries);
             # the kernel skips points beyond r_max itself, so ``keep`` is only the mask (one row
             # shared by all rotations when there is none)
-            flat_pts = pts.reshape(-1, 3) if shared else pts.reshape(nrot, -1, 3)
-            K = int(np.prod(values.shape[1:], dtype=np.int64))
-            keep = np.ones((1, K)) if mk is None else np.broadcast_to(mk, shp).reshape(nrot, -1)
-            d, wt = scatter_rotated(self.padded, A, flat_pts, np.broadcast_to(values, shp).reshape(nrot, -1),
-                                    np.broadcast_to(w, shp).reshape(nrot, -1), keep, self.pad, self.r_max)
+            flat_pts = xp.reshape(pts, (-1, 3)) if shared else xp.reshape(pts, (nrot, -1, 3))
+            K = int(np.prod(shp[1:], dtype=np.int64))
+            if mk is None:
+                keep = xp.ones((1, K), dtype=xp.float64, device=be.device)
+            else:
+                keep = xp.reshape(xp.broadcast_to(mk, shp), (nrot, -1))
+            d, wt = self._scatter(self.padded, A, flat_pts, xp.reshape(xp.broadcast_to(values, shp), (nrot, -1)),
+                                  xp.reshape(xp.broadcast_to(w, shp), (nrot, -1)), keep, self.pad, self.r_max)
         else:
             if shared:
-                ref = xp.einsum("rji,...j->r...i", A, pts)
-                kk = xp.sum(pts * pts, axis=-1)[None]
+                flat = xp.reshape(pts, (-1, 3))
+                ref = xp.reshape(xp.matmul(xp.expand_dims(flat, axis=0), A), shp + (3,))  # pts @ A_r = A_r.T k
+                kk = xp.expand_dims(xp.sum(pts * pts, axis=-1), axis=0)
             else:
-                ref = xp.einsum("rji,r...j->r...i", A, pts)
+                ref = xp.reshape(xp.matmul(xp.reshape(pts, (nrot, -1, 3)), A), shp + (3,))
                 kk = xp.sum(pts * pts, axis=-1)
-            keep = xp.broadcast_to(kk <= self.r_max ** 2, shp).astype(xp.float64)
+            keep = xp.astype(xp.broadcast_to(kk <= self.r_max ** 2, shp), xp.float64)
             if mk is not None:
                 keep = keep * xp.broadcast_to(mk, shp)
             d, (wt,) = trilinear_scatter_half(self.padded, ref * self.pad, xp.broadcast_to(values, shp),
                                               [xp.broadcast_to(w, shp)], mask=keep)
-        self.data += d.astype(self.cdtype)
-        self.weight += wt.astype(self.rdtype)
+        self.data += xp.astype(d, self.cdtype)
+        self.weight += xp.astype(wt, self.rdtype)
 
     def insert3d(self, A: Any, data_half: Any, weight_half: Any = None) -> None:
         """Back-rotate whole 3D half transforms (RELION's ``backrotate3D``).
@@ -245,13 +289,14 @@ class BackProjector:
         weight_half
             Real ``(R, n, n, n//2+1)`` weights; None: ones.
 
-        The redundant half of the ``x = 0`` plane (``ky < 0``, or ``ky = 0`` and ``kz < 0``) is
-        skipped so that each Friedel pair is inserted once.
+        Arrays of the back-projector's backend. The redundant half of the ``x = 0`` plane
+        (``ky < 0``, or ``ky = 0`` and ``kz < 0``) is skipped so that each Friedel pair is
+        inserted once.
         """
-        xp = self.xp
+        be = self.backend
         n = int(data_half.shape[-2])
-        k = half_points(n, 3, xp)
-        kx, ky, kz = freq_grid(n, 3, xp)
+        k = half_points(n, 3, be)
+        kx, ky, kz = freq_grid(n, 3, be)
         red = (kx == 0) & ((ky < 0) | ((ky == 0) & (kz < 0)))
         self.insert(A, data_half, weight_half, k, mask=~red)
 
@@ -268,13 +313,14 @@ class BackProjector:
         weight_half
             Real ``(R, n, n//2+1)`` weights; None: ones.
 
-        On the ``kx = 0`` column only ``ky >= 0`` is inserted (each Friedel pair once; RELION's
-        SPA back-projector inserts the whole column, doubling its weight, which cancels in D/W).
+        Arrays of the back-projector's backend. On the ``kx = 0`` column only ``ky >= 0`` is
+        inserted (each Friedel pair once; RELION's SPA back-projector inserts the whole column,
+        doubling its weight, which cancels in D/W).
         """
-        xp = self.xp
+        be = self.backend
         n = int(data_half.shape[-2])
-        k = half_points(n, 2, xp)
-        kx, ky = freq_grid(n, 2, xp)
+        k = half_points(n, 2, be)
+        kx, ky = freq_grid(n, 2, be)
         red = (kx == 0) & (ky < 0)
         self.insert(A, data_half, weight_half, k, mask=~red)
 
@@ -290,42 +336,51 @@ class BackProjector:
         Parameters
         ----------
         ops
-            ``(S, 3, 3)`` rotation matrices of the group (any order; for a group the set is
-            closed under transposition, so ``R`` vs ``R.T`` conventions agree).
+            ``(S, 3, 3)`` rotation matrices of the group, host numpy (any order; for a group the
+            set is closed under transposition, so ``R`` vs ``R.T`` conventions agree). They are
+            uploaded to the backend once per call (``"metadata"``).
         """
+        be = self.backend
         xp = self.xp
         ops = np.asarray(ops, dtype=np.float64).reshape(-1, 3, 3)
         ops = ops[[not np.allclose(R, np.eye(3), atol=1e-6) for R in ops]]
         if len(ops) == 0:
             return
+        ops_dev = be.to_device(np.ascontiguousarray(ops.transpose(0, 2, 1)), "metadata")  # R.T, once
         m = self.padded
         width = m // 2 + 2
-        ext_d = xp.zeros((m, m, width), dtype=self.cdtype)
+        ext_d = xp.zeros((m, m, width), dtype=self.cdtype, device=be.device)
         ext_d[..., : m // 2 + 1] = self.data
-        ext_w = xp.zeros((m, m, width), dtype=self.rdtype)
+        ext_w = xp.zeros((m, m, width), dtype=self.rdtype, device=be.device)
         ext_w[..., : m // 2 + 1] = self.weight
-        fd, fw = ext_d.reshape(-1), ext_w.reshape(-1)
-        k = half_points(m, 3, xp, xp.float64)
+        fd, fw = xp.reshape(ext_d, (-1,)), xp.reshape(ext_w, (-1,))
+        k = half_points(m, 3, be, xp.float64)
         r2 = xp.sum(k * k, axis=-1)
         rmax2 = int(round(self.r_max * self.pad)) ** 2
-        sel = xp.nonzero((r2 <= rmax2).ravel())[0]
-        kin = k.reshape(-1, 3)[sel]
-        sum_d = self.data.reshape(-1).copy()
-        sum_w = self.weight.reshape(-1).copy()
+        sel = xp.nonzero(xp.reshape(r2 <= rmax2, (-1,)))[0]
+        kin = xp.take(xp.reshape(k, (-1, 3)), sel, axis=0)
+        sum_d = xp.asarray(xp.reshape(self.data, (-1,)), copy=True)
+        sum_w = xp.asarray(xp.reshape(self.weight, (-1,)), copy=True)
         # one gather per operator (<= 60 for point groups), vectorised over all voxels
-        for R in ops:
-            q = kin @ xp.asarray(R.T)
-            sum_d[sel] += trilinear_gather_half(fd, m, width, q).astype(self.cdtype)
-            sum_w[sel] += trilinear_gather_half(fw, m, width, q).astype(self.rdtype)
-        self.data = sum_d.reshape(self.data.shape)
-        self.weight = sum_w.reshape(self.weight.shape)
+        for i in range(len(ops)):
+            q = kin @ ops_dev[i, ...]
+            gd = xp.astype(trilinear_gather_half(fd, m, width, q), self.cdtype)
+            gw = xp.astype(trilinear_gather_half(fw, m, width, q), self.rdtype)
+            if be.name == "numpy":
+                sum_d[sel] += gd
+                sum_w[sel] += gw
+            else:  # distinct indices: a gather, an add and a row write
+                be.set_rows(sum_d, sel, xp.take(sum_d, sel) + gd)
+                be.set_rows(sum_w, sel, xp.take(sum_w, sel) + gw)
+        self.data = xp.reshape(sum_d, tuple(self.data.shape))
+        self.weight = xp.reshape(sum_w, tuple(self.weight.shape))
 
     def add(self, other: "BackProjector") -> None:
-        """Add another back-projector's data and weight (same box and padding)."""
-        if other.data.shape != self.data.shape:
+        """Add another back-projector's data and weight (same box, padding and backend)."""
+        if tuple(other.data.shape) != tuple(self.data.shape):
             raise ValueError("back-projectors have different padded sizes")
-        self.data += other.data.astype(self.cdtype)
-        self.weight += other.weight.astype(self.rdtype)
+        self.data += self.xp.astype(other.data, self.cdtype)
+        self.weight += self.xp.astype(other.weight, self.rdtype)
 
     # ------------------------------------------------------------------ outputs
     def reconstruct(self, tau2: Any = None, tau2_fudge: float = 1.0, skip_gridding: bool = True,

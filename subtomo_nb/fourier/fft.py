@@ -10,14 +10,17 @@ Conventions (``docs/internals.md``, relion-conventions.md §0):
   (frequency 0 at index 0, negative frequencies wrapped), the FFTW layout RELION uses.
 
 All functions transform the last 2 (images) or 3 (volumes) axes and are batched over any
-leading axes.
+leading axes, on the arrays of any backend (numpy, cupy, the strict test device): the backend is
+the input's (:func:`~subtomo_nb.backend.backend_of`), the FFT its :meth:`~subtomo_nb.backend.Backend.fft`.
 """
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-from subtomo_nb._array import fft_module, get_xp
+import numpy as np
+
+from subtomo_nb.backend import backend_of
 
 __all__ = ["rfft3", "irfft3", "rfft2", "irfft2", "shift_half", "half_shape"]
 
@@ -37,19 +40,17 @@ def half_shape(n: int, ndim: int = 3) -> tuple[int, ...]:
 
 
 def _rfft(v: Any, ndim: int) -> Any:
-    xp = get_xp(v)
-    fft = fft_module(xp)
+    fft = backend_of(v).fft()
     axes = tuple(range(-ndim, 0))
     # norm="forward": forward divided by the number of samples, inverse un-normalised (RELION)
-    return fft.rfftn(xp.fft.ifftshift(v, axes=axes), axes=axes, norm="forward")
+    return fft.rfftn(fft.ifftshift(v, axes=axes), axes=axes, norm="forward")
 
 
 def _irfft(F: Any, n: int | Sequence[int], ndim: int) -> Any:
-    xp = get_xp(F)
-    fft = fft_module(xp)
+    fft = backend_of(F).fft()
     axes = tuple(range(-ndim, 0))
     s = _sizes(n, ndim)
-    return xp.fft.fftshift(fft.irfftn(F, s=s, axes=axes, norm="forward"), axes=axes)
+    return fft.fftshift(fft.irfftn(F, s=s, axes=axes, norm="forward"), axes=axes)
 
 
 def rfft3(v: Any) -> Any:
@@ -117,24 +118,29 @@ def shift_half(F: Any, shift_xyz_px: Any, n: int | None = None) -> Any:
     -------
     The shifted half transforms (broadcast shape of the leading axes).
     """
-    xp = get_xp(F)
-    t = xp.asarray(shift_xyz_px)
+    be = backend_of(F)
+    xp = be.xp
+    t = shift_xyz_px
+    if not be.owns(t):
+        if be.name != "numpy":
+            raise TypeError("shift_half: shifts must be an array of the transform's backend (be.to_device)")
+        t = np.asarray(t)
     ndim = int(t.shape[-1])
     if ndim not in (2, 3):
         raise ValueError("shift_xyz_px must end in an axis of length 2 or 3")
     n = int(F.shape[-2]) if n is None else int(n)
     rdtype = xp.float32 if F.dtype == xp.complex64 else xp.float64
-    t = t.astype(rdtype)
-    k = xp.fft.fftfreq(n, 1.0 / n).astype(rdtype)
-    kx = xp.arange(F.shape[-1], dtype=rdtype)
-    lead = t.shape[:-1]
+    t = xp.astype(t, rdtype)
+    k = xp.astype(xp.fft.fftfreq(n, d=1.0 / n, device=be.device), rdtype)
+    kx = xp.arange(int(F.shape[-1]), dtype=rdtype, device=be.device)
+    lead = tuple(t.shape[:-1])
     pad = (1,) * ndim
-    tx = t[..., 0].reshape(lead + pad)
-    ty = t[..., 1].reshape(lead + pad)
+    tx = xp.reshape(t[..., 0], lead + pad)
+    ty = xp.reshape(t[..., 1], lead + pad)
     if ndim == 3:
-        tz = t[..., 2].reshape(lead + pad)
-        arg = kx[None, None, :] * tx + k[None, :, None] * ty + k[:, None, None] * tz
+        tz = xp.reshape(t[..., 2], lead + pad)
+        arg = xp.reshape(kx, (1, 1, -1)) * tx + xp.reshape(k, (1, -1, 1)) * ty + xp.reshape(k, (-1, 1, 1)) * tz
     else:
-        arg = kx[None, :] * tx + k[:, None] * ty
-    phase = xp.exp((-2j * xp.pi / n) * arg).astype(F.dtype)
+        arg = xp.reshape(kx, (1, -1)) * tx + xp.reshape(k, (-1, 1)) * ty
+    phase = xp.astype(xp.exp((-2j * np.pi / n) * arg), F.dtype)
     return F * phase

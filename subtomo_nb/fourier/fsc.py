@@ -1,4 +1,10 @@
-"""Fourier shell correlation and resolution (RELION ``getFSC``; relion-conventions.md §9)."""
+"""Fourier shell correlation and resolution (RELION ``getFSC``; relion-conventions.md §9).
+
+:func:`fsc` and :func:`fsc_true_from_half` run on any array backend (:mod:`subtomo_nb.backend`:
+numpy, cupy, the strict test device) and return curves on the input's backend and device.
+:func:`resolution` returns a Python float: it accepts a host curve (numpy array, list) or a
+device curve, which it brings to the host with ``be.to_host(curve, "results")`` (counted).
+"""
 
 from __future__ import annotations
 
@@ -6,16 +12,16 @@ from typing import Any
 
 import numpy as np
 
-from subtomo_nb._array import asnumpy, get_xp
+from subtomo_nb.backend import backend_of
 from subtomo_nb.fourier.fft import rfft2, rfft3
 from subtomo_nb.fourier.grid import shell_index, shell_sum
 
-__all__ = ["fsc", "resolution", "fsc_true_from_half", "shell_resolution_A"]
+__all__ = ["fsc", "fsc_true_from_half", "resolution", "shell_resolution_A"]
 
 
 def _to_half(x: Any, mask: Any) -> tuple[Any, int, int]:
-    xp = get_xp(x)
-    if xp.iscomplexobj(x):
+    xp = backend_of(x).xp
+    if xp.isdtype(x.dtype, "complex floating"):
         ndim = 3 if (x.ndim == 3 and x.shape[0] == x.shape[1]) else 2
         if x.shape[-1] != x.shape[-2] // 2 + 1:
             raise ValueError(f"complex input of shape {x.shape} is not a half transform")
@@ -37,24 +43,26 @@ def fsc(map1: Any, map2: Any, mask: Any = None) -> Any:
     Parameters
     ----------
     map1, map2
-        Real centred maps (2D or 3D, same shape) or their half transforms.
+        Real centred maps (2D or 3D, same shape) or their half transforms, on one backend.
     mask
-        Optional real-space mask multiplied into both real maps before transforming.
+        Optional real-space mask (same backend as the maps) multiplied into both real maps
+        before transforming.
 
     Returns
     -------
-    FSC ``(N//2 + 1,)`` (float64, same array module as the input).
+    FSC ``(N//2 + 1,)`` (float64, on the backend and device of the input).
     """
-    xp = get_xp(map1, map2)
+    be = backend_of(map1, map2)
+    xp = be.xp
     F1, ndim, n = _to_half(map1, mask)
     F2, _, _ = _to_half(map2, mask)
-    sh = shell_index(n, ndim, xp)
+    sh = shell_index(n, ndim, be)
     nsh = n // 2 + 1
-    num = shell_sum((xp.conj(F1) * F2).real, sh, nsh)
+    num = shell_sum(xp.real(xp.conj(F1) * F2), sh, nsh)
     d1 = shell_sum(xp.abs(F1) ** 2, sh, nsh)
     d2 = shell_sum(xp.abs(F2) ** 2, sh, nsh)
     den = xp.sqrt(d1 * d2)
-    return xp.where(den > 0, num / xp.where(den > 0, den, 1), 0.0)
+    return xp.where(den > 0, num / xp.where(den > 0, den, 1.0), 0.0)
 
 
 def shell_resolution_A(shell: float, box: int, pixel_size_A: float) -> float:
@@ -75,7 +83,8 @@ def resolution(fsc_curve: Any, box: int, pixel_size_A: float, threshold: float =
     Parameters
     ----------
     fsc_curve
-        FSC per shell (shell 0 first).
+        FSC per shell (shell 0 first): a host sequence/array, or a device array of any backend
+        (copied to the host with ``to_host(..., "results")``).
     box
         Box size (pixels) the shells refer to.
     pixel_size_A
@@ -89,7 +98,8 @@ def resolution(fsc_curve: Any, box: int, pixel_size_A: float, threshold: float =
     -------
     Resolution in Å (``box * pixel / shell``; 999 for shell 0).
     """
-    f = np.asarray(asnumpy(fsc_curve), dtype=np.float64)
+    be = backend_of(fsc_curve)
+    f = np.asarray(be.to_host(fsc_curve, "results"), dtype=np.float64)
     below = np.nonzero(f[1:] < threshold)[0]
     if below.size == 0:
         return shell_resolution_A(len(f) - 1, box, pixel_size_A)
@@ -103,8 +113,14 @@ def resolution(fsc_curve: Any, box: int, pixel_size_A: float, threshold: float =
 def fsc_true_from_half(fsc_half: Any) -> Any:
     """FSC of the full data set from a half-set FSC: ``sqrt(2 FSC / (1 + FSC))``.
 
-    Negative values are clipped to 0 first (the formula needs ``FSC >= 0``).
+    Negative values are clipped to 0 first (the formula needs ``FSC >= 0``). Host sequences give
+    a numpy array; device curves stay on their backend.
     """
-    xp = get_xp(fsc_half)
-    f = xp.clip(xp.asarray(fsc_half, dtype=xp.float64), 0.0, None)
+    be = backend_of(fsc_half)
+    xp = be.xp
+    if be.owns(fsc_half):
+        f = xp.astype(fsc_half, xp.float64)
+    else:
+        f = xp.asarray(fsc_half, dtype=xp.float64)
+    f = xp.clip(f, 0.0, None)
     return xp.sqrt(2 * f / (1 + f))

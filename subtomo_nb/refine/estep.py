@@ -15,7 +15,9 @@ squared difference over the selected Fourier points ``k`` is::
 with ``φ_t(k) = exp(-2πi k·t / N)``; points where ``M_p ≤ multiplicity_threshold`` are left out
 (RELION: 1/M only where M > 0.1; zeroed where M < 0.01 — here both collapse to one threshold).
 ``A`` is one real GEMM (P×K)·(K×R); ``B`` is one real GEMM (P·T × 2K)·(2K × R) on the stacked real
-and imaginary parts. Everything takes its array module from the inputs (numpy or cupy).
+and imaginary parts. Everything runs on the backend of its inputs (:func:`subtomo_nb.backend.backend_of`:
+numpy, cupy or the strict test device), with array-API calls only; the numpy backend keeps its
+numba kernels and a few marked in-place fast paths.
 """
 
 from __future__ import annotations
@@ -26,8 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from subtomo_nb._array import get_xp
-from subtomo_nb.refine._kernels import posterior_weights, translated_terms_into
+from subtomo_nb.backend import Backend, backend_of
 
 
 @dataclass
@@ -69,12 +70,13 @@ def particle_terms(
     multiplicity_threshold
         Points with ``M`` at or below this value are excluded.
     """
-    xp = get_xp(data, ctf2, multiplicity, sigma2)
+    xp = backend_of(data, ctf2, multiplicity, sigma2).xp
     valid = multiplicity > multiplicity_threshold
     inv = xp.where(valid, 1.0 / (2.0 * sigma2 * xp.where(valid, multiplicity, 1.0)), 0.0)
-    a = (ctf2 * ctf2 * inv).astype(ctf2.dtype, copy=False)
-    b = (data * (ctf2 * inv)).astype(data.dtype, copy=False)
-    c = xp.sum((data.real ** 2 + data.imag ** 2) * inv, axis=-1)
+    a = xp.astype(ctf2 * ctf2 * inv, ctf2.dtype, copy=False)
+    b = xp.astype(data * xp.astype(ctf2 * inv, data.dtype), data.dtype, copy=False)
+    re, im = xp.real(data), xp.imag(data)
+    c = xp.sum((re ** 2 + im ** 2) * inv, axis=-1)
     return ParticleTerms(a=a, b=b, c=c)
 
 
@@ -94,14 +96,21 @@ def phase_factors(kvec: Any, shifts: Any, box: int) -> Any:
     -------
     (T, K) complex array of the same precision as ``kvec``'s float type.
     """
-    xp = get_xp(kvec, shifts)
-    arg = (-2.0 * xp.pi / box) * (shifts @ kvec.T)
-    if xp is np:   # cos and sin of a real array (vectorised) instead of a complex exp
+    be = backend_of(kvec, shifts)
+    xp = be.xp
+    arg = (-2.0 * np.pi / box) * (shifts @ kvec.T)
+    if be.name == "numpy":   # cos and sin of a real array (vectorised) instead of a complex exp
         out = np.empty(arg.shape, dtype=np.result_type(arg.dtype, np.complex64))
         np.cos(arg, out=out.real)
         np.sin(arg, out=out.imag)
         return out
-    return xp.exp(1j * arg)
+    return _complex(xp.cos(arg), xp.sin(arg), xp)
+
+
+def _complex(re: Any, im: Any, xp: ModuleType) -> Any:
+    """``re + i·im`` from two real arrays of one precision (exact: no rounding of either part)."""
+    cdt = xp.complex64 if re.dtype == xp.float32 else xp.complex128
+    return xp.astype(re, cdt) + xp.astype(im, cdt) * 1j
 
 
 #: When a list, every :func:`gemm` call appends ``(a.shape, b.shape, dtype)`` to it (benchmarks
@@ -119,7 +128,7 @@ def gemm(a: Any, b: Any) -> Any:
 
 def _stack_real(z: Any, xp: ModuleType) -> Any:
     """Concatenate real and imaginary parts along the last axis."""
-    return xp.concatenate([z.real, z.imag], axis=-1)
+    return xp.concat([xp.real(z), xp.imag(z)], axis=-1)
 
 
 @dataclass
@@ -138,35 +147,42 @@ class ReferenceTerms:
     @classmethod
     def of(cls, ref: Any) -> "ReferenceTerms":
         """From ``(R, K)`` complex reference values ``V_r(k)``."""
-        xp = get_xp(ref)
-        return cls(stacked=_stack_real(ref, xp), power=ref.real ** 2 + ref.imag ** 2)
+        xp = backend_of(ref).xp
+        re, im = xp.real(ref), xp.imag(ref)
+        return cls(stacked=_stack_real(ref, xp), power=re ** 2 + im ** 2)
 
     def __len__(self) -> int:
         return self.power.shape[0]
 
     def rows(self, sl: slice) -> "ReferenceTerms":
         """The orientations ``sl`` (views, no copy)."""
-        return ReferenceTerms(self.stacked[sl], self.power[sl])
+        return ReferenceTerms(self.stacked[sl, ...], self.power[sl, ...])
 
 
 def translated_terms(terms: ParticleTerms, phases: Any, out: Any | None = None) -> Any:
     """``[Re(b_p φ_t), Im(b_p φ_t)]`` as a ``(P·T, 2K)`` real matrix (row ``p·T + t``).
 
     The left factor of the ``B`` product; it depends on the batch and the translations only, so
-    it is formed once and multiplied with every chunk of orientations. ``out``: a C-contiguous
-    ``(P·T, 2K)`` array of ``b``'s real precision to write into (reused between batches).
+    it is formed once and multiplied with every chunk of orientations. ``out`` (numpy only): a
+    C-contiguous ``(P·T, 2K)`` array of ``b``'s real precision to write into (reused between batches).
     """
-    xp = get_xp(terms.b, phases)
+    be = backend_of(terms.b, phases)
+    xp = be.xp
     P, K = terms.b.shape
     T = phases.shape[0]
-    if out is None:
-        out = xp.empty((P * T, 2 * K), dtype=terms.b.real.dtype)
-    if xp is np and translated_terms_into(terms.b, phases.astype(terms.b.dtype, copy=False), out):
+    rdt = xp.float32 if terms.b.dtype == xp.complex64 else xp.float64
+    kernel = be.kernel("translated_terms_into")
+    if kernel is not None:
+        # the compiled kernel writes every element of a fresh (or the given numpy) array
+        dst = xp.empty((P * T, 2 * K), dtype=rdt, device=be.device) if out is None or be.name != "numpy" else out
+        if kernel(terms.b, xp.astype(phases, terms.b.dtype, copy=False), dst):
+            return dst
+    shifted = xp.reshape(terms.b[:, None, :] * phases[None, :, :], (P * T, K))   # (P·T, K)
+    if be.name == "numpy" and out is not None:
+        out[:, :K] = shifted.real
+        out[:, K:] = shifted.imag
         return out
-    shifted = (terms.b[:, None, :] * phases[None, :, :]).reshape(P * T, K)   # (P·T, K)
-    out[:, :K] = shifted.real
-    out[:, K:] = shifted.imag
-    return out
+    return xp.astype(_stack_real(shifted, xp), rdt, copy=False)
 
 
 def squared_differences(terms: ParticleTerms, ref: Any, phases: Any, *, lhs: Any | None = None,
@@ -193,7 +209,8 @@ def squared_differences(terms: ParticleTerms, ref: Any, phases: Any, *, lhs: Any
     (P, R, T) real array (``out`` when given).
     """
     ref_t = ref if isinstance(ref, ReferenceTerms) else ReferenceTerms.of(ref)
-    xp = get_xp(ref_t.power, terms.a)
+    be = backend_of(ref_t.power, terms.a)
+    xp = be.xp
     P = terms.a.shape[0]
     T = phases.shape[0]
     R = len(ref_t)
@@ -201,13 +218,19 @@ def squared_differences(terms: ParticleTerms, ref: Any, phases: Any, *, lhs: Any
         lhs = translated_terms(terms, phases)                    # (P·T, 2K)
     A = gemm(terms.a, ref_t.power.T)                              # (P, R)
     Bt = gemm(ref_t.stacked, lhs.T)                               # (R, P·T): Re·Re + Im·Im
-    B = Bt.reshape(R, P, T).transpose(1, 0, 2)                    # (P, R, T) view
-    if out is None:
-        out = xp.empty((P, R, T), dtype=xp.result_type(B.dtype, A.dtype, terms.c.dtype))
-    xp.multiply(B, -2.0, out=out)
-    out += A[:, :, None]
-    out += terms.c[:, None, None]
-    return out
+    B = xp.permute_dims(xp.reshape(Bt, (R, P, T)), (1, 0, 2))     # (P, R, T) view
+    if be.name == "numpy":   # in place, no (P, R, T) temporaries
+        if out is None:
+            out = np.empty((P, R, T), dtype=np.result_type(B.dtype, A.dtype, terms.c.dtype))
+        np.multiply(B, -2.0, out=out)
+        out += A[:, :, None]
+        out += terms.c[:, None, None]
+        return out
+    dt = xp.result_type(B.dtype, A.dtype, terms.c.dtype)
+    # the same operations in the same order as the numpy path (each rounded to the result type)
+    d2 = xp.astype(B, dt) * -2.0
+    d2 = d2 + xp.astype(A, dt)[:, :, None]
+    return d2 + xp.astype(terms.c, dt)[:, None, None]
 
 
 @dataclass
@@ -259,15 +282,18 @@ def weights_from_diff2(
     max_significant
         Cap on the number of kept samples per particle (RELION's ``--maxsig``).
     """
+    be = backend_of(diff2, log_prior_rot, log_prior_trans)
+    xp = be.xp
     # the compiled pass; not for fraction 1 (keep until the cumulative sum reaches 1.0 exactly),
     # where the kept set depends on how the sums round
     if adaptive_fraction < 1.0 and (max_significant is None or max_significant > 0):
-        fast = posterior_weights(diff2, log_prior_rot, log_prior_trans, adaptive_fraction, max_significant)
+        kernel = be.kernel("posterior_weights")
+        fast = None if kernel is None else kernel(diff2, log_prior_rot, log_prior_trans, adaptive_fraction,
+                                                  max_significant)
         if fast is not None:
             w, pmax, n_sig, log_lik, best, threshold = fast
             return Weights(w=w, pmax=pmax, n_significant=n_sig, log_likelihood=log_lik, best=best,
                            threshold=threshold)
-    xp = get_xp(diff2)
     P, R, T = diff2.shape
     logw = -diff2
     if log_prior_rot is not None:
@@ -276,7 +302,7 @@ def weights_from_diff2(
     if log_prior_trans is not None:
         lpt = log_prior_trans if log_prior_trans.ndim == 2 else log_prior_trans[None, :]
         logw = logw + lpt[:, None, :]
-    flat = logw.reshape(P, R * T)
+    flat = xp.reshape(logw, (P, R * T))
     best = xp.argmax(flat, axis=1)
     top = xp.take_along_axis(flat, best[:, None], axis=1)
     w = xp.exp(flat - top)
@@ -284,32 +310,32 @@ def weights_from_diff2(
     w = w / total
     # Only weights >= (1 - fraction) / (R T) can be kept: all smaller ones sum to less than
     # 1 - fraction. Sorting just the largest C (argpartition first) gives the same threshold.
-    n_cand = int(xp.max(xp.sum(w >= (1.0 - adaptive_fraction) / (R * T), axis=1)))
+    n_cand = int(xp.max(xp.sum(xp.astype(w >= (1.0 - adaptive_fraction) / (R * T), xp.int64), axis=1)))
     if max_significant is not None:
         n_cand = min(n_cand, int(max_significant))
     n_cand = max(n_cand, 1)
     if n_cand < R * T:
-        top_idx = xp.argpartition(-w, n_cand - 1, axis=1)[:, :n_cand]
+        top_idx = be.argpartition(-w, n_cand - 1, axis=1)[:, :n_cand]
         top_w = xp.take_along_axis(w, top_idx, axis=1)
         sorted_w = -xp.sort(-top_w, axis=1)
     else:
         sorted_w = -xp.sort(-w, axis=1)
-    cum = xp.cumsum(sorted_w, axis=1)
+    cum = xp.cumulative_sum(sorted_w, axis=1)
     # number kept: first index where the cumulative sum reaches the fraction, inclusive
-    n_keep = xp.sum(cum < adaptive_fraction, axis=1) + 1
-    n_keep = xp.minimum(n_keep, sorted_w.shape[1])
+    n_keep = xp.sum(xp.astype(cum < adaptive_fraction, xp.int64), axis=1) + 1
+    n_keep = xp.minimum(n_keep, xp.asarray(sorted_w.shape[1], dtype=n_keep.dtype, device=be.device))
     if max_significant is not None:
-        n_keep = xp.minimum(n_keep, max_significant)
+        n_keep = xp.minimum(n_keep, xp.asarray(int(max_significant), dtype=n_keep.dtype, device=be.device))
     threshold = xp.take_along_axis(sorted_w, (n_keep - 1)[:, None], axis=1)[:, 0]
     keep = w >= threshold[:, None]
     w = xp.where(keep, w, 0.0)
     w = w / xp.sum(w, axis=1, keepdims=True)
-    best_diff2 = xp.take_along_axis(diff2.reshape(P, R * T), best[:, None], axis=1)[:, 0]
+    best_diff2 = xp.take_along_axis(xp.reshape(diff2, (P, R * T)), best[:, None], axis=1)[:, 0]
     log_likelihood = xp.log(total[:, 0]) - best_diff2
     return Weights(
-        w=w.reshape(P, R, T),
+        w=xp.reshape(w, (P, R, T)),
         pmax=xp.max(w, axis=1),
-        n_significant=xp.sum(keep, axis=1),
+        n_significant=xp.sum(xp.astype(keep, xp.int64), axis=1),
         log_likelihood=log_likelihood,
         best=best,
         threshold=threshold,
@@ -330,12 +356,20 @@ def translation_sums(weights: Any, phases: Any) -> Any:
     -------
     (P, R, K) complex, one batched matrix product.
     """
+    be = backend_of(weights, phases)
+    xp = be.xp
     if phases.ndim == 2:
         phases = phases[None, :, :]
-    xp = get_xp(weights, phases)
-    if xp.iscomplexobj(phases) and not xp.iscomplexobj(weights) and phases.flags.c_contiguous:
+    complex_phases = xp.isdtype(phases.dtype, "complex floating")
+    real_weights = not xp.isdtype(weights.dtype, "complex floating")
+    if be.name == "numpy" and complex_phases and real_weights and phases.flags.c_contiguous:
         # real weights: one real product with the phases read as interleaved (re, im) pairs,
         # half the work of a complex product with zero imaginary weights
         rdt = phases.real.dtype
         return gemm(weights.astype(rdt, copy=False), phases.view(rdt)).view(phases.dtype)
-    return gemm(weights.astype(phases.dtype), phases)
+    if complex_phases and real_weights:
+        # the same half of the work as two real products (no interleaved view off the host)
+        re, im = xp.real(phases), xp.imag(phases)
+        w = xp.astype(weights, re.dtype, copy=False)
+        return _complex(gemm(w, re), gemm(w, im), xp)
+    return gemm(xp.astype(weights, phases.dtype), phases)

@@ -22,6 +22,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from subtomo_nb.backend import backend_of
 from subtomo_nb.geometry.euler import euler_to_matrix
 from subtomo_nb.geometry.healpix import (
     angular_step,
@@ -294,11 +295,15 @@ def log_translation_prior(shifts_px: np.ndarray, sigma_offset_A: float, pixel_si
     """Gaussian log prior of translations (pixels) around the current offset.
 
     ``shifts_px`` is ``(..., T, 3)``; the result ``(..., T)`` is normalised over the ``T`` axis.
+    ``shifts_px`` on the host or a device (the result on the same backend).
     """
-    d2 = np.sum((np.asarray(shifts_px) * pixel_size_A) ** 2, axis=-1)
+    be = backend_of(shifts_px)
+    xp = be.xp
+    shifts = shifts_px if be.name != "numpy" else np.asarray(shifts_px)
+    d2 = xp.sum((shifts * pixel_size_A) ** 2, axis=-1)
     lp = -0.5 * d2 / max(sigma_offset_A, 1e-6) ** 2
-    top = lp.max(axis=-1, keepdims=True)
-    return lp - np.log(np.exp(lp - top).sum(axis=-1, keepdims=True)) - top
+    top = xp.max(lp, axis=-1, keepdims=True)
+    return lp - xp.log(xp.sum(xp.exp(lp - top), axis=-1, keepdims=True)) - top
 
 
 def default_psi_step(order: int) -> float:

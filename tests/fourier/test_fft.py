@@ -66,3 +66,29 @@ def test_shift_half_batched_2d() -> None:
     for o, t in zip(out, shifts):
         com = np.array([(o * X).sum(), (o * Y).sum()]) / o.sum()
         np.testing.assert_allclose(com, t, atol=1e-6)
+
+
+def test_transforms_and_shifts_strict() -> None:
+    """rfft/irfft (2D, 3D) and shift_half on strict arrays equal the numpy run exactly."""
+    pytest.importorskip("array_api_strict")
+    from subtomo_nb.backend import get_backend
+
+    be = get_backend("strict")
+    rng = np.random.default_rng(8)
+    for dt in (np.float32, np.float64):
+        v = rng.standard_normal((2, 10, 10, 10)).astype(dt)
+        F = rfft3(v)
+        Fs = rfft3(be.to_device(v))
+        assert be.owns(Fs)
+        np.testing.assert_array_equal(be.to_host(Fs), F)
+        np.testing.assert_array_equal(be.to_host(irfft3(Fs, 10)), irfft3(F, 10))
+        img = v[0, :3]
+        np.testing.assert_array_equal(be.to_host(rfft2(be.to_device(img))), rfft2(img))
+        np.testing.assert_array_equal(be.to_host(irfft2(rfft2(be.to_device(img)), (10, 10))), irfft2(rfft2(img), 10))
+        t3 = rng.uniform(-3, 3, (2, 3))
+        np.testing.assert_array_equal(be.to_host(shift_half(Fs, be.to_device(t3))), shift_half(F, t3))
+        t2 = rng.uniform(-3, 3, (3, 2))
+        G = rfft2(img)
+        np.testing.assert_array_equal(be.to_host(shift_half(be.to_device(G), be.to_device(t2))), shift_half(G, t2))
+    with pytest.raises(TypeError, match="to_device"):
+        shift_half(Fs, t3)

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from subtomo_nb.fourier.fft import rfft2, rfft3
-from subtomo_nb.fourier.filters import apply_b_factor, fourier_crop, fourier_pad, low_pass
+from subtomo_nb.fourier.filters import (
+    apply_b_factor,
+    fourier_crop,
+    fourier_crop_half,
+    fourier_pad,
+    low_pass,
+    low_pass_weights,
+)
 from subtomo_nb.fourier.grid import radius_grid
 
 
@@ -58,3 +66,68 @@ def test_fourier_crop_bins_and_keeps_mean() -> None:
     np.testing.assert_allclose(big, v, atol=2e-3)
     img = v[16]
     np.testing.assert_allclose(fourier_crop(img, 16).mean(), img.mean(), rtol=1e-12)
+
+
+def test_window_half_matches_index_reference() -> None:
+    """The slice copy of common frequencies equals the explicit signed-index copy (odd/even boxes)."""
+    from subtomo_nb.fourier.filters import _window_half
+
+    rng = np.random.default_rng(2)
+    for n_old, n_new, nd in [(16, 10, 3), (15, 10, 3), (16, 9, 3), (9, 16, 3), (12, 7, 2), (7, 12, 2), (8, 8, 2)]:
+        F = rng.normal(size=(2,) + (n_old,) * (nd - 1) + (n_old // 2 + 1,))
+        n = min(n_old, n_new)
+        k = np.arange(-(n // 2), n - n // 2)
+        src, dst, nx = k % n_old, k % n_new, n // 2 + 1
+        ref = np.zeros((2,) + (n_new,) * (nd - 1) + (n_new // 2 + 1,))
+        if nd == 3:
+            ref[:, dst[:, None], dst[None, :], :nx] = F[:, src[:, None], src[None, :], :nx]
+        else:
+            ref[:, dst, :nx] = F[:, src, :nx]
+        np.testing.assert_array_equal(_window_half(F, n_old, n_new, nd), ref)
+
+
+# -- strict test device: the same numbers from device arrays, no host copies ----------------------
+
+
+@pytest.fixture(scope="module")
+def be():
+    pytest.importorskip("array_api_strict")
+    from subtomo_nb.backend import get_backend
+
+    return get_backend("strict")
+
+
+def _same(be, got, ref: np.ndarray) -> None:
+    assert be.owns(got) and got.device == be.device
+    host = be.to_host(got, "results")
+    assert host.dtype == ref.dtype and host.shape == ref.shape
+    np.testing.assert_array_equal(host, ref)
+
+
+def test_filters_strict(be) -> None:
+    rng = np.random.default_rng(3)
+    v = rng.normal(size=(24, 24, 24))
+    imgs = rng.normal(size=(3, 24, 24)).astype(np.float32)
+    V, I = be.to_device(v, "test"), be.to_device(imgs, "test")
+    d2h = dict(be.transfers.snapshot()["d2h"])
+    got = {
+        "lp": low_pass(V, 8.0, 2.0),
+        "lp2": low_pass(I, 8.0, 2.0, edge_width_shells=3.0, ndim=2),
+        "bf": apply_b_factor(V, 60.0, 2.0),
+        "crop": fourier_crop(V, 15),
+        "pad": fourier_pad(V, 31),
+        "crop_half": fourier_crop_half(rfft2(I), 24, 13, 2),
+        "weights": low_pass_weights(24, 8.0, 2.0, backend="strict"),
+    }
+    assert be.transfers.snapshot()["d2h"] == d2h
+    ref = {
+        "lp": low_pass(v, 8.0, 2.0),
+        "lp2": low_pass(imgs, 8.0, 2.0, edge_width_shells=3.0, ndim=2),
+        "bf": apply_b_factor(v, 60.0, 2.0),
+        "crop": fourier_crop(v, 15),
+        "pad": fourier_pad(v, 31),
+        "crop_half": fourier_crop_half(rfft2(imgs), 24, 13, 2),
+        "weights": low_pass_weights(24, 8.0, 2.0),
+    }
+    for k, r in ref.items():
+        _same(be, got[k], r)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from subtomo_nb.fourier.fft import rfft3
 from subtomo_nb.fourier.fsc import fsc, fsc_true_from_half, resolution
@@ -65,3 +66,49 @@ def test_fsc_true_relation() -> None:
     # inverse relation: FSC_true**2 (1 + FSC_half) = 2 FSC_half
     h = np.linspace(0.01, 0.99, 7)
     np.testing.assert_allclose(fsc_true_from_half(h) ** 2 * (1 + h), 2 * h)
+
+
+# -- strict test device: the same numbers from device arrays, no host copies ----------------------
+
+
+@pytest.fixture(scope="module")
+def be():
+    pytest.importorskip("array_api_strict")
+    from subtomo_nb.backend import get_backend
+
+    return get_backend("strict")
+
+
+def _same(be, got, ref: np.ndarray) -> None:
+    assert be.owns(got) and got.device == be.device
+    host = be.to_host(got, "results")
+    assert host.dtype == ref.dtype
+    np.testing.assert_array_equal(host, ref)
+
+
+def test_fsc_strict(be) -> None:
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=(20, 20, 20))
+    b = a + rng.normal(size=a.shape)
+    m = soft_sphere(20, 6, 3)
+    A, B = be.to_device(a, "test"), be.to_device(b, "test")
+    d2h = dict(be.transfers.snapshot()["d2h"])
+    got = fsc(A, B)
+    got_mask = fsc(A, B, mask=soft_sphere(20, 6, 3, backend=be))
+    got_half = fsc(rfft3(A), rfft3(B))
+    got_2d = fsc(A[0, ...], B[0, ...])
+    assert be.transfers.snapshot()["d2h"] == d2h
+    _same(be, got, fsc(a, b))
+    _same(be, got_mask, fsc(a, b, mask=m))
+    _same(be, got_half, fsc(rfft3(a), rfft3(b)))
+    _same(be, got_2d, fsc(a[0], b[0]))
+
+
+def test_resolution_and_fsc_true_of_device_curves(be) -> None:
+    curve = np.array([1, 0.99, 0.98, 0.95, 0.9, 0.8, 0.5, 0.3, 0.1, 0.05, 0.2, 0.0])
+    dev = be.to_device(curve, "test")
+    n0 = be.transfers.copies("d2h", "results")
+    assert resolution(dev, 64, 1.5, interpolate=True) == resolution(curve, 64, 1.5, interpolate=True)
+    assert be.transfers.copies("d2h", "results") == n0 + 1  # the curve, brought to the host once
+    assert resolution(list(curve), 64, 1.5) == resolution(curve, 64, 1.5)
+    _same(be, fsc_true_from_half(dev), fsc_true_from_half(curve))

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from subtomo_nb.fourier.masks import mask_particle, soft_edge_box_mask, soft_sphere
+from subtomo_nb.fourier.masks import (
+    centred_radius,
+    mask_particle,
+    raised_cosine_edge,
+    soft_edge_box_mask,
+    soft_sphere,
+)
 
 
 def test_soft_sphere_values() -> None:
@@ -51,3 +58,56 @@ def test_soft_edge_box_mask() -> None:
     np.testing.assert_allclose(m[10, 10, 0], 0.5 - 0.5 * np.cos(np.pi * 0.5 / 4))
     np.testing.assert_allclose(m[10, 10, 19], m[10, 10, 0])
     np.testing.assert_allclose(m[0, 0, 0], m[10, 10, 0] ** 3)
+
+
+# -- strict test device: masks created on the device, masking of device maps ----------------------
+
+
+@pytest.fixture(scope="module")
+def be():
+    pytest.importorskip("array_api_strict")
+    from subtomo_nb.backend import get_backend
+
+    return get_backend("strict")
+
+
+def _same(be, got, ref: np.ndarray) -> None:
+    assert be.owns(got) and got.device == be.device
+    host = be.to_host(got, "results")
+    assert host.dtype == ref.dtype and host.shape == ref.shape
+    np.testing.assert_array_equal(host, ref)
+
+
+def test_masks_created_on_the_strict_device(be) -> None:
+    import array_api_strict
+
+    h2d = dict(be.transfers.snapshot()["h2d"])
+    _same(be, soft_sphere(24, 7.5, 3.0, backend=be), soft_sphere(24, 7.5, 3.0))
+    _same(be, soft_sphere(17, 5.0, 0.0, ndim=2, dtype=np.float32, backend="strict"),
+          soft_sphere(17, 5.0, 0.0, ndim=2, dtype=np.float32))
+    _same(be, soft_sphere(16, 5.0, 2.0, xp=array_api_strict), soft_sphere(16, 5.0, 2.0))  # legacy xp=
+    _same(be, soft_edge_box_mask(20, 4.0, dtype=np.float32, backend=be), soft_edge_box_mask(20, 4.0, dtype=np.float32))
+    _same(be, centred_radius((5, 6, 7), backend=be), centred_radius((5, 6, 7)))
+    assert be.transfers.snapshot()["h2d"] == h2d  # made on the device, nothing uploaded
+
+
+@pytest.mark.parametrize("background", ["mean", "zero", 0.5, "array"])
+def test_mask_particle_strict(be, background) -> None:
+    rng = np.random.default_rng(1)
+    v = (rng.normal(size=(16, 16, 16)) + 2.0).astype(np.float32)
+    noise = rng.normal(size=(16, 16, 16))
+    bg_host = noise if background == "array" else background
+    bg_dev = be.to_device(noise, "test") if background == "array" else background
+    _same(be, mask_particle(be.to_device(v, "test"), 4.0, 3.0, background=bg_dev),
+          mask_particle(v, 4.0, 3.0, background=bg_host))
+    imgs = rng.normal(size=(3, 16, 16))
+    _same(be, mask_particle(be.to_device(imgs, "test"), 5.0, 2.0, background=bg_host if background != "array" else 0.0,
+                            ndim=2),
+          mask_particle(imgs, 5.0, 2.0, background=bg_host if background != "array" else 0.0, ndim=2))
+
+
+def test_raised_cosine_edge() -> None:
+    """1 inside, 0 outside, the raised cosine in between (0.5 half-way), a step for width 0."""
+    d = np.array([0.0, 2.9, 3.0, 4.0, 5.0, 5.1, 9.0])
+    np.testing.assert_allclose(raised_cosine_edge(d, 3.0, 2.0), [1, 1, 1, 0.5, 0, 0, 0], atol=1e-15)
+    np.testing.assert_array_equal(raised_cosine_edge(d, 3.0, 0.0), [1, 1, 0, 0, 0, 0, 0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from _fourier_helpers import make_blobs, random_rotations, shell_cc
 from subtomo_nb.fourier.fft import rfft2, rfft3
@@ -83,3 +84,85 @@ def test_float32_path_matches_float64() -> None:
     assert np.linalg.norm(r32 - r64) / np.linalg.norm(r64) < 1e-5
     s64, s32 = P64.slice2d(A), P32.slice2d(A)
     assert np.linalg.norm(s32 - s64) / np.linalg.norm(s64) < 1e-5
+
+
+# ---------------------------------------------------------------- strict test device == numpy
+
+def _strict():
+    pytest.importorskip("array_api_strict")
+    from subtomo_nb.backend import get_backend
+
+    return get_backend("strict")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kernels", [True, False])
+def test_projector_sample_strict(dtype, kernels: bool) -> None:
+    """Every sampling method on strict arrays equals the numpy run: exactly with the compiled
+    kernels (strict runs them on its buffers), to rounding with the array expressions (cupy's path)."""
+    be = _strict()
+    rng = np.random.default_rng(3)
+    n = 16
+    vol = rng.standard_normal((n, n, n)).astype(dtype)
+    A = random_rotations(5, seed=4).astype(dtype)
+    pts = rng.uniform(-9, 9, (40, 3)).astype(dtype)
+    pn = Projector(vol, pad=2)
+    ps = Projector(be.to_device(vol, "reference"), pad=2, kernels=kernels)
+    assert ps.backend is be and be.owns(ps.data) and be.owns(ps.power_spectrum)
+    assert np.array_equal(be.to_host(ps.data), pn.data)
+    assert np.array_equal(be.to_host(ps.power_spectrum), pn.power_spectrum)
+    Ad, pd = be.to_device(A, "metadata"), be.to_device(pts, "metadata")
+    tol = {"rtol": 0, "atol": 0} if kernels else {"rtol": 1e-6, "atol": 1e-6 * float(np.abs(pn.data).max())}
+    np.testing.assert_allclose(be.to_host(ps.sample(Ad, pd)), pn.sample(A, pts), **tol)
+    np.testing.assert_allclose(be.to_host(ps.sample(Ad[1, ...], pd)), pn.sample(A[1], pts), **tol)
+    # sample_terms: new rows, and rows written in place into preallocated arrays
+    st0, pw0 = pn.sample_terms(A, pts)
+    st, pw = ps.sample_terms(Ad, pd)
+    np.testing.assert_allclose(be.to_host(st), st0, **tol)
+    np.testing.assert_allclose(be.to_host(pw), pw0, **(tol if kernels else {"rtol": 1e-5, "atol": 1e-5 * float(pw0.max())}))
+    rows = np.array([8, 1, 3, 0, 5])
+    big = be.to_device(np.full((9, 80), 7, dtype), "metadata")
+    bpw = be.to_device(np.full((9, 40), 7, dtype), "metadata")
+    out = ps.sample_terms(Ad, pd, be.to_device(rows, "metadata"), big, bpw)
+    assert out[0] is big and out[1] is bpw
+    big_h, bpw_h = be.to_host(big), be.to_host(bpw)
+    np.testing.assert_allclose(big_h[rows], st0, **tol)
+    assert np.all(np.delete(big_h, rows, axis=0) == 7) and np.all(np.delete(bpw_h, rows, axis=0) == 7)
+    np.testing.assert_allclose(be.to_host(ps.interpolate(pd)), pn.interpolate(pts), rtol=1e-6,
+                               atol=1e-6 * float(np.abs(pn.data).max()))
+    np.testing.assert_allclose(be.to_host(ps.rotate3d(Ad[:2, ...])), pn.rotate3d(A[:2]), **tol)
+    np.testing.assert_allclose(be.to_host(ps.slice2d(Ad[:2, ...], 12)), pn.slice2d(A[:2], 12),
+                               **{**tol, "atol": tol["atol"] * n})
+
+
+def test_projector_strict_refuses_host_inputs() -> None:
+    """On strict, host rotations/points are refused (callers upload them once), and nothing in the
+    sampling path copies data across (no transfer is counted)."""
+    be = _strict()
+    ps = Projector(be.to_device(np.ones((8, 8, 8)), "reference"))
+    A = np.eye(3)
+    pts = np.zeros((4, 3))
+    with pytest.raises(TypeError, match="to_device"):
+        ps.sample(A, be.to_device(pts, "metadata"))
+    with pytest.raises(TypeError, match="to_device"):
+        ps.sample(be.to_device(A, "metadata"), pts)
+    Ad, pd = be.to_device(A, "metadata"), be.to_device(pts, "metadata")
+    before = be.transfers.snapshot()
+    ps.sample(Ad, pd)
+    ps.sample_terms(Ad, pd)
+    assert be.transfers.snapshot() == before
+
+
+def test_gather_helpers_strict() -> None:
+    """centred_extension and trilinear_gather_half on strict arrays equal numpy."""
+    from subtomo_nb.fourier.projector import centred_extension, trilinear_gather_half
+
+    be = _strict()
+    rng = np.random.default_rng(5)
+    n = 10
+    half = rfft3(rng.standard_normal((n, n, n)))
+    np.testing.assert_array_equal(be.to_host(centred_extension(be.to_device(half))), centred_extension(half))
+    flat = np.concatenate([half, np.zeros((n, n, 1))], axis=-1).reshape(-1)
+    pos = rng.uniform(-4, 4, (6, 5, 3))
+    np.testing.assert_array_equal(be.to_host(trilinear_gather_half(be.to_device(flat), n, n // 2 + 2, be.to_device(pos))),
+                                  trilinear_gather_half(flat, n, n // 2 + 2, pos))

@@ -148,3 +148,69 @@ def test_translation_sums_of_real_weights_equal_the_complex_product(rdt, per_par
     ref = np.einsum("prt,ptk->prk", w.astype(np.complex128), np.broadcast_to(phases, (P, T, K)).astype(np.complex128))
     assert Y.shape == (P, R, K) and Y.dtype == phases.dtype
     np.testing.assert_allclose(Y, ref, rtol=0, atol=(1e-5 if rdt == np.float32 else 1e-12) * np.abs(ref).max())
+
+
+# ---------------------------------------------------------------------------------------------
+# the strict test device: the same functions on device arrays give the numpy run's numbers
+# ---------------------------------------------------------------------------------------------
+def _strict():
+    pytest.importorskip("array_api_strict")
+    from subtomo_nb.backend import get_backend
+
+    return get_backend("strict")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_squared_differences_strict(dtype):
+    from subtomo_nb.refine.estep import translated_terms
+
+    be = _strict()
+    rng = np.random.default_rng(21)
+    prob = _problem(rng, P=4, R=6, T=5, K=50)
+    kvec, ref, data, ctf2, mult, sigma2, shifts, box = prob
+    cdt = np.result_type(dtype, np.complex64)
+    host = [kvec.astype(dtype), ref.astype(cdt), data.astype(cdt), ctf2.astype(dtype), mult.astype(dtype),
+            sigma2.astype(dtype), shifts.astype(dtype)]
+    dev = [be.to_device(a) for a in host]
+    t_np = particle_terms(host[2], host[3], host[4], host[5])
+    t_dev = particle_terms(dev[2], dev[3], dev[4], dev[5])
+    for a, b in ((t_np.a, t_dev.a), (t_np.b, t_dev.b), (t_np.c, t_dev.c)):
+        np.testing.assert_array_equal(be.to_host(b), a)
+    ph_np, ph_dev = phase_factors(host[0], host[6], box), phase_factors(dev[0], dev[6], box)
+    np.testing.assert_allclose(be.to_host(ph_dev), ph_np, rtol=1e-6, atol=1e-6)
+    ph_dev = be.to_device(ph_np)            # the same phases: the products must agree exactly
+    np.testing.assert_array_equal(be.to_host(translated_terms(t_dev, ph_dev)), translated_terms(t_np, ph_np))
+    d_np = squared_differences(t_np, host[1], ph_np)
+    d_dev = squared_differences(t_dev, dev[1], ph_dev)
+    np.testing.assert_allclose(be.to_host(d_dev), d_np, rtol=1e-6, atol=1e-6 * np.abs(d_np).max())
+
+
+@pytest.mark.parametrize("fraction, max_significant", [(0.999, None), (0.999, 5), (1.0, 1), (0.5, None)])
+@pytest.mark.parametrize("priors", [False, True])
+def test_weights_from_diff2_strict(fraction, max_significant, priors):
+    be = _strict()
+    rng = np.random.default_rng(22)
+    d2 = rng.standard_normal((6, 20, 7)) * 3.0
+    lpr = np.log(rng.uniform(0.1, 1, (6, 20))) if priors else None
+    lpt = np.log(rng.uniform(0.1, 1, 7)) if priors else None
+    W = weights_from_diff2(d2, lpr, lpt, adaptive_fraction=fraction, max_significant=max_significant)
+    Wd = weights_from_diff2(be.to_device(d2), None if lpr is None else be.to_device(lpr),
+                            None if lpt is None else be.to_device(lpt), adaptive_fraction=fraction,
+                            max_significant=max_significant)
+    for name in ("w", "pmax", "n_significant", "log_likelihood", "best", "threshold"):
+        got = be.to_host(getattr(Wd, name))
+        np.testing.assert_allclose(got, np.asarray(getattr(W, name)), rtol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("per_particle", [False, True])
+def test_translation_sums_strict(per_particle):
+    from subtomo_nb.refine.estep import translation_sums
+
+    be = _strict()
+    rng = np.random.default_rng(23)
+    P, R, T, K = 3, 5, 7, 40
+    w = rng.uniform(0, 1, (P, R, T)).astype(np.float32)
+    phases = np.exp(1j * rng.uniform(-np.pi, np.pi, (P, T, K) if per_particle else (T, K))).astype(np.complex64)
+    Y = translation_sums(w, phases)
+    Yd = translation_sums(be.to_device(w), be.to_device(phases))
+    np.testing.assert_allclose(be.to_host(Yd), Y, rtol=1e-6, atol=1e-6 * np.abs(Y).max())

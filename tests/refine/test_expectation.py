@@ -220,13 +220,14 @@ def test_lazily_filled_fine_reference_equals_per_particle_interpolation(referenc
     np.testing.assert_allclose(bp_c.data, bp_n.data, rtol=1e-4, atol=1e-4 * np.abs(bp_n.data).max())
     # rows of one filled coarse orientation equal direct interpolation
     c = int(np.flatnonzero(fine.filled)[0])
+    slot = int(fine.slot[c])
     fr, ft, fp = oversampled_children(pix[[c]], psi[[c]], s.healpix_order, s.oversampling, psi_step(s.healpix_order))
     from subtomo_nb.refine.expectation import FourierSelection
 
     V = proj.sample(euler_to_matrix(fr.ravel(), ft.ravel(), fp.ravel()), FourierSelection.make(N, 12).points)
     K = V.shape[1]
-    np.testing.assert_array_equal(fine.stacked[c * 8:(c + 1) * 8, :K], V.real)
-    np.testing.assert_allclose(fine.power[c * 8:(c + 1) * 8], V.real ** 2 + V.imag ** 2, rtol=1e-6)  # float32 rounding
+    np.testing.assert_array_equal(fine.stacked[slot * 8:(slot + 1) * 8, :K], V.real)
+    np.testing.assert_allclose(fine.power[slot * 8:(slot + 1) * 8], V.real ** 2 + V.imag ** 2, rtol=1e-6)  # float32 rounding
 
 
 def test_coarse_cache_filled_from_several_threads_at_once(reference):
@@ -252,3 +253,89 @@ def test_coarse_cache_filled_from_several_threads_at_once(reference):
     np.testing.assert_array_equal(cache.stacked[cache.slot[reached]], direct.stacked)
     for rows, cr in zip(wanted, got):
         np.testing.assert_array_equal(cr.rows(slice(None)).power, cache.power[cache.slot[rows]])
+
+
+# ---------------------------------------------------------------------------------------------
+# the strict test device: the four stages on device arrays give the numpy run's results
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", ["global", "local", "firstiter_cc"])
+@pytest.mark.parametrize("use_cache", [False, True])
+def test_expectation_batch_strict(reference, case, use_cache):
+    """expectation_batch on the strict device (particles, reference and back-projector there) gives
+    the numpy run's best poses, pmax, sigma2 sums and back-projected sums; no host copy of particle data
+    or results is made inside it."""
+    pytest.importorskip("array_api_strict")
+    from subtomo_nb.backend import get_backend
+
+    be = get_backend("strict")
+    vol, proj = reference
+    rng = np.random.default_rng(5)
+    P = 6
+    ang = np.stack([rng.uniform(-180, 180, P), np.degrees(np.arccos(rng.uniform(-1, 1, P))),
+                    rng.uniform(-180, 180, P)], axis=1)
+    data = proj.rotate3d(euler_to_matrix(*ang.T), N).astype(np.complex64)
+    data += (rng.normal(size=data.shape) + 1j * rng.normal(size=data.shape)).astype(np.complex64) * 0.3 * np.abs(data).mean()
+    ctf2 = rng.uniform(0.5, 1.0, data.shape).astype(np.float32)
+    mult = rng.uniform(0.5, 2.0, data.shape).astype(np.float32)
+    sigma2 = _noise_power(data) * (20 if case == "global" else 1) + 1e-12
+    if case == "local":
+        s = Sampling(healpix_order=3, offset_range_A=2 * PIX, offset_step_A=1 * PIX, sym="C1",
+                     sigma_rot=5.0, sigma_tilt=5.0, sigma_psi=5.0)
+    else:
+        s = Sampling(healpix_order=1, offset_range_A=1 * PIX, offset_step_A=1 * PIX, sym="C6")
+    settings = EStepSettings(pixel_size_A=PIX, coarse_radius=6, fine_radius=8, sigma_offset_A=20.0,
+                             firstiter_cc=case == "firstiter_cc")
+    bp_np = BackProjector(N, pad=2, dtype=np.float32)
+    cache = IterationCache() if use_cache else None
+    r_np = expectation_batch(proj, ParticleBatch.of(data, ctf2, mult), sigma2, s, ang, settings,
+                             backprojector=bp_np, cache=cache)
+    if cache is not None:
+        cache.flush()
+    proj_d = Projector(be.to_device(vol, "reference"), pad=2)
+    bp_d = BackProjector(N, pad=2, dtype=np.float32, backend=be)
+    batch = ParticleBatch.of(*(be.to_device(a, "particles") for a in (data, ctf2, mult)))
+    cache_d = IterationCache() if use_cache else None
+    before = be.transfers.snapshot()
+    r_d = expectation_batch(proj_d, batch, sigma2, s, ang, settings, backprojector=bp_d, cache=cache_d)
+    if cache_d is not None:
+        cache_d.flush()
+    after = be.transfers.snapshot()
+    for kind in ("particles", "reference", "results", "sums"):     # only metadata crossed
+        assert after["h2d"].get(kind) == before["h2d"].get(kind), kind
+        assert after["d2h"].get(kind) == before["d2h"].get(kind), kind
+    assert be.owns(r_d.rot) and be.owns(r_d.sigma2_num)
+    got = r_d.to_host(be)
+    np.testing.assert_array_equal(got.rot, r_np.rot)
+    np.testing.assert_array_equal(got.tilt, r_np.tilt)
+    np.testing.assert_array_equal(got.psi, r_np.psi)
+    np.testing.assert_array_equal(got.shift_px, r_np.shift_px)
+    np.testing.assert_array_equal(got.n_significant, r_np.n_significant)
+    np.testing.assert_allclose(got.pmax, r_np.pmax, rtol=1e-5)
+    # log Σ exp(-diff2) - min diff2 of float32 diff2 (hundreds): rounding of the sums over k (the
+    # numpy path's fancy-indexed gathers sum in another memory order) moves it by ~1e-5
+    np.testing.assert_allclose(got.log_likelihood, r_np.log_likelihood, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(got.sigma2_num, r_np.sigma2_num, rtol=1e-5)
+    np.testing.assert_allclose(got.sigma2_den, r_np.sigma2_den, rtol=1e-6)
+    for name in ("data", "weight"):
+        ref_sum = np.asarray(getattr(bp_np, name))
+        np.testing.assert_allclose(be.to_host(getattr(bp_d, name), "sums"), ref_sum, rtol=1e-5,
+                                   atol=1e-6 * np.abs(ref_sum).max())
+
+
+def test_fine_products_strict():
+    """The pairwise fine products on the strict device equal the numpy path's."""
+    pytest.importorskip("array_api_strict")
+    from subtomo_nb.backend import get_backend
+    from subtomo_nb.refine.expectation import _fine_products
+
+    be = get_backend("strict")
+    rng = np.random.default_rng(3)
+    P, Rmax, Tmax, cr, ct, K2 = 3, 7, 5, 8, 8, 40
+    lhs = rng.standard_normal((P, Tmax * ct, K2)).astype(np.float32)
+    rhs = rng.standard_normal((P, Rmax * cr, K2)).astype(np.float32)
+    for frac in (0.1, 1.0):
+        ok = rng.random((P, Rmax, Tmax)) < frac
+        ok[0, 2, 3] = True
+        want = _fine_products(lhs, rhs, ok, ct, cr)
+        got = _fine_products(be.to_device(lhs), be.to_device(rhs), be.to_device(ok), ct, cr)
+        np.testing.assert_array_equal(be.to_host(got), want)

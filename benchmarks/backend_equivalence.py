@@ -1,0 +1,119 @@
+"""The jobs on two backends, compared: auto-refine, initial model and reconstruct of the tiny tutorial project.
+
+Simulates the tiny tutorial project and extracts it once (bin 4, box 32), then runs, for each
+backend named (``SUBTOMO_BACKEND``, as a user would), the three jobs through the command line:
+
+* ``subtomo refine`` with the tutorial's settings (from the truth low-passed to 50 Å, C6, mask
+  230 Å, finer sampling faster) to convergence;
+* ``subtomo initial-model`` with the tutorial's settings but ``--iter 10`` (10 mini-batches);
+* ``subtomo reconstruct`` of the extracted particles (C6).
+
+and prints, per job, the wall time on each backend, the largest relative difference of the
+maps (max |a - b| / max |a|), and of the refined poses (largest angle difference in degrees,
+largest origin difference in Å). The issue's bound is 1e-4 relative and the same poses. Each job's
+``run.out`` names its backend.
+
+Usage::
+
+    python benchmarks/backend_equivalence.py [--o DIR] [--backends numpy strict] [--jobs refine initial-model reconstruct]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import starfile
+
+JOBS = ("refine", "initial-model", "reconstruct")
+
+
+def _run(cmd: list[str], cwd: Path, backend: str) -> float:
+    env = {**os.environ, "SUBTOMO_BACKEND": backend}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{backend}: {' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - t0
+
+
+def _commands(job: str, backend: str) -> tuple[list[str], str, str | None]:
+    """(command, map to compare, particle STAR to compare) of ``job`` on ``backend``, project-relative."""
+    oset = "Extract/job002/optimisation_set.star"
+    if job == "refine":
+        out = f"Refine3D/{backend}/"
+        return (["subtomo", "refine", "--ios", oset, "--ref", "ground_truth/map_bin4.mrc", "--ini_high", "50",
+                 "--sym", "C6", "--particle_diameter", "230", "--auto_ignore_angles", "--auto_resol_angles",
+                 "--o", out + "run", "--j", "1"], out + "run_class001.mrc", out + "run_data.star")
+    if job == "initial-model":
+        out = f"InitialModel/{backend}/"
+        return (["subtomo", "initial-model", "--ios", oset, "--iter", "10", "--tau2_fudge", "4", "--K", "1",
+                 "--particle_diameter", "230", "--sym", "C6", "--sigma_tilt", "10", "--o", out + "run", "--j", "1"],
+                out + "initial_model.mrc", out + "run_it010_data.star")
+    out = f"Reconstruct/{backend}/"
+    return (["subtomo", "reconstruct", "--i", "Extract/job002/particles.star", "--o", out + "merged.mrc",
+             "--sym", "C6", "--j", "1"], out + "merged.mrc", None)
+
+
+def _map(path: Path) -> np.ndarray:
+    with mrcfile.open(path, permissive=True) as m:
+        return np.asarray(m.data, dtype=np.float64)
+
+
+def _poses(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    df = starfile.read(path, always_dict=True)["particles"]
+    ang = df[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(float)
+    org = df[["rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst"]].to_numpy(float)
+    return ang, org
+
+
+def _angle_diff(a: np.ndarray, b: np.ndarray) -> float:
+    d = np.abs((a - b + 180.0) % 360.0 - 180.0)
+    return float(d.max()) if d.size else 0.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--o", default=None, help="project directory (default: a temporary one)")
+    ap.add_argument("--backends", nargs=2, default=["numpy", "strict"])
+    ap.add_argument("--jobs", nargs="+", default=list(JOBS), choices=JOBS)
+    args = ap.parse_args()
+    root = Path(args.o or tempfile.mkdtemp(prefix="backend_equivalence_"))
+    if not (root / "Extract" / "job002" / "optimisation_set.star").exists():
+        from subtomo_nb.jobs.tutorial import run_tutorial
+
+        run_tutorial(root, tiny=True, n_workers=1, refine=False)
+    print(f"project {root}")
+    worst = 0.0
+    for job in args.jobs:
+        times, maps, stars = [], [], []
+        for backend in args.backends:
+            cmd, map_path, star = _commands(job, backend)
+            times.append(_run(cmd, root, backend))
+            maps.append(_map(root / map_path))
+            stars.append(root / star if star else None)
+            run_out = (root / map_path).parent / "run.out"
+            line = next((ln.strip() for ln in run_out.read_text().splitlines() if "backend:" in ln), "(no backend line)") \
+                if run_out.exists() else "(no run.out)"
+            print(f"{job:13s} {backend:6s} {times[-1]:7.1f} s   run.out: {line}")
+        a, b = maps
+        rel = float(np.max(np.abs(a - b)) / np.max(np.abs(a)))
+        worst = max(worst, rel)
+        text = f"{job:13s} map max|a-b|/max|a| = {rel:.2e}"
+        if stars[0] is not None:
+            (ang_a, org_a), (ang_b, org_b) = _poses(stars[0]), _poses(stars[1])
+            text += (f"; poses: max angle difference {_angle_diff(ang_a, ang_b):.2e} deg, "
+                     f"max origin difference {float(np.max(np.abs(org_a - org_b))):.2e} A")
+        print(text)
+    print(f"worst relative map difference {worst:.2e} ({'within' if worst <= 1e-4 else 'OUTSIDE'} 1e-4)")
+
+
+if __name__ == "__main__":
+    main()
