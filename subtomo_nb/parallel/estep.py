@@ -416,12 +416,23 @@ class ParticleBatches:
                                          key=f"{name}-source-{self.token}")
         self.batches: list[list[np.ndarray]] = []
         self.futures: list[list[distributed.Future]] = []
+        #: per half and batch, the worker the batch is placed on (None: anywhere). Batches go to
+        #: the workers in turn and their E-step tasks follow them (loose restrictions: a batch of
+        #: a worker that died is read again elsewhere), so the particles a worker copied to its
+        #: device are the ones it scores in every iteration.
+        self.placement: list[list[str | None]] = []
+        workers = sorted(client.scheduler_info().get("workers", {}))
+        n = 0
         for h, rows in enumerate(self.halves):
             rb = [rows[s:s + self.batch_size] for s in range(0, len(rows), self.batch_size)]
             self.batches.append(rb)
+            where = [workers[(n + i) % len(workers)] if workers else None for i in range(len(rb))]
+            n += len(rb)
+            self.placement.append(where)
             self.futures.append([client.submit(_load_batch, self._source, r, self.dtype,
-                                               key=f"{name}-load-h{h + 1}-b{i:04d}-{self.token}")
-                                 for i, r in enumerate(rb)])
+                                               key=f"{name}-load-h{h + 1}-b{i:04d}-{self.token}",
+                                               **_placed(w))
+                                 for i, (r, w) in enumerate(zip(rb, where))])
 
     @property
     def n_halves(self) -> int:
@@ -449,8 +460,14 @@ class ParticleBatches:
         self._source.release()
         self.futures = [[] for _ in self.halves]
         self.batches = [[] for _ in self.halves]
+        self.placement = [[] for _ in self.halves]
         if self.client.status == "running":
             self.client.run(_forget_streams, f"{self.token}-", on_error="ignore")
+
+
+def _placed(worker: str | None) -> dict[str, Any]:
+    """``submit`` keywords that prefer ``worker`` (a loose restriction) or nothing."""
+    return {} if worker is None else {"workers": [worker], "allow_other_workers": True}
 
 
 @contextlib.contextmanager
@@ -569,9 +586,10 @@ def submit_half_estep(
                           sigma2=np.asarray(sigma2, dtype=np.float64), sampling=sampling, settings=settings,
                           pad=pad, r_max=r_max, dtype=dtype, ctf=bool(ctf), backend=str(backend))
     leaves, results = [], []
-    for i, (load, idx) in enumerate(zip(batches.futures[half], batches.batches[half])):
+    for i, (load, idx, where) in enumerate(zip(batches.futures[half], batches.batches[half],
+                                               batches.placement[half])):
         f = client.submit(_estep_batch, load, load.key, ref, params, prior_angles[idx], origins_px[idx],
-                          key=f"{prefix}-b{i:04d}")
+                          key=f"{prefix}-b{i:04d}", **_placed(where))
         leaves.append(f)
         results.append(client.submit(operator.getitem, f, 2, key=f"{prefix}-result-b{i:04d}"))
     root = _tree_reduce(client, leaves, prefix)

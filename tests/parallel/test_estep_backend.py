@@ -7,8 +7,8 @@ iterations of both half-sets with ``backend="strict"``:
 * every batch's particles are uploaded once, by the worker that ran it, in iteration 1 and never
   again;
 * each worker receives each half-set's reference at most once per iteration;
-* only per-particle results and half-set sums come back (no other kind is downloaded);
-* results and sums equal the numpy run's.
+* only per-particle results, half-set sums (and the E-step's small metadata) come back;
+* the same poses as the numpy run, and its scores and sums to float32 rounding (1e-4 / 1e-5).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 distributed = pytest.importorskip("distributed")
+import dask  # noqa: E402
 pytest.importorskip("array_api_strict")
 
 from subtomo_nb.backend import get_backend  # noqa: E402
@@ -32,7 +33,7 @@ BATCH = 4
 
 @pytest.fixture(scope="module")
 def threaded_client():
-    with distributed.config.set({"distributed.scheduler.work-stealing": False}):
+    with dask.config.set({"distributed.scheduler.work-stealing": False}):
         cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
                                            dashboard_address=":0", silence_logs=40)
         client = distributed.Client(cluster, set_as_default=False)
@@ -68,12 +69,19 @@ def test_strict_dask_estep_equals_numpy_and_moves_each_array_once(threaded_clien
     # the same numbers as numpy
     for ref_it, got_it in zip(ref_out, got_out):
         for (bp_ref, res_ref), (bp_got, res_got) in zip(ref_it, got_it):
-            np.testing.assert_allclose(bp_got.data, bp_ref.data, rtol=1e-6, atol=1e-6 * abs(bp_ref.data).max())
-            np.testing.assert_allclose(bp_got.weight, bp_ref.weight, rtol=1e-6, atol=1e-6 * bp_ref.weight.max())
+            # float32 sums: the numpy path's fused kernels round a few voxels differently (4e-6 seen)
+            np.testing.assert_allclose(bp_got.data, bp_ref.data, rtol=1e-5, atol=1e-6 * abs(bp_ref.data).max())
+            np.testing.assert_allclose(bp_got.weight, bp_ref.weight, rtol=1e-5, atol=1e-6 * bp_ref.weight.max())
             for a, b in zip(res_got, res_ref):
-                assert isinstance(a.pmax, np.ndarray)          # host arrays came back
-                for f in dataclasses.fields(b):
-                    np.testing.assert_allclose(getattr(a, f.name), getattr(b, f.name), rtol=1e-6, err_msg=f.name)
+                assert all(isinstance(getattr(a, f.name), np.ndarray) for f in dataclasses.fields(a))  # host arrays
+                for name in ("rot", "tilt", "psi", "shift_px", "n_significant"):      # the same poses
+                    np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+                # float32 scores (the data shifted bit-identically; the E-step's float32 sums round
+                # differently on the two paths: pmax moved by up to 5e-5 relative here)
+                np.testing.assert_allclose(a.pmax, b.pmax, rtol=1e-4)
+                np.testing.assert_allclose(a.log_likelihood, b.log_likelihood, rtol=1e-5, atol=1e-4)
+                np.testing.assert_allclose(a.sigma2_num, b.sigma2_num, rtol=1e-5)
+                np.testing.assert_allclose(a.sigma2_den, b.sigma2_den, rtol=1e-6)
 
     per_worker = [c[0] for c in counts]
     # particles: uploaded in iteration 1, one copy per batch (each batch ran on one worker), never again
@@ -85,9 +93,10 @@ def test_strict_dask_estep_equals_numpy_and_moves_each_array_once(threaded_clien
     for it, snap in enumerate(per_worker, start=1):
         refs = [w.get("reference", 0) for w in snap.values()]
         assert all(r <= 2 * it for r in refs) and sum(refs) >= 2 * it
-    # what crossed, by kind: no particles after iteration 1; downloads are results and sums only
+    # what crossed, by kind: no particles after iteration 1; no particle data or map comes back
     totals = [c[1] for c in counts]
     assert totals[0]["h2d"]["particles"][0] == 3 * n_batches          # data, CTF², multiplicity
     assert totals[-1]["h2d"]["particles"] == totals[0]["h2d"]["particles"]
     assert totals[-1]["h2d"]["reference"][0] == sum(w.get("reference", 0) for w in per_worker[-1].values())
-    assert set(totals[-1]["d2h"]) == {"results", "sums"}
+    # (the E-step reads small index tables of its significant samples back as "metadata")
+    assert {"results", "sums"} <= set(totals[-1]["d2h"]) <= {"results", "sums", "metadata"}
