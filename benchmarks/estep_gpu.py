@@ -78,7 +78,7 @@ def run(backend: str = "cupy", batch: int = 16, box: int = 32, orientations: int
 
     def coarse() -> None:
         for s in range(0, R, ROTATION_CHUNK):
-            squared_differences(terms, ref.rows(slice(s, s + ROTATION_CHUNK)), phases, lhs=lhs)
+            squared_differences(terms, ref.rows(slice(s, min(s + ROTATION_CHUNK, R))), phases, lhs=lhs)
 
     a, powT = terms.a, xp.asarray(ref.power.T, copy=True)
     stacked, lhsT = ref.stacked, xp.asarray(lhs.T, copy=True)
