@@ -17,6 +17,13 @@ One iteration (relion-conventions.md §6):
 
 The numerical work is in the core modules; this module keeps the iteration state, the poses
 in a :class:`~subtomo_nb.refine.poses.ParticlePoses`.
+
+The iteration stays on the job's backend (``RefineOptions.backend``): the particles' transforms
+are copied to the device once (the first iteration) and the half-set references, the
+back-projector sums, the solvent mask and every step of the M-step (symmetry, the low-resolution
+join, FSC, SSNR/tau2, reconstruction, low-pass, solvent flattening, the merged final map) stay
+there. Only curves and scalars (FSC, SSNR, tau2, noise sums, per-particle results) and the maps
+written to disk come to the host.
 """
 
 from __future__ import annotations
@@ -25,10 +32,12 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from subtomo_nb.backend import Backend
 from subtomo_nb.fourier.backprojector import BackProjector
 from subtomo_nb.fourier.filters import low_pass
 from subtomo_nb.fourier.fsc import fsc as fsc_curve
@@ -85,15 +94,32 @@ class RefineOptions(PoseOptions):
 
 @dataclass
 class HalfModel:
-    """What each half-set keeps between iterations."""
+    """What each half-set keeps between iterations.
+
+    ``reference`` is a device array of the job's backend (float64 ``(N, N, N)``); set it with
+    :meth:`set_reference`. The curves are host arrays.
+    """
 
     rows: np.ndarray
-    reference: np.ndarray
+    reference: Any
     sigma2: np.ndarray
     tau2: np.ndarray | None = None
     ssnr: np.ndarray | None = None
     #: noise power of the reconstruction, count / sum(pad**3 W) per shell (rlnReferenceSigma2)
     ref_sigma2: np.ndarray | None = None
+    _host: np.ndarray | None = field(default=None, repr=False)
+
+    def set_reference(self, volume: Any, host: np.ndarray | None = None) -> None:
+        """A new reference (device array); ``host``: its host copy where one is at hand."""
+        self.reference = volume
+        self._host = host
+
+    def host_reference(self, backend: Backend) -> np.ndarray:
+        """The reference on the host (copied once per reference, as ``"map"``: the map written to
+        disk, and what the E-step's workers receive)."""
+        if self._host is None:
+            self._host = backend.to_host(self.reference, "map")
+        return self._host
 
 
 @dataclass(kw_only=True)
@@ -132,20 +158,28 @@ def _read_solvent_mask(path: str | os.PathLike, box: int) -> np.ndarray:
     return np.clip(mask, 0, 1)
 
 
-def _join_low_resolution(bps: list[BackProjector], shell: int) -> list[BackProjector]:
-    """Copies of the half back-projectors with data and weight averaged for |k| <= shell (§6.2)."""
-    low = radius_grid(bps[0].padded) <= shell * bps[0].pad
-    out = []
-    for bp in bps:
-        c = BackProjector(bp.box, pad=bp.pad, r_max=bp.r_max, dtype=bp.rdtype)
-        c.data, c.weight = bp.data.copy(), bp.weight.copy()
-        out.append(c)
+def _join_low_resolution(bps: list[BackProjector], shell: int, backend: Backend) -> list[BackProjector]:
+    """Copies of the half back-projectors with data and weight averaged for |k| <= shell (§6.2), on the device."""
+    xp = backend.xp
+    low = backend.to_device(radius_grid(bps[0].padded) <= shell * bps[0].pad, "metadata")
     d = 0.5 * (bps[0].data + bps[1].data)
     w = 0.5 * (bps[0].weight + bps[1].weight)
-    for c in out:
-        c.data[low] = d[low]
-        c.weight[low] = w[low]
+    out = []
+    for bp in bps:
+        c = BackProjector(bp.box, pad=bp.pad, r_max=bp.r_max, dtype=bp.rdtype, backend=backend)
+        c.data, c.weight = xp.where(low, d, bp.data), xp.where(low, w, bp.weight)
+        out.append(c)
     return out
+
+
+def _on_backend(bp: BackProjector, backend: Backend) -> BackProjector:
+    """``bp`` with its sums on ``backend``'s device (copied as ``"sums"`` from an executor that
+    returns them on the host, e.g. a dask cluster's; as they are otherwise)."""
+    if backend.owns(bp.data):
+        return bp
+    c = BackProjector(bp.box, pad=bp.pad, r_max=bp.r_max, dtype=bp.rdtype, backend=backend)
+    c.data, c.weight = backend.to_device(bp.data, "sums"), backend.to_device(bp.weight, "sums")
+    return c
 
 
 class AutoRefine(PoseDriver):
@@ -198,13 +232,20 @@ class AutoRefine(PoseDriver):
         if opts.align_reference_symmetry and not opts.continue_from:
             self.reference_check = check_reference_symmetry(ref, opts.sym, self.pix, seed=opts.random_seed)
             ref = self.reference_check.volume
-        self.mask = (np.clip(solvent_mask, 0, 1) if solvent_mask is not None
-                     else soft_sphere(self.box, particle_radius_px(opts.particle_diameter, self.box, self.pix),
-                                      MASK_EDGE_PX))
+        mask = (np.clip(solvent_mask, 0, 1) if solvent_mask is not None
+                else soft_sphere(self.box, particle_radius_px(opts.particle_diameter, self.box, self.pix),
+                                 MASK_EDGE_PX))
+        be = self.backend
+        self.mask = be.to_device(mask, "map")   # the solvent mask, on the device once
         halves = [np.flatnonzero(subset == h) for h in (1, 2)]
-        self.halves = [HalfModel(rows=r, reference=ref.copy(),
-                                 sigma2=initial_sigma2(self.pset, r, self.box, self.tomograms, self.dtype))
-                       for r in halves]
+        self.halves = []
+        for r in halves:
+            half = HalfModel(rows=r, reference=None,
+                             sigma2=initial_sigma2(self.pset, r, self.box, self.tomograms, self.dtype,
+                                                   transforms=self.source.transforms))
+            host = ref.copy()
+            half.set_reference(be.to_device(host, "map"), host=host)
+            self.halves.append(half)
         sampling = Sampling(healpix_order=opts.healpix_order, offset_range_A=opts.offset_range_px * self.pix,
                             offset_step_A=opts.offset_step_px * self.pix, sym=opts.sym,
                             sigma_tilt=opts.sigma_tilt if opts.sigma_tilt > 0 else 0.0)
@@ -309,7 +350,7 @@ class AutoRefine(PoseDriver):
         s = self.state
         settings = self.estep_settings((self.box // 2) if final else s.current_size / 2,
                                        firstiter_cc=self.opts.firstiter_cc and s.iteration == 1)
-        return self.estep_request([h.rows for h in halves], [h.reference for h in halves],
+        return self.estep_request([h.rows for h in halves], [h.host_reference(self.backend) for h in halves],
                                   [h.sigma2 for h in halves], settings, self._r_max(final))
 
     def _expectation(self, final: bool) -> list[HalfSetResult]:
@@ -342,40 +383,43 @@ class AutoRefine(PoseDriver):
                 h.sigma2 = sigma2_from_sums(num, den, h.sigma2)
         rows = np.concatenate([idx for half in estep for idx, _ in half.batches])
         self._changes = self.poses.changes(rows, before, self.ops)
-        bps = [half.backprojector for half in estep]
+        # the M-step, on the device: only curves and the maps written come to the host
+        be = self.backend
+        xp = be.xp
+        bps = [_on_backend(half.backprojector, be) for half in estep]
         for bp in bps:
             bp.symmetrise(self.ops)
         join_shell = shell_of_resolution(max(o.low_resol_join_halves, s.current_resolution), self.box, self.pix)
-        joined = _join_low_resolution(bps, math.ceil(join_shell)) if o.low_resol_join_halves > 0 else bps
+        joined = _join_low_resolution(bps, math.ceil(join_shell), be) if o.low_resol_join_halves > 0 else bps
         avg = [bp.unregularised_average() for bp in joined]
-        f = np.asarray(fsc_curve(avg[0], avg[1]))
+        f = xp.asarray(be.to_device(fsc_curve(avg[0], avg[1]), "metadata"), copy=True)
         f[0] = 1.0
-        f[s.current_size // 2:] = np.where(final, f[s.current_size // 2:], 0.0)
-        s.fsc = f
+        if not final:
+            f[s.current_size // 2:] = 0.0
+        s.fsc = be.to_host(f, "results")
         if final:
-            merged = BackProjector(self.box, pad=o.pad, r_max=self.box // 2, dtype=self.dtype)
+            merged = BackProjector(self.box, pad=o.pad, r_max=self.box // 2, dtype=self.dtype, backend=be)
             for bp in bps:
                 merged.add(bp)
             ssnr = merged.ssnr_tau2_from_fsc(f, o.tau2_fudge, whole_data=True)
             final_map = merged.reconstruct(tau2=ssnr.tau2, tau2_fudge=o.tau2_fudge)
             unfil = [bp.reconstruct() for bp in bps]
-            s.current_resolution = resolution(f, self.box, self.pix, 0.143)
+            s.current_resolution = resolution(s.fsc, self.box, self.pix, 0.143)
+            curves = [be.to_host(x, "results") for x in (ssnr.ssnr, ssnr.tau2, ssnr.sigma2)]
             for h in self.halves:
-                h.ssnr = ssnr.ssnr
-                h.tau2 = ssnr.tau2
-                h.ref_sigma2 = ssnr.sigma2
+                h.ssnr, h.tau2, h.ref_sigma2 = curves
             self._finish_iteration(t0)
             write_iteration(self, final=True, final_map=final_map, unfil=unfil)
             return True
         for h, bp in zip(self.halves, bps):
             ssnr = bp.ssnr_tau2_from_fsc(f, o.tau2_fudge)
-            h.tau2, h.ssnr, h.ref_sigma2 = ssnr.tau2, ssnr.ssnr, ssnr.sigma2
+            h.tau2, h.ssnr, h.ref_sigma2 = (be.to_host(x, "results") for x in (ssnr.tau2, ssnr.ssnr, ssnr.sigma2))
             vol = bp.reconstruct(tau2=ssnr.tau2, tau2_fudge=o.tau2_fudge)
             if o.firstiter_cc and s.iteration == 1 and o.ini_high > 0:
                 vol = low_pass(vol, o.ini_high, self.pix)
             if o.flatten_solvent:
                 vol = vol * self.mask
-            h.reference = np.asarray(vol, dtype=np.float64)
+            h.set_reference(xp.astype(vol, xp.float64, copy=False))
         self._update_resolution()
         self._finish_iteration(t0)
         write_iteration(self, final=False)
@@ -413,9 +457,12 @@ class AutoRefine(PoseDriver):
         s.ave_pmax = float(self.poses.stats["rlnMaxValueProbDistribution"].mean())
         s.log_likelihood = float(self.poses.stats["rlnLogLikeliContribution"].sum())
         h1 = self.halves[0]
-        proj = Projector(h1.reference.astype(self.dtype), pad=self.opts.pad)
-        s.acc_rot, s.acc_trans_A = estimate_accuracy(proj, self.pset, h1.rows, self.poses.angles, h1.sigma2, self.box,
-                                                      self.pix, s.current_size, self.tomograms, self.rng, self.dtype)
+        xp = self.backend.xp
+        proj = Projector(xp.astype(h1.reference, self.backend.dtype(self.dtype)), pad=self.opts.pad)
+        # the particles' CTF² and multiplicities where they are (on the device since iteration 1)
+        s.acc_rot, s.acc_trans_A = estimate_accuracy(proj, self.source.transforms, h1.rows, self.poses.angles,
+                                                      h1.sigma2, self.box, self.pix, s.current_size, self.tomograms,
+                                                      self.rng, self.dtype)
         # sigma of the offset prior: rms of the offsets (3D: / 3), floored at 2 Å² (RELION)
         s.sigma_offset_A = float(math.sqrt(max(np.mean(np.sum(self.poses.offsets_A ** 2, axis=1)) / 3.0, 2.0)))
         event = {"kind": "iteration", "iteration": s.iteration, "resolution_A": s.current_resolution,

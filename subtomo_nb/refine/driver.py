@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from subtomo_nb.backend import get_backend
 from subtomo_nb.io.particles import ParticleSet
 from subtomo_nb.io.tomograms import TomogramSet
 from subtomo_nb.refine.executor import EStepExecutor, EStepRequest, HalfSetResult, ParticleSource, SerialExecutor
@@ -52,6 +53,7 @@ class PoseOptions:
     random_seed: int = 0                          # --random_seed
     batch_size: int = 16                          # particles per E-step batch
     dtype: str = "float32"                        # precision of the E-step
+    backend: str = "numpy"                        # the array backend of the iteration (--gpu, SUBTOMO_BACKEND)
 
 
 @dataclass(kw_only=True)
@@ -91,7 +93,8 @@ class PoseDriver:
     ----------
     opts
         The job's options; read here: ``particles``, ``tomograms``, ``output_root``, ``dtype``
-        (``"float32"`` or ``"float64"``), ``batch_size``, ``particle_diameter`` (Å), ``pad``, ``ctf``.
+        (``"float32"`` or ``"float64"``), ``batch_size``, ``particle_diameter`` (Å), ``pad``, ``ctf``,
+        ``backend`` (the name given to :func:`~subtomo_nb.backend.get_backend`).
     progress
         Called with a dict per event; ``{"kind": "particles", "iteration", "done", "of"}`` after
         each E-step batch.
@@ -100,11 +103,12 @@ class PoseDriver:
 
     Attributes
     ----------
+    backend : the job's :class:`~subtomo_nb.backend.Backend`: the iteration's arrays live there.
     pset, tomograms : the particle and tomogram sets.
     box, pix : box size (pixels) and pixel size (Å).
     dtype : real precision of the E-step.
     radius_px : radius of the particle mask (pixels).
-    source : the particles as the executor reads them.
+    source : the particles as the executor reads them (their transforms kept on the backend's device).
     poses : every particle's pose and statistics.
 
     Subclasses set ``self.state`` (with ``sampling``, ``iteration``, ``current_size``,
@@ -116,6 +120,7 @@ class PoseDriver:
     def __init__(self, opts: PoseOptions, particles: ParticleSet, tomograms: TomogramSet | None,
                  progress: Callable[[dict], None] | None = None, executor: EStepExecutor | None = None) -> None:
         self.opts = opts
+        self.backend = get_backend(opts.backend)
         self.executor: EStepExecutor = executor if executor is not None else SerialExecutor()
         self.progress = progress or (lambda event: None)
         self.root = Path(opts.output_root)
@@ -124,7 +129,7 @@ class PoseDriver:
         self.dtype = np.float32 if opts.dtype == "float32" else np.float64
         self.radius_px = particle_radius_px(opts.particle_diameter, self.box, self.pix)
         # serial E-steps read each particle once and keep it (as the dask workers keep theirs)
-        self.source = ParticleSource(self.pset, self.tomograms, self.dtype, opts.batch_size)
+        self.source = ParticleSource(self.pset, self.tomograms, self.dtype, opts.batch_size, backend=self.backend.name)
         self.poses = ParticlePoses.from_table(self.pset.particles, self.pix)
 
     @staticmethod
@@ -146,15 +151,20 @@ class PoseDriver:
         return EStepSettings(pixel_size_A=self.pix, coarse_radius=min(self._coarse_radius(), fine_radius),
                              fine_radius=fine_radius, sigma_offset_A=self.state.sigma_offset_A, **extra)
 
-    def estep_request(self, halves: Sequence[np.ndarray], references: Sequence[np.ndarray],
+    def estep_request(self, halves: Sequence[np.ndarray], references: Sequence[Any],
                       sigma2: Sequence[np.ndarray], settings: EStepSettings, r_max: float,
                       back_project: bool = True) -> EStepRequest:
-        """This iteration's E-step of ``halves`` (particle rows) against their references and noise."""
+        """This iteration's E-step of ``halves`` (particle rows) against their references and noise.
+
+        ``references``: host maps (what the workers receive and copy to their device once per
+        iteration) or device arrays of the job's backend.
+        """
         sampling = self.state.sampling
         return EStepRequest(source=self.source, halves=list(halves), references=list(references),
                             sigma2=list(sigma2), sampling=sampling, settings=settings,
                             prior_angles=self.poses.prior_angles(sampling), origins_px=self.poses.origins_px,
-                            pad=self.opts.pad, r_max=r_max, ctf=self.opts.ctf, back_project=back_project)
+                            pad=self.opts.pad, r_max=r_max, ctf=self.opts.ctf, back_project=back_project,
+                            backend=self.backend.name)
 
     def run_estep(self, request: EStepRequest) -> list[HalfSetResult]:
         """Run ``request`` on the executor, emitting particle counts as batches finish."""

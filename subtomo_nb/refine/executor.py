@@ -10,12 +10,14 @@ the dask executor and passes it in.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
+from subtomo_nb.backend import Backend, get_backend
 from subtomo_nb.fourier.backprojector import BackProjector
 from subtomo_nb.fourier.projector import Projector
 from subtomo_nb.io.particles import ParticleSet
@@ -25,7 +27,8 @@ from subtomo_nb.refine.iteration_cache import IterationCache
 from subtomo_nb.refine.sampling import Sampling
 from subtomo_nb.tasks.particle_data import TransformCache
 
-__all__ = ["ParticleSource", "EStepRequest", "HalfSetResult", "BatchProgress", "EStepExecutor", "SerialExecutor"]
+__all__ = ["ParticleSource", "EStepRequest", "HalfSetResult", "BatchProgress", "EStepExecutor", "SerialExecutor",
+           "results_to_host"]
 
 #: ``progress(half, batches_done, batches_total)``, called as batches finish (e.g.
 #: :func:`subtomo_nb.refine.particle_progress.batch_counter`).
@@ -42,18 +45,20 @@ class ParticleSource:
     tomograms : the tomogram set (needed for 2D-stack particles), or None.
     dtype : real precision of the data (``np.float32`` or ``np.float64``).
     batch_size : particles per batch (the last batch of a half-set holds the rest).
-    transforms : the unshifted transforms kept in this process (serial E-steps and the driver's
-        own reads share it).
+    backend : name of the job's backend (:func:`~subtomo_nb.backend.get_backend`).
+    transforms : the unshifted transforms kept on this process's device (serial E-steps and the
+        driver's own reads share them: copied there once, in the first iteration).
     """
 
     particles: ParticleSet
     tomograms: TomogramSet | None
     dtype: type
     batch_size: int
+    backend: str = "numpy"
     transforms: TransformCache = field(init=False)
 
     def __post_init__(self) -> None:
-        self.transforms = TransformCache(self.particles, self.tomograms, self.dtype)
+        self.transforms = TransformCache(self.particles, self.tomograms, self.dtype, backend=self.backend)
 
     def __len__(self) -> int:
         return len(self.particles.particles)
@@ -67,9 +72,10 @@ class EStepRequest:
     ----------
     source : the particles.
     halves : per half-set, its particle rows (0-based rows of the particle table).
-    references : per half-set, the real ``(N, N, N)`` reference map (the same object for
-        half-sets that share a reference, as VDAM's pseudo half-sets: then its projector and
-        cached reference values are shared too).
+    references : per half-set, the real ``(N, N, N)`` reference map as the host sends it to the
+        workers (numpy; the same object for half-sets that share a reference, as VDAM's pseudo
+        half-sets: then it is copied to the device once and its projector and cached reference
+        values are shared too). A device array of the backend is used where it is, uncopied.
     sigma2 : per half-set, ``(N//2+1,)`` noise power per shell.
     sampling : this iteration's sampling.
     settings : radii, translation prior and significance (:class:`EStepSettings`).
@@ -81,6 +87,7 @@ class EStepRequest:
     ctf : False: CTF² replaced by 1 where the multiplicity carries data (``--ctf`` off).
     back_project : False: E-step only (the back-projectors come back empty; an executor may
         still fill them).
+    backend : name of the backend the E-step runs on (:func:`~subtomo_nb.backend.get_backend`).
     """
 
     source: ParticleSource
@@ -95,11 +102,12 @@ class EStepRequest:
     r_max: float
     ctf: bool = True
     back_project: bool = True
+    backend: str = "numpy"
 
     @property
     def box(self) -> int:
         """Box size N (pixels)."""
-        return int(np.asarray(self.references[0]).shape[0])
+        return int(self.references[0].shape[0])
 
 
 @dataclass
@@ -108,8 +116,9 @@ class HalfSetResult:
 
     Attributes
     ----------
-    backprojector : its sums (not symmetrised).
-    batches : ``(rows, BatchResult)`` per batch, in the order the executor ran them.
+    backprojector : its sums (not symmetrised), device arrays of the request's backend.
+    batches : ``(rows, BatchResult)`` per batch, in the order the executor ran them; the results
+        are host (numpy) arrays.
     """
 
     backprojector: BackProjector
@@ -133,6 +142,12 @@ def batch_rows(rows: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [rows[start:start + batch_size] for start in range(0, len(rows), batch_size)]
 
 
+def results_to_host(result: BatchResult, backend: Backend) -> BatchResult:
+    """A batch's per-particle results (and its noise sums) as host arrays (``"results"``)."""
+    return BatchResult(**{f.name: backend.to_host(getattr(result, f.name), "results")
+                          for f in dataclasses.fields(BatchResult)})
+
+
 def split_by_batches(rows: np.ndarray, results: Sequence[BatchResult]) -> list[tuple[np.ndarray, BatchResult]]:
     """Pair consecutive slices of ``rows`` with the batch results they belong to (in order)."""
     bounds = np.cumsum([0] + [len(r.pmax) for r in results])
@@ -142,8 +157,11 @@ def split_by_batches(rows: np.ndarray, results: Sequence[BatchResult]) -> list[t
 class SerialExecutor:
     """The E-step in this process: batch after batch, a running back-projector sum per half-set.
 
-    Each half-set gets a projector of its reference and an :class:`IterationCache` for the
-    iteration (shared by half-sets given the same reference object). In local searches the
+    Everything runs on the request's backend (one worker, one device): each half-set's reference
+    is copied there once per iteration (``"reference"``; once for half-sets given the same
+    reference object), its projector and an :class:`IterationCache` are built there, the batches
+    come from the source's device-resident transforms, and the back-projector sums stay there. Only
+    the per-particle results come back to the host (``"results"``). In local searches the
     particles are batched by direction, so the union of their neighbourhoods (what a batch scores
     as one matrix product) stays small.
     """
@@ -151,17 +169,19 @@ class SerialExecutor:
     def run(self, request: EStepRequest, progress: BatchProgress | None = None) -> list[HalfSetResult]:
         """See :meth:`EStepExecutor.run`."""
         src = request.source
+        be = get_backend(request.backend)
         dtype = src.dtype
         out = []
-        projectors: list[tuple[np.ndarray, Projector, IterationCache]] = []
+        projectors: list[tuple[Any, Projector, IterationCache]] = []
         for h, rows in enumerate(request.halves):
             reference = request.references[h]
             shared = next((p for p in projectors if p[0] is reference), None)
             if shared is None:
-                shared = (reference, Projector(reference.astype(dtype), pad=request.pad), IterationCache())
+                volume = be.to_device(reference, "reference", dtype=be.dtype(dtype))
+                shared = (reference, Projector(volume, pad=request.pad), IterationCache())
                 projectors.append(shared)
             _, projector, cache = shared
-            bp = BackProjector(request.box, pad=request.pad, r_max=request.r_max, dtype=dtype)
+            bp = BackProjector(request.box, pad=request.pad, r_max=request.r_max, dtype=dtype, backend=be)
             batches = batch_rows(self._order(request, rows), src.batch_size)
             results = []
             for i, idx in enumerate(batches):
@@ -171,7 +191,7 @@ class SerialExecutor:
                 res = expectation_batch(projector, ParticleBatch.of(data, ctf2, mult), request.sigma2[h],
                                         request.sampling, request.prior_angles[idx], request.settings,
                                         backprojector=bp if request.back_project else None, cache=cache)
-                results.append((idx, res))
+                results.append((idx, results_to_host(res, be)))
                 if progress is not None:
                     progress(h, i + 1, len(batches))
             out.append(HalfSetResult(bp, results))

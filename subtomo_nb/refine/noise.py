@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from subtomo_nb.fourier.grid import shell_index
-from subtomo_nb.tasks.particle_data import particle_transforms
+from subtomo_nb.io.particles import ParticleSet
+from subtomo_nb.io.tomograms import TomogramSet
+from subtomo_nb.tasks.particle_data import TransformCache, origins_px
 
 __all__ = ["N_SIGMA2_PARTICLES", "initial_sigma2"]
 
@@ -13,22 +17,49 @@ __all__ = ["N_SIGMA2_PARTICLES", "initial_sigma2"]
 N_SIGMA2_PARTICLES = 10
 
 
-def initial_sigma2(pset, rows: np.ndarray, box: int, tomograms, dtype) -> np.ndarray:
+def initial_sigma2(pset: ParticleSet, rows: np.ndarray, box: int, tomograms: TomogramSet | None, dtype: Any, *,
+                   transforms: TransformCache | None = None) -> np.ndarray:
     """RELION's initial noise estimate: per-shell power of the particles minus that of their mean, /2.
 
     For pseudo-subtomograms the power is normalised by the multiplicity, as the E-step's
-    ``2 σ² M`` noise model (relion-conventions.md §5.3).
+    ``2 σ² M`` noise model (relion-conventions.md §5.3). The particles are centred by the origins
+    of their table.
+
+    Parameters
+    ----------
+    pset, rows, tomograms, dtype
+        The particle set, the rows of the half-set (the first :data:`N_SIGMA2_PARTICLES` are used),
+        its tomogram set and the real precision of the data.
+    box
+        Box size (pixels).
+    transforms
+        The job's device-resident transforms: the particles are read through them (and so copied
+        to the device once, where the E-step finds them) and the sums run on its backend; None:
+        read here into host memory.
+
+    Returns
+    -------
+    (box//2+1,) noise power per shell (host).
     """
-    use = rows[:N_SIGMA2_PARTICLES]
-    data, ctf2, mult = particle_transforms(pset, use, tomograms=tomograms, dtype=dtype)
-    mult = np.ones(ctf2.shape) if mult is None else mult
-    mean = data.mean(axis=0, keepdims=True)
-    resid = np.abs(data - mean) ** 2 * (len(use) / max(len(use) - 1, 1))
-    sh = np.broadcast_to(shell_index(box), data.shape)
+    use = np.asarray(rows)[:N_SIGMA2_PARTICLES]
+    if transforms is None:
+        transforms = TransformCache(pset, tomograms, dtype, max_bytes=0)
+    be = transforms.backend
+    xp = be.xp
+    data, ctf2, mult = transforms.shifted(use, origins_px(pset, use))
+    ok = (mult > 0.01) if mult is not None else None
+    mean = xp.mean(data, axis=0, keepdims=True)
+    resid = xp.abs(data - mean) ** 2 * (len(use) / max(len(use) - 1, 1))
     nsh = box // 2 + 1
-    ok = mult > 0.01
-    num = np.bincount(sh[ok], weights=resid[ok], minlength=nsh)[:nsh]
-    den = 2.0 * np.bincount(sh[ok], weights=mult[ok], minlength=nsh)[:nsh]
+    sh = be.to_device(np.ascontiguousarray(np.broadcast_to(shell_index(box), data.shape)).ravel(), "metadata")
+    # zeros outside the data add nothing to the sums (as leaving them out)
+    if ok is None:
+        num = be.bincount(sh, xp.reshape(resid, (-1,)), nsh)
+        den = 2.0 * be.bincount(sh, xp.ones(int(sh.shape[0]), dtype=xp.float64, device=be.device), nsh)
+    else:
+        num = be.bincount(sh, xp.reshape(xp.where(ok, resid, 0.0), (-1,)), nsh)
+        den = 2.0 * be.bincount(sh, xp.reshape(xp.where(ok, mult, 0.0), (-1,)), nsh)
+    num, den = be.to_host(num, "results"), be.to_host(den, "results")
     s2 = np.where(den > 0, num / np.maximum(den, 1e-30), 0.0)
     # shells without data take their neighbour's value (RELION replaces non-positive values)
     for i in range(1, nsh):

@@ -154,20 +154,25 @@ def sampling_blocks(job: "AutoRefine") -> dict:
 
 
 def write_iteration(job: "AutoRefine", *, final: bool, initial: bool = False, final_map=None, unfil=None) -> dict:
-    """Write one iteration's files (``initial``: iteration 0; ``final``: the converged outputs)."""
+    """Write one iteration's files (``initial``: iteration 0; ``final``: the converged outputs).
+
+    The maps (``final_map``, ``unfil`` and the half-set references: device arrays of the job's
+    backend) come to the host here, once each (``"map"``).
+    """
     it = 0 if initial else job.state.iteration
     names = _names(job.root, None if final else it)
     pix = job.pix
+    be = job.backend
     if final:
-        write_map(names["map"], np.asarray(final_map, np.float32), pix)
+        write_map(names["map"], np.asarray(be.to_host(final_map, "map"), np.float32), pix)
         for h, vol in zip((1, 2), unfil):
-            write_map(names[f"half{h}_unfil"], np.asarray(vol, np.float32), pix)
+            write_map(names[f"half{h}_unfil"], np.asarray(be.to_host(vol, "map"), np.float32), pix)
         write_star(names["model"], model_blocks(job, 0, _rel(job, names["map"])))
         write_angdist_bild(names["bild"], job, np.arange(len(job.pset.particles)))
         names["half1_model"] = names["half2_model"] = names["model"]
     else:
         for h in (1, 2):
-            write_map(names[f"half{h}_map"], np.asarray(job.halves[h - 1].reference, np.float32), pix)
+            write_map(names[f"half{h}_map"], np.asarray(job.halves[h - 1].host_reference(be), np.float32), pix)
             write_star(names[f"half{h}_model"], model_blocks(job, h, _rel(job, names[f"half{h}_map"])))
             write_angdist_bild(names[f"half{h}_bild"], job, job.halves[h - 1].rows)
     write_particles(names["data"], data_particle_set(job), require_tomo=False)

@@ -7,7 +7,8 @@ changes, and the runs part. So beside each iteration's RELION files we write
 ``run_itNNN_state.npz`` with everything the next iteration reads, at full precision: the options,
 the optimiser state (:class:`~subtomo_nb.refine.autorefine.RefineState`, its
 :class:`~subtomo_nb.refine.sampling.Sampling`), both half-sets' references, sigma2, tau2 and
-SSNR, the poses, the per-particle statistics and the random generator's state.
+SSNR, the poses, the per-particle statistics and the random generator's state. The saved state
+holds host arrays; the references go back to the job's device on loading.
 
 ``--continue run_itNNN_optimiser.star`` reads the ``_state.npz`` of the same stem; the RELION
 files stay the ones other programs read.
@@ -69,7 +70,8 @@ def save_state(job: "AutoRefine", path: str | os.PathLike) -> Path:
     }
     for i, h in enumerate(job.halves, start=1):
         for name in _HALF_ARRAYS:
-            value = getattr(h, name)
+            # the reference lives on the job's device: its host copy (the map just written)
+            value = h.host_reference(job.backend) if name == "reference" else getattr(h, name)
             if value is not None:
                 arrays[f"half{i}:{name}"] = np.asarray(value)
     path = Path(path)
@@ -113,5 +115,9 @@ def load_state(job: "AutoRefine", optimiser_star: str | os.PathLike) -> None:
     for i, h in enumerate(job.halves, start=1):
         for name in _HALF_ARRAYS:
             key = f"half{i}:{name}"
-            setattr(h, name, data[key].copy() if key in data else None)
+            value = data[key].copy() if key in data else None
+            if name == "reference":
+                h.set_reference(job.backend.to_device(value, "map"), host=value)
+            else:
+                setattr(h, name, value)
     job.rng.bit_generator.state = meta["rng"]

@@ -10,10 +10,14 @@ tomogram set (see :func:`subtomo_nb.tasks.extract.stack2d_pseudo_subtomo`).
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from subtomo_nb.backend import Backend, get_backend
 
 from subtomo_nb.fourier.fft import rfft3, shift_half
 from subtomo_nb.io.errors import InputError
@@ -159,12 +163,37 @@ def particle_transforms(
 TRANSFORM_CACHE_BYTES = 2 * 1024 ** 3
 
 
+def shift_origins(data: Any, origins_px: Any, backend: Backend) -> Any:
+    """Half transforms ``(B, N, N, N//2+1)`` shifted by ``+origins_px`` ``(B, 3)`` (x, y, z; pixels), on the device.
+
+    The phase factor ``exp(-2 pi i k.t / N)`` of :func:`~subtomo_nb.fourier.fft.shift_half`, written
+    with the array API on ``backend``'s arrays (``data`` and ``origins_px`` both of the backend), with
+    the same operations in the same order, so the numpy backend gives shift_half's numbers bit for bit.
+    """
+    xp = backend.xp
+    n = int(data.shape[-2])
+    cdt = data.dtype
+    rdt = xp.float32 if cdt == xp.complex64 else xp.float64
+    t = xp.astype(origins_px, rdt)
+    k = xp.astype(xp.fft.fftfreq(n, d=1.0 / n, device=backend.device), rdt)
+    kx = xp.arange(int(data.shape[-1]), dtype=rdt, device=backend.device)
+    shape = (int(t.shape[0]), 1, 1, 1)
+    tx, ty, tz = (xp.reshape(t[:, i], shape) for i in range(3))
+    arg = kx[None, None, :] * tx + k[None, :, None] * ty + k[:, None, None] * tz
+    # numpy's weak Python complex times a real array: the real array as complex, one complex product
+    factor = xp.asarray(-2j * math.pi / n, dtype=cdt, device=backend.device)
+    phase = xp.exp(factor * xp.astype(arg, cdt))
+    return data * phase
+
+
 class TransformCache:
-    """Unshifted half transforms, CTF² and multiplicities of particles, kept in memory while they fit.
+    """Unshifted half transforms, CTF² and multiplicities of particles, kept on the device while they fit.
 
     A serial job (auto-refine, the initial model) scores every particle each iteration; it reads
-    and transforms each one once, as the dask workers keep theirs. Particles beyond ``max_bytes``
-    are read again whenever they are needed.
+    and transforms each one once and copies it to ``backend``'s device once (counted as
+    ``"particles"``), as the dask workers keep theirs. Particles beyond ``max_bytes`` are read (and
+    copied) again whenever they are needed. The current origins are applied on the device
+    (:meth:`shifted`): they are metadata, the particle data never go back to the host.
 
     Parameters
     ----------
@@ -173,38 +202,56 @@ class TransformCache:
     dtype
         Real precision of the arrays (complex of the same precision for the data).
     max_bytes
-        Most memory kept (bytes).
+        Most device memory kept (bytes).
+    backend
+        The job's backend (name or :class:`~subtomo_nb.backend.Backend`); numpy: host arrays, as before.
     """
 
     def __init__(self, pset: ParticleSet, tomograms: TomogramSet | None, dtype: type,
-                 max_bytes: int = TRANSFORM_CACHE_BYTES) -> None:
+                 max_bytes: int = TRANSFORM_CACHE_BYTES, backend: str | Backend = "numpy") -> None:
         self.pset, self.tomograms, self.dtype, self.max_bytes = pset, tomograms, dtype, int(max_bytes)
-        self._entries: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
+        self.backend = get_backend(backend) if isinstance(backend, str) else backend
+        self._entries: dict[int, tuple[Any, Any, Any | None]] = {}
         self.nbytes = 0
 
-    def raw(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Unshifted ``(data, ctf2, multiplicity)`` of ``rows`` (as ``particle_transforms(apply_origins=False)``)."""
-        missing = [int(r) for r in rows if int(r) not in self._entries]
-        fresh: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = {}
+    def raw(self, rows: np.ndarray) -> tuple[Any, Any, Any | None]:
+        """Unshifted ``(data, ctf2, multiplicity)`` of ``rows`` (as ``particle_transforms(apply_origins=False)``),
+        device arrays of the backend."""
+        be = self.backend
+        xp = be.xp
+        missing = list(dict.fromkeys(int(r) for r in rows if int(r) not in self._entries))
+        fresh: dict[int, tuple[Any, Any, Any | None]] = {}
         if missing:
             data, ctf2, mult = particle_transforms(self.pset, np.asarray(missing), tomograms=self.tomograms,
                                                    apply_origins=False, dtype=self.dtype)
+            data, ctf2 = be.to_device(data, "particles"), be.to_device(ctf2, "particles")
+            mult = None if mult is None else be.to_device(mult, "particles")
             for i, r in enumerate(missing):
-                entry = (data[i], ctf2[i], None if mult is None else mult[i])
+                entry = (data[i, ...], ctf2[i, ...], None if mult is None else mult[i, ...])
                 fresh[r] = entry
-                size = sum(a.nbytes for a in entry if a is not None)
+                size = sum(_nbytes(a) for a in entry if a is not None)
                 if self.nbytes + size <= self.max_bytes:
                     self._entries[r] = entry
                     self.nbytes += size
         entries = [self._entries.get(int(r)) or fresh[int(r)] for r in rows]
-        data = np.stack([e[0] for e in entries])
-        ctf2 = np.stack([e[1] for e in entries])
-        mult = None if any(e[2] is None for e in entries) else np.stack([e[2] for e in entries])
+        data = xp.stack([e[0] for e in entries])
+        ctf2 = xp.stack([e[1] for e in entries])
+        mult = None if any(e[2] is None for e in entries) else xp.stack([e[2] for e in entries])
         return data, ctf2, mult
 
-    def shifted(self, rows: np.ndarray, origins_px: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def shifted(self, rows: np.ndarray, origins_px: np.ndarray) -> tuple[Any, Any, Any | None]:
         """``(data, ctf2, multiplicity)`` of ``rows`` with the data shifted by ``+origins_px`` ``(B, 3)``
-        (the values ``particle_transforms(..., origins=origins_px)`` returns)."""
+        (the values ``particle_transforms(..., origins=origins_px)`` returns), device arrays.
+
+        ``origins_px`` (pixels, host metadata) is copied to the device (``"metadata"``); the shift
+        runs there (:func:`shift_origins`).
+        """
+        be = self.backend
         data, ctf2, mult = self.raw(rows)
-        data = shift_half(data, np.asarray(origins_px, dtype=np.float64)).astype(data.dtype)
-        return data, ctf2, mult
+        origins = be.to_device(np.asarray(origins_px, dtype=np.float64), "metadata")
+        return shift_origins(data, origins, be), ctf2, mult
+
+
+def _nbytes(a: Any) -> int:
+    """Bytes of an array of any backend."""
+    return int(math.prod(a.shape)) * np.dtype(str(a.dtype).rsplit(".", 1)[-1]).itemsize

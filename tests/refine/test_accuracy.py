@@ -80,3 +80,27 @@ def test_vectorised_estimate_equals_direct_search(tiny_project, tiny_extract_3d)
 
 
 
+
+
+def test_estimate_on_strict_device_from_the_cached_transforms_equals_numpy(tiny_project, tiny_extract_3d):
+    """On the strict device, from the job's device-resident transforms: numpy's accuracies, no particle re-read."""
+    from subtomo_nb.backend import get_backend
+    from subtomo_nb.tasks.particle_data import TransformCache
+
+    pset, tomos = load_particle_set(tiny_extract_3d)
+    ref, _ = read_map(tiny_project["map"])
+    box, pix = ref.shape[0], 10.8
+    rows = np.arange(len(pset.particles))
+    angles = np.random.default_rng(3).uniform([-180, 0, -180], [180, 180, 180], size=(len(rows), 3))
+    sigma2 = np.full(box // 2 + 1, SIGMA2)
+    be = get_backend("strict")
+    want = _estimate_accuracy(Projector(np.asarray(ref, dtype=np.float32), pad=2), pset, rows, angles, sigma2, box,
+                              pix, 20, tomos, np.random.default_rng(7), np.float32)
+    cache = TransformCache(pset, tomos, np.float32, backend="strict")
+    cache.raw(rows[:10])                      # the job read them in its first E-step
+    be.transfers.reset()
+    proj = Projector(be.to_device(np.asarray(ref, dtype=np.float32)), pad=2)
+    got = _estimate_accuracy(proj, cache, rows, angles, sigma2, box, pix, 20, tomos, np.random.default_rng(7),
+                             np.float32)
+    assert got == want and 1.0 < want[0] < 30.0
+    assert be.transfers.copies("h2d", "particles") == 0

@@ -155,3 +155,64 @@ def test_killing_a_worker_mid_iteration_changes_nothing(serial_run, tiny_project
     a, _ = read_map(out_serial / "run_class001.mrc")
     b, _ = read_map(tmp_path / "run_class001.mrc")
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * float(np.abs(a).max()))
+
+
+# ------------------------------------------------------------------ the iteration on the strict device
+@pytest.fixture(scope="module")
+def strict_run(tiny_project, tiny_extract_3d, tmp_path_factory):
+    """The serial run's job on the strict backend, with the transfer counter read after each iteration."""
+    from subtomo_nb.backend import get_backend
+
+    pytest.importorskip("array_api_strict")
+    be = get_backend("strict")
+    out = tmp_path_factory.mktemp("refine_strict")
+    snapshots: list[dict] = []
+
+    def progress(event: dict) -> None:
+        if event["kind"] == "iteration":
+            snapshots.append({"iteration": event["iteration"], **be.transfers.snapshot()})
+
+    be.transfers.reset()
+    job = AutoRefine.from_options(_options(tiny_project, tiny_extract_3d, out, backend="strict"), progress=progress)
+    job.run()
+    job.test_snapshots = snapshots
+    job.test_transfers = be.transfers.snapshot()
+    return out, job
+
+
+def test_strict_run_copies_particles_once_and_each_reference_once_per_iteration(strict_run):
+    """The transfer counter: particle data go to the device in iteration 1 only (each particle once) and
+    never come back; each half-set's reference goes out once per iteration (serial: one worker)."""
+    _, job = strict_run
+    snaps, end = job.test_snapshots, job.test_transfers
+    assert [s["iteration"] for s in snaps] == [1, 2]
+
+    def h2d(snap: dict, kind: str) -> tuple[int, int]:
+        return tuple(snap["h2d"].get(kind, (0, 0)))
+
+    particles_after_1 = h2d(snaps[0], "particles")
+    assert particles_after_1[0] > 0
+    assert h2d(end, "particles") == particles_after_1          # no particle copy after iteration 1
+    assert particles_after_1[1] == job.source.transforms.nbytes  # every particle copied exactly once
+    assert len(job.source.transforms._entries) == len(job.poses.angles)
+    assert "particles" not in end["d2h"]                        # particle data never come back
+    n_halves = len(job.halves)
+    for k, snap in enumerate(snaps, start=1):
+        assert h2d(snap, "reference")[0] == n_halves * k, snap   # one upload per half-set per iteration
+    assert h2d(end, "reference")[0] == n_halves * len(snaps)
+    # the half-set sums never cross (the M-step runs where they are)
+    assert "sums" not in end["h2d"] and "sums" not in end["d2h"]
+
+
+def test_strict_run_equals_numpy_run(strict_run, serial_run):
+    """Same poses and final map on the strict device as on numpy (1e-4 relative)."""
+    from subtomo_nb.io.mrc import read_map
+
+    (out_np, job_np), (out_st, job_st) = serial_run, strict_run
+    np.testing.assert_allclose(job_st.poses.angles, job_np.poses.angles, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(job_st.poses.offsets_A, job_np.poses.offsets_A, rtol=1e-4, atol=1e-4)
+    for name in ("run_class001.mrc", "run_half1_class001_unfil.mrc", "run_half2_class001_unfil.mrc"):
+        a, _ = read_map(out_np / name)
+        b, _ = read_map(out_st / name)
+        assert np.abs(b - a).max() <= 1e-4 * np.abs(a).max(), name
+    np.testing.assert_allclose(job_st.state.fsc, job_np.state.fsc, rtol=1e-4, atol=1e-6)

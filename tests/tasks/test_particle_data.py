@@ -27,3 +27,48 @@ def test_transform_cache_equals_reading_and_keeps_within_its_budget(tiny_extract
                 assert a.dtype == b.dtype
                 np.testing.assert_array_equal(a, b)
     assert 0 < cache.nbytes <= 2 * per_particle
+
+
+def test_shift_origins_is_shift_half_on_every_backend() -> None:
+    """The device shift gives shift_half's numbers bit for bit (numpy and strict)."""
+    from subtomo_nb.backend import get_backend
+    from subtomo_nb.fourier.fft import shift_half
+    from subtomo_nb.tasks.particle_data import shift_origins
+
+    rng = np.random.default_rng(1)
+    for cdt in (np.complex64, np.complex128):
+        F = (rng.standard_normal((3, 8, 8, 5)) + 1j * rng.standard_normal((3, 8, 8, 5))).astype(cdt)
+        t = rng.uniform(-3, 3, (3, 3))
+        want = shift_half(F, t).astype(cdt)
+        np.testing.assert_array_equal(shift_origins(F, t, get_backend("numpy")), want)
+        be = get_backend("strict")
+        got = be.to_host(shift_origins(be.to_device(F), be.to_device(t), be))
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+
+
+def test_transform_cache_strict_copies_each_particle_once(tiny_extract_3d: Path) -> None:
+    """On the strict device: the numpy cache's values, each particle copied once, origins shifted there."""
+    from subtomo_nb.backend import get_backend
+
+    pset, tomograms = load_particle_set(tiny_extract_3d)
+    be = get_backend("strict")
+    rows = np.array([3, 0, 5, 3, 1])
+    origins = np.random.default_rng(0).uniform(-2, 2, (len(rows), 3))
+    host = TransformCache(pset, tomograms, np.float32)
+    cache = TransformCache(pset, tomograms, np.float32, backend="strict")
+    be.transfers.reset()
+    for _ in range(2):
+        got = cache.shifted(rows, origins)
+        want = host.shifted(rows, origins)
+        for a, b in zip(got, want):
+            if b is None:
+                assert a is None
+            else:
+                assert be.owns(a)
+                np.testing.assert_array_equal(be.to_host(a), b)
+    uploads = be.transfers.copies("h2d", "particles")
+    assert 0 < uploads <= 3   # data, CTF², multiplicity of the four distinct rows: in one read
+    assert be.transfers.nbytes("h2d", "particles") == cache.nbytes == host.nbytes
+    cache.shifted(rows[::-1], origins)
+    assert be.transfers.copies("h2d", "particles") == uploads
