@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from subtomo_nb.fourier.grid import freq_grid, round_half_away
+from subtomo_nb.backend import Backend, backend_of
 from subtomo_nb.fourier.projector import Projector
 from subtomo_nb.fourier.reconstruct import wiener_reconstruct
 
@@ -50,24 +51,27 @@ __all__ = [
 class GradientMoments:
     """VDAM's running moments of one class (RELION's ``Igrad1`` of both halves and ``Igrad2``).
 
+    Arrays of the job's backend (they stay on the device between mini-batches).
+
     Attributes
     ----------
     m1 : list of two complex arrays, or None before the first update.
     m2 : real array (initialised to ones).
     """
 
-    m1: list[np.ndarray] | None
-    m2: np.ndarray
+    m1: list[Any] | None
+    m2: Any
 
     @classmethod
-    def zeros(cls, shape: tuple[int, ...]) -> GradientMoments:
-        """Fresh moments for padded half arrays of ``shape``."""
-        return cls(m1=None, m2=np.ones(shape, dtype=np.float64))
+    def zeros(cls, shape: tuple[int, ...], backend: Backend | None = None) -> GradientMoments:
+        """Fresh moments for padded half arrays of ``shape`` on ``backend`` (default numpy)."""
+        be = backend if backend is not None else backend_of(None)
+        return cls(m1=None, m2=be.xp.ones(shape, dtype=be.xp.float64, device=be.device))
 
 
 @dataclass
 class GradientStep:
-    """Result of :func:`vdam_update`.
+    """Result of :func:`vdam_update` (arrays of the transform's backend).
 
     Attributes
     ----------
@@ -77,59 +81,78 @@ class GradientStep:
     signal : (N//2+1,) -- mean ``|P|`` per shell (before the update).
     """
 
-    transform: np.ndarray
-    fsc_estimate: np.ndarray
-    noise: np.ndarray
-    signal: np.ndarray
+    transform: Any
+    fsc_estimate: Any
+    noise: Any
+    signal: Any
 
 
-def _grid(m: int, pad: float, r_max: float) -> tuple[np.ndarray, np.ndarray]:
-    """(inside ``|k_pad|² < round(r_max pad)²``, shell ``round(|k_pad| / pad)``) on the padded half grid."""
-    kx, ky, kz = freq_grid(m, 3)
-    r2 = np.broadcast_to(kx * kx + ky * ky + kz * kz, (m, m, m // 2 + 1))
+def _grid(be: Backend, m: int, pad: float, r_max: float) -> tuple[Any, Any]:
+    """(inside ``|k_pad|² < round(r_max pad)²``, shell ``round(|k_pad| / pad)``) on the padded half grid.
+
+    Built on the device from integer ranges (no table crosses): ``k = 0..m//2`` along x and the
+    wrapped ``fftfreq(m) m`` along y and z.
+    """
+    xp = be.xp
+    i = xp.arange(m, dtype=xp.int64, device=be.device)
+    k = xp.where(i <= (m - 1) // 2, i, i - m)
+    kx = xp.arange(m // 2 + 1, dtype=xp.int64, device=be.device)
+    r2 = (kx * kx)[None, None, :] + (k * k)[None, :, None] + (k * k)[:, None, None]
     max_r2 = math.floor(r_max * pad + 0.5) ** 2                # RELION's ROUND
-    ires = round_half_away(np.sqrt(r2.astype(np.float64)) / pad).astype(np.int64)
+    # round(|k_pad| / pad), half away from zero (the argument is >= 0)
+    ires = xp.astype(xp.floor(xp.sqrt(xp.astype(r2, xp.float64)) / pad + 0.5), xp.int64)
     return r2 < max_r2, ires
 
 
-def _shell_mean(values: np.ndarray, ires: np.ndarray, inside: np.ndarray, n_shells: int) -> np.ndarray:
-    ok = inside & (ires < n_shells)
-    total = np.bincount(ires[ok], weights=values[ok], minlength=n_shells)[:n_shells]
-    count = np.bincount(ires[ok], minlength=n_shells)[:n_shells]
-    return np.where(count > 0, total / np.maximum(count, 1), 0.0)
+def _shell_mean(be: Backend, values: Any, ires: Any, inside: Any, n_shells: int) -> Any:
+    """Mean of real ``values`` per shell over ``inside`` (0 where a shell is empty), ``(n_shells,)`` float64."""
+    xp = be.xp
+    ok = xp.reshape(inside & (ires < n_shells), (-1,))
+    idx = xp.where(ok, xp.reshape(ires, (-1,)), 0)
+    vals = xp.where(ok, xp.reshape(xp.astype(values, xp.float64), (-1,)), 0.0)
+    total = be.bincount(idx, vals, n_shells)
+    count = be.bincount(idx, xp.astype(ok, xp.float64), n_shells)
+    return xp.where(count > 0, total / xp.clip(count, min=1.0), 0.0)
 
 
-def reference_transform(volume: np.ndarray, pad: float, r_max: float) -> np.ndarray:
+def reference_transform(volume: Any, pad: float, r_max: float) -> Any:
     """``P``: the map's padded transform to radius ``r_max``, without gridding pre-correction.
 
     As RELION's ``reconstructGrad`` computes it (``computeFourierTransformMap`` with no gridding
-    correction), on the E-step projector's scale.
+    correction), on the E-step projector's scale. ``volume`` is a real ``(N, N, N)`` map of any
+    backend; ``P`` is on the same backend.
     """
-    return Projector(np.asarray(volume, dtype=np.float64), pad=pad, r_max=r_max, skip_gridding=True).data
+    xp = backend_of(volume).xp
+    return Projector(xp.astype(volume, xp.float64), pad=pad, r_max=r_max, skip_gridding=True).data
 
 
-def gradient(data: np.ndarray, weight: np.ndarray, transform: np.ndarray, pad: float, r_max: float) -> np.ndarray:
+def gradient(data: Any, weight: Any, transform: Any, pad: float, r_max: float) -> Any:
     """``g = (D - W P) / max(1, W)`` inside the current radius, 0 outside (``reweightGrad``).
 
     Parameters
     ----------
     data, weight
         A pseudo half-set's back-projected sums ``D = Σ w X / σ²`` and ``W = Σ w CTF² / σ²``
-        (padded half arrays, already symmetrised).
+        (padded half arrays, already symmetrised; arrays of one backend).
     transform
         ``P`` of the reference the E-step used (:func:`reference_transform`).
     pad, r_max
         Padding factor and current radius (Fourier pixels of the unpadded box).
     """
-    inside, _ = _grid(weight.shape[0], pad, r_max)
-    g = (data.astype(np.complex128) - weight * transform) / np.maximum(1.0, weight)
-    return np.where(inside, g, 0)
+    be = backend_of(data, weight, transform)
+    xp = be.xp
+    inside, _ = _grid(be, int(weight.shape[0]), pad, r_max)
+    g = (xp.astype(data, xp.complex128) - weight * transform) / xp.clip(weight, min=1.0)
+    return xp.where(inside, g, 0.0)
 
 
-def vdam_update(transform: np.ndarray, grads: tuple[np.ndarray, np.ndarray], moments: GradientMoments, *,
+def vdam_update(transform: Any, grads: tuple[Any, Any], moments: GradientMoments, *,
                 pad: float, r_max: float, box: int, tau2_fudge: float, step: float, mu: float = 0.9,
                 mu2: float = 0.999, fsc_model: np.ndarray | None = None) -> GradientStep:
     """One VDAM update of a class's reference transform (moments updated in place).
+
+    Everything runs on the transform's backend; the per-shell curves of the result stay there
+    too (the caller copies what it keeps with ``to_host``).
 
     Parameters
     ----------
@@ -138,7 +161,7 @@ def vdam_update(transform: np.ndarray, grads: tuple[np.ndarray, np.ndarray], mom
     grads
         ``(g_A, g_B)`` of the two pseudo half-sets (:func:`gradient`).
     moments
-        The class's moments; updated in place.
+        The class's moments (same backend); updated in place.
     pad, r_max, box
         Padding factor, current radius (Fourier pixels), unpadded box (pixels).
     tau2_fudge
@@ -148,59 +171,71 @@ def vdam_update(transform: np.ndarray, grads: tuple[np.ndarray, np.ndarray], mom
     mu, mu2
         Decay of the first (``--mu``) and second moments.
     fsc_model
-        RELION's model FSC per shell (zero for the non-MPI initial model).
+        RELION's model FSC per shell (host array; zero for the non-MPI initial model).
     """
-    inside, ires = _grid(transform.shape[0], pad, r_max)
+    be = backend_of(transform, *grads)
+    xp = be.xp
+    inside, ires = _grid(be, int(transform.shape[0]), pad, r_max)
     n_shells = box // 2 + 1
-    gA, gB = (np.asarray(g, dtype=np.complex128) for g in grads)
+    gA, gB = (xp.astype(g, xp.complex128) for g in grads)
     if moments.m1 is None:
-        moments.m1 = [np.where(inside, gA, 0), np.where(inside, gB, 0)]
+        moments.m1 = [xp.where(inside, gA, 0.0), xp.where(inside, gB, 0.0)]
     else:
         for h, g in enumerate((gA, gB)):
-            moments.m1[h] = np.where(inside, mu * moments.m1[h] + (1.0 - mu) * g, moments.m1[h])
+            moments.m1[h] = xp.where(inside, mu * moments.m1[h] + (1.0 - mu) * g, moments.m1[h])
     diff = gB - gA
     mean = 0.5 * (gA + gB)
-    ratio = (diff.real ** 2 + diff.imag ** 2) / (mean.real ** 2 + mean.imag ** 2 + 1e-12)
-    moments.m2 = np.where(inside, mu2 * moments.m2 + (1.0 - mu2) * ratio, moments.m2)
+    ratio = (xp.real(diff) ** 2 + xp.imag(diff) ** 2) / (xp.real(mean) ** 2 + xp.imag(mean) ** 2 + 1e-12)
+    moments.m2 = xp.where(inside, mu2 * moments.m2 + (1.0 - mu2) * ratio, moments.m2)
     mA, mB = moments.m1
-    direction = np.where(inside, 0.5 * (mA + mB) / (np.sqrt(moments.m2) + 1e-12), 0)
-    noise = _shell_mean(np.abs(mA - mB), ires, inside, n_shells)
-    signal = _shell_mean(np.abs(transform), ires, inside, n_shells)
-    snr = np.where(noise > 0, 2.0 * tau2_fudge * signal / np.where(noise > 0, noise, 1.0), 0.0)
+    direction = xp.where(inside, 0.5 * (mA + mB) / (xp.sqrt(moments.m2) + 1e-12), 0.0)
+    noise = _shell_mean(be, xp.abs(mA - mB), ires, inside, n_shells)
+    signal = _shell_mean(be, xp.abs(transform), ires, inside, n_shells)
+    snr = xp.where(noise > 0, 2.0 * tau2_fudge * signal / xp.where(noise > 0, noise, 1.0), 0.0)
     f = snr / (1.0 + snr)
-    floor = np.zeros(n_shells) if fsc_model is None else np.asarray(fsc_model, dtype=np.float64)[:n_shells]
-    f = np.minimum(np.maximum(f, floor), 1.0)
-    fk = f[np.minimum(ires, n_shells - 1)]
-    new = np.where(inside, transform + step * (fk * direction - (1.0 - fk) * transform), 0)
-    return GradientStep(transform=new.astype(transform.dtype if np.iscomplexobj(transform) else np.complex128),
-                        fsc_estimate=f, noise=noise, signal=signal)
+    if fsc_model is None:
+        floor = xp.zeros(n_shells, dtype=xp.float64, device=be.device)
+    else:
+        floor = be.to_device(np.asarray(fsc_model, dtype=np.float64)[:n_shells], "metadata")
+    f = xp.minimum(xp.maximum(f, floor), 1.0)
+    shell = xp.reshape(xp.minimum(ires, n_shells - 1), (-1,))
+    fk = xp.reshape(xp.take(f, shell, axis=0), ires.shape)
+    new = xp.where(inside, transform + step * (fk * direction - (1.0 - fk) * transform), 0.0)
+    cdtype = transform.dtype if xp.isdtype(transform.dtype, "complex floating") else xp.complex128
+    return GradientStep(transform=xp.astype(new, cdtype), fsc_estimate=f, noise=noise, signal=signal)
 
 
-def map_from_transform(transform: np.ndarray, box: int, pad: float, r_max: float) -> np.ndarray:
+def map_from_transform(transform: Any, box: int, pad: float, r_max: float) -> Any:
     """Real-space map of ``P``: inverse FFT on the padded grid, windowed to ``box``, ÷pad³, edge-masked.
 
     The box-edge soft mask (radius ``N/2``, 3 px) is applied and no gridding correction, as
-    RELION's ``reconstructGrad``.
+    RELION's ``reconstructGrad``. The map (float64) is on the transform's backend.
     """
-    ones = np.ones(transform.shape[:-1] + (transform.shape[-1],), dtype=np.float64)
-    return wiener_reconstruct(transform, ones, box, pad, int(r_max), data_dim=3, tau2=None, skip_gridding=True,
-                              edge_mask=True, do_gridding_correction=False).astype(np.float64)
+    be = backend_of(transform)
+    xp = be.xp
+    ones = xp.ones(tuple(transform.shape), dtype=xp.float64, device=be.device)
+    vol = wiener_reconstruct(transform, ones, box, pad, int(r_max), data_dim=3, tau2=None, skip_gridding=True,
+                             edge_mask=True, do_gridding_correction=False)
+    return xp.astype(vol, xp.float64)
 
 
-def vdam_ssnr(weight: np.ndarray, tau2: np.ndarray, *, pad: float, r_max: float, box: int, tau2_fudge: float,
-              avg_ctf2: float = 1.0) -> np.ndarray:
+def vdam_ssnr(weight: Any, tau2: Any, *, pad: float, r_max: float, box: int, tau2_fudge: float,
+              avg_ctf2: float = 1.0) -> Any:
     """Per-shell SSNR of a non-gold-standard run: ``mean_shell(W pad³) T τ²`` × average CTF².
 
     RELION's ``updateSSNRarrays`` without FSC (τ² = power spectrum of the current reference);
     for CTF-premultiplied data (every tomography data set) it is multiplied by the average CTF²
-    per unit multiplicity (``setAverageCTF2``).
+    per unit multiplicity (``setAverageCTF2``). ``weight`` and ``tau2`` are arrays of one backend
+    (``tau2`` may be a host array on numpy); the SSNR ``(N//2+1,)`` is on that backend.
     """
-    inside, ires = _grid(weight.shape[0], pad, r_max)
+    be = backend_of(weight, tau2)
+    xp = be.xp
+    inside, ires = _grid(be, int(weight.shape[0]), pad, r_max)
     n_shells = box // 2 + 1
-    mean_w = _shell_mean(np.asarray(weight, dtype=np.float64) * pad ** 3, ires, inside, n_shells)
-    t2 = np.zeros(n_shells)
-    tin = np.asarray(tau2, dtype=np.float64)[:n_shells]
-    t2[: len(tin)] = tin
+    mean_w = _shell_mean(be, xp.astype(weight, xp.float64) * pad ** 3, ires, inside, n_shells)
+    t2 = xp.zeros(n_shells, dtype=xp.float64, device=be.device)
+    tin = xp.reshape(xp.astype(be.to_device(tau2, "metadata"), xp.float64), (-1,))[:n_shells]
+    t2[: tin.shape[0]] = tin
     return mean_w * tau2_fudge * t2 * avg_ctf2
 
 

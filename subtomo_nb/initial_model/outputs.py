@@ -165,11 +165,15 @@ def tomograms_file(job: InitialModel) -> Path | None:
 
 
 def write_iteration(job: InitialModel) -> dict[str, Path]:
-    """Write the current iteration's maps, data, model and optimiser files; returns their paths."""
+    """Write the current iteration's maps, data, model and optimiser files; returns their paths.
+
+    The class maps are copied from the job's backend (``"map"``); everything else is on the host.
+    """
     it = job.state.iteration
     names = iteration_names(job.root, it, len(job.classes_model))
     for k, c in enumerate(job.classes_model):
-        write_map(names[f"class{k + 1}"], np.asarray(c.reference, np.float32), job.pix)
+        # the class maps live on the job's backend: they come to the host only to be written
+        write_map(names[f"class{k + 1}"], job.backend.to_host(c.reference, "map").astype(np.float32), job.pix)
     write_particles(names["data"], data_particle_set(job), require_tomo=False)
     write_star(names["model"], model_blocks(job, names))
     write_star(names["optimiser"], {"optimiser_general": optimiser_block(job, names)})

@@ -25,6 +25,11 @@ particles alone:
    then ``initial_model.mrc`` (``relion_align_symmetry --select_largest_class --apply_sym``
    with the target group when run in C1, else a copy) and ``run_optimisation_set.star``.
 
+Backend: the class references, their moments and the back-projected sums are arrays of the
+job's backend (``opts.backend``: numpy, cupy or the strict test device) and stay there between
+mini-batches; the M-step runs there. Only per-shell curves and scalars (the FSC estimate, τ²,
+SSNR, the average CTF²), per-particle results and the maps written to disk come to the host.
+
 With K > 1 classes each particle of the mini-batch is scored against every class and
 back-projected into the most likely one (hard assignment weighted by the class shares; RELION
 uses the soft class posteriors, which the shared E-step cannot yet weight per particle).
@@ -37,6 +42,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -131,9 +137,9 @@ class VdamState(PoseState):
 
 @dataclass
 class ClassModel:
-    """One class: its map, moments and per-shell statistics."""
+    """One class: its map and moments (arrays of the job's backend) and per-shell statistics (host)."""
 
-    reference: np.ndarray
+    reference: Any
     moments: GradientMoments | None = None
     pdf: float = 1.0
     ssnr: np.ndarray | None = None
@@ -175,7 +181,8 @@ class InitialModel(PoseDriver):
         if self.radius_px + MASK_EDGE_PX > self.box / 2 + 1e-6 and opts.particle_diameter > 0:
             self.progress({"kind": "message", "message": f"mask diameter {opts.particle_diameter:g} Å "
                            f"reaches beyond the box ({self.box * self.pix:.0f} Å)"})
-        self.mask = soft_sphere(self.box, self.radius_px, MASK_EDGE_PX)
+        # the solvent mask goes to the device once per job
+        self.mask = self.backend.to_device(soft_sphere(self.box, self.radius_px, MASK_EDGE_PX), "metadata")
         ini_shell = max(math.floor(0.07 * self.box + 0.5), 1)
         self.ini_high = self.box * self.pix / ini_shell
         sampling = Sampling(healpix_order=opts.healpix_order, offset_range_A=opts.offset_range_px * self.pix,
@@ -201,9 +208,16 @@ class InitialModel(PoseDriver):
         o = self.opts
         return o.max_significant if o.max_significant > 0 else MAX_SIGNIFICANT_PER_CLASS * o.nr_classes
 
-    def _transforms(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Transforms of ``rows`` shifted by their current offsets, CTF² (ones without --ctf), multiplicities."""
+    def _transforms(self, rows: np.ndarray) -> tuple[Any, Any, Any | None]:
+        """Transforms of ``rows`` shifted by their current offsets, CTF² (ones without --ctf), multiplicities.
+
+        Arrays of the job's backend (the transform cache's device copies; host arrays it gives
+        are copied as ``"particles"``).
+        """
+        be = self.backend
         data, ctf2, mult = self.source.transforms.shifted(rows, self.poses.offsets_A[rows] / self.pix)
+        data, ctf2 = be.to_device(data, "particles"), be.to_device(ctf2, "particles")
+        mult = None if mult is None else be.to_device(mult, "particles")
         if not self.opts.ctf:
             ctf2 = without_ctf(ctf2, mult)
         return data, ctf2, mult
@@ -213,32 +227,51 @@ class InitialModel(PoseDriver):
         """Noise spectrum from the first particles (as auto-refine) and their average CTF² per multiplicity."""
         from subtomo_nb.refine.noise import N_SIGMA2_PARTICLES, initial_sigma2
 
+        be = self.backend
+        xp = be.xp
         rows = np.arange(self.n)
-        self.sigma2 = initial_sigma2(self.pset, rows, self.box, self.tomograms, self.dtype)
+        # through the job's device-resident transforms: read and copied once, where the E-step finds them
+        self.sigma2 = be.to_host(initial_sigma2(self.pset, rows, self.box, self.tomograms, self.dtype,
+                                                transforms=self.source.transforms), "results")
         _, ctf2, mult = self._transforms(rows[:N_SIGMA2_PARTICLES])
         if mult is None:
-            mult = np.ones_like(ctf2)
+            mult = xp.ones_like(ctf2)
         ok = mult > MULTIPLICITY_THRESHOLD
-        self.avg_ctf2 = float(ctf2[ok].sum() / max(mult[ok].sum(), 1e-30)) if ok.any() else 1.0
+        if not bool(xp.any(ok)):
+            self.avg_ctf2 = 1.0
+            return
+        # sums in the data's precision, divided in it (as numpy's float32 scalars did)
+        total_ctf2, total_mult = xp.sum(ctf2[ok]), xp.sum(mult[ok])
+        self.avg_ctf2 = float(total_ctf2 / total_mult if float(total_mult) > 1e-30 else total_ctf2 / 1e-30)
 
-    def _initial_references(self) -> list[np.ndarray]:
-        """Maps of the first ``max(5 K, 10 n_optics)`` particles at random orientations (§8.6)."""
+    def _initial_references(self) -> list[Any]:
+        """Maps of the first ``max(5 K, 10 n_optics)`` particles at random orientations (§8.6).
+
+        Back-projected and reconstructed on the job's backend; the maps stay there.
+        """
         from subtomo_nb.initial_model.align_symmetry import random_orientations
 
         o = self.opts
+        be = self.backend
+        xp = be.xp
         K = o.nr_classes
         n_ini = min(max(5 * K, 10 * len(self.pset.optics)), self.n)
         rows = np.arange(n_ini)
         angles = random_orientations(n_ini, np.random.default_rng(o.random_seed))
         data, ctf2, mult = self._transforms(rows)
         if mult is not None:
-            ctf2 = np.where(mult > MULTIPLICITY_THRESHOLD, ctf2, 0).astype(ctf2.dtype)
+            ctf2 = xp.astype(xp.where(mult > MULTIPLICITY_THRESHOLD, ctf2, 0.0), ctf2.dtype)
         refs = []
         for k in range(K):
-            sel = rows % K == k
-            bp = BackProjector(self.box, pad=o.pad, dtype=np.float64)
-            bp.insert3d(euler_to_matrix(*angles[sel].T), data[sel], ctf2[sel])
-            vol = np.asarray(bp.reconstruct(), dtype=np.float64)
+            sel = np.flatnonzero(rows % K == k)
+            bp = BackProjector(self.box, pad=o.pad, dtype=np.float64, backend=be)
+            A = be.to_device(euler_to_matrix(*angles[sel].T), "metadata")
+            if len(sel) == n_ini:
+                bp.insert3d(A, data, ctf2)
+            else:
+                idx = be.to_device(sel, "metadata")
+                bp.insert3d(A, xp.take(data, idx, axis=0), xp.take(ctf2, idx, axis=0))
+            vol = xp.astype(bp.reconstruct(), xp.float64)
             refs.append(low_pass(vol, self.ini_high, self.pix))
         return refs
 
@@ -277,18 +310,20 @@ class InitialModel(PoseDriver):
     def _estimate_accuracy(self) -> None:
         from subtomo_nb.refine.accuracy import estimate_accuracy
 
+        xp = self.backend.xp
         best = int(np.argmax([c.pdf for c in self.classes_model]))
-        proj = Projector(self.classes_model[best].reference.astype(self.dtype), pad=self.opts.pad)
+        proj = Projector(xp.astype(self.classes_model[best].reference, self.backend.dtype(self.dtype)), pad=self.opts.pad)
         rng = np.random.default_rng(self.opts.random_seed + 7919 * self.state.iteration)
+        # the job's device-resident transforms: no particle is read or copied again
         self.state.acc_rot, self.state.acc_trans_A = estimate_accuracy(
-            proj, self.pset, np.arange(self.n), self.poses.angles, self.sigma2, self.box, self.pix,
+            proj, self.source.transforms, np.arange(self.n), self.poses.angles, self.sigma2, self.box, self.pix,
             self.state.current_size, self.tomograms, rng, self.dtype)
 
     # ------------------------------------------------------------------ E-step
     def _r_max(self) -> int:
         return self.state.current_size // 2
 
-    def _estep(self, reference: np.ndarray, halves: list[np.ndarray], back_project: bool = True
+    def _estep(self, reference: Any, halves: list[np.ndarray], back_project: bool = True
                ) -> list[HalfSetResult]:
         """E-step of one class's reference on two pseudo half-sets (one reference: shared projector and cache)."""
         settings = self.estep_settings(self.state.current_size / 2, max_significant=self.max_significant)
@@ -315,14 +350,22 @@ class InitialModel(PoseDriver):
         for k, cm in enumerate(self.classes_model):
             for half in self._estep(cm.reference, halves, back_project=False):
                 for idx, res in half.batches:
-                    score[idx, k] = res.log_likelihood + math.log(max(cm.pdf, 1e-30))
+                    ll = self.backend.to_host(res.log_likelihood, "results")
+                    score[idx, k] = ll + math.log(max(cm.pdf, 1e-30))
         best = np.argmax(score[rows], axis=1)
         self.classes[rows] = best + 1
         return [[h[self.classes[h] == k + 1] for h in halves] for k in range(K)]
 
     def iterate(self) -> dict:
-        """Run the next mini-batch iteration; returns its progress event."""
+        """Run the next mini-batch iteration; returns its progress event.
+
+        The M-step runs on the job's backend: the back-projected sums, the reference transform,
+        the gradients, the moments and the new map stay there; the FSC estimate, τ² and SSNR
+        curves come to the host (``"results"``).
+        """
         s, o = self.state, self.opts
+        be = self.backend
+        xp = be.xp
         s.iteration += 1
         t0 = time.perf_counter()
         s.step = step_size(s.iteration, self.budget, o.grad_stepsize, o.grad_stepsize_inflate)
@@ -359,15 +402,16 @@ class InitialModel(PoseDriver):
             P = reference_transform(cm.reference, o.pad, r_max)
             grads = tuple(gradient(bp.data, bp.weight, P, o.pad, r_max) for bp in bps)
             if cm.moments is None:
-                cm.moments = GradientMoments.zeros(P.shape)
+                cm.moments = GradientMoments.zeros(tuple(P.shape), be)
             K = len(self.classes_model)
             class_step = s.step * (1.0 - math.exp(-(3 * K + 10) * cm.pdf))
             upd = vdam_update(P, grads, cm.moments, pad=o.pad, r_max=r_max, box=self.box, tau2_fudge=s.tau2_fudge,
                               step=class_step, mu=o.mu)
-            cm.fsc_estimate = upd.fsc_estimate
-            cm.tau2 = Projector(cm.reference, pad=o.pad, r_max=r_max).power_spectrum
-            cm.ssnr = vdam_ssnr(bps[0].weight + bps[1].weight, cm.tau2, pad=o.pad, r_max=r_max, box=self.box,
-                                tau2_fudge=s.tau2_fudge, avg_ctf2=self.avg_ctf2)
+            cm.fsc_estimate = be.to_host(upd.fsc_estimate, "results")
+            tau2 = Projector(cm.reference, pad=o.pad, r_max=r_max).power_spectrum
+            ssnr = vdam_ssnr(bps[0].weight + bps[1].weight, tau2, pad=o.pad, r_max=r_max, box=self.box,
+                             tau2_fudge=s.tau2_fudge, avg_ctf2=self.avg_ctf2)
+            cm.tau2, cm.ssnr = be.to_host(tau2, "results"), be.to_host(ssnr, "results")
             vol = map_from_transform(upd.transform, self.box, o.pad, r_max)
             if o.flatten_solvent:
                 vol = vol * self.mask
@@ -375,7 +419,7 @@ class InitialModel(PoseDriver):
             t_m += time.perf_counter() - tm
         t_e = time.perf_counter() - t_e - t_m
         for cm, vol in zip(self.classes_model, new_refs):
-            cm.reference = np.asarray(vol, dtype=np.float64)
+            cm.reference = xp.astype(vol, xp.float64)
         self._update_model(rows, num, den, mu, before)
         s.history.append(event := self._event(time.perf_counter() - t0, t_e, t_m))
         self.progress(event)
