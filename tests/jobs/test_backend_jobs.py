@@ -78,3 +78,18 @@ def test_initial_model_on_the_strict_backend_equals_numpy(project, monkeypatch):
     for name in ("run_it010_class001.mrc", "initial_model.mrc"):
         a, b = read_map(out["strict"] / name)[0], read_map(out["numpy"] / name)[0]
         assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max(), name
+
+
+def test_reconstruct_on_the_strict_backend_equals_numpy(project, monkeypatch):
+    """subtomo reconstruct with SUBTOMO_BACKEND=strict: run.out names it; the merged map equals numpy's to 1e-4."""
+    monkeypatch.chdir(project)
+    maps = {}
+    for backend in ("numpy", "strict"):
+        monkeypatch.setenv("SUBTOMO_BACKEND", backend)
+        out = Path("Reconstruct") / f"job_{backend}" / "merged.mrc"
+        assert main(["reconstruct", "--i", "Extract/job_3d/particles.star", "--o", str(out), "--sym", "C6",
+                     "--ctf"]) == 0
+        maps[backend] = read_map(project / out)[0]
+        assert f" ++++ backend: {'numpy (CPU)' if backend == 'numpy' else 'strict (array-api-strict, device1)'}" \
+            in (project / out.parent / "run.out").read_text()
+    assert np.abs(maps["strict"] - maps["numpy"]).max() <= 1e-4 * np.abs(maps["numpy"]).max()
