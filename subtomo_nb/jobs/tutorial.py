@@ -95,6 +95,10 @@ def run_tutorial(project_dir: str | os.PathLike = "tutorial", *, seed: int = 0, 
     from subtomo_nb.simulate import simulate_project, simulate_tiny_project
 
     project = Path(project_dir)
+    if gpu is not None and refine:
+        from .devices import job_devices
+
+        job_devices(gpu=gpu)        # refuse a --gpu this machine cannot give before simulating
     kwargs: dict = {"seed": seed}
     if snr != "default":
         kwargs["snr"] = snr
