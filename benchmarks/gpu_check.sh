@@ -66,13 +66,13 @@ EOF
 gpu_line=$("$PY" -c "import cupy; n = cupy.cuda.runtime.getDeviceCount(); p = cupy.cuda.runtime.getDeviceProperties(0); \
 print(f'{n} CUDA device(s), {p[\"name\"].decode()}, cupy {cupy.__version__}')" 2>&1 | tail -1)
 say "GPU: $gpu_line"
-CORE=$(missing numpy scipy pandas mrcfile starfile healpy numba array_api_compat subtomo_nb)
-DASK=$(missing dask distributed dask_cuda)
+CORE=$(missing numpy scipy pandas mrcfile starfile healpy numba array_api_compat subtomo_nb cupy)
+DASK=$(missing dask distributed)     # dask-cuda too for more than GPU 0 (GPU_IDS): the job says so
 
 # ---- 1. pytest -m gpu ---------------------------------------------------------------------------
 t=$(date +%s)
-if [ -n "$CORE" ] || [ -n "$(missing cupy pytest)" ]; then
-    say "pytest -m gpu: skipped, missing: $CORE $(missing cupy pytest)"
+if [ -n "$CORE" ] || [ -n "$(missing pytest)" ]; then
+    say "pytest -m gpu: skipped, missing: $CORE $(missing pytest)"
 else
     out=$(timeout $(( $(left) < 150 ? $(left) : 150 )) "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/gpu 2>&1 | tail -1)
     say "pytest -m gpu: $out ($(elapsed "$t") s)"
@@ -83,8 +83,12 @@ t=$(date +%s)
 if [ -n "$CORE" ]; then
     say "estep benchmark: skipped, missing: $CORE"
 else
-    timeout $(( $(left) < 90 ? $(left) : 90 )) "$PY" benchmarks/estep_gpu.py --backend cupy 2>&1 \
-        | tail -3 | sed 's/^/gpu_check: /'
+    if timeout $(( $(left) < 90 ? $(left) : 90 )) "$PY" benchmarks/estep_gpu.py --backend cupy \
+            >/tmp/gpu_check_estep.log 2>&1; then
+        tail -3 /tmp/gpu_check_estep.log | sed 's/^/gpu_check: /'
+    else
+        say "estep benchmark: failed: $(tail -1 /tmp/gpu_check_estep.log) (log: /tmp/gpu_check_estep.log)"
+    fi
     say "estep benchmark: $(elapsed "$t") s"
 fi
 
@@ -92,7 +96,7 @@ fi
 if [ -n "$CORE" ]; then
     say "tutorial: skipped, missing: $CORE"
 elif [ -n "$DASK" ]; then
-    say "tutorial: skipped, missing: $DASK (the jobs need dask and distributed; dask-cuda for more than GPU 0)"
+    say "tutorial: skipped, missing: $DASK (the jobs need dask and distributed)"
 else
     t=$(date +%s)
     T=$(mktemp -d /tmp/gpu_check_tutorial.XXXX)
