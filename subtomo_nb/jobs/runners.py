@@ -69,12 +69,14 @@ def local_client(values: Mapping[str, Any], progress: ProgressCallback | None = 
     n = int(values.get("nr_threads", 1) or 1)
     devices = job_devices(values)
     if devices.uses_gpus:
+        if progress is not None and n > 1:
+            progress(Progress(message=f"--j {n} not used with --gpu: one dask worker per GPU"
+                                      + (" (one GPU: the job runs in this process, on it)" if devices.gpus == (0,)
+                                         else "")))
         if devices.gpus == (0,):
             return None
         from subtomo_nb.parallel import get_client
 
-        if progress is not None and n > 1:
-            progress(Progress(message=f"--j {n} not used with --gpu: one dask worker per GPU"))
         return get_client(gpu=list(devices.gpus), dashboard_address=None)
     if n <= 1:
         return None
