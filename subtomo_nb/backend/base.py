@@ -351,7 +351,19 @@ class CupyBackend(Backend):
     def scatter_add(self, target: Any, index: Any, values: Any) -> Any:
         import cupyx  # noqa: PLC0415
 
-        cupyx.scatter_add(target, index, values)
+        cp = self._cupy
+        values = cp.asarray(values)
+        if target.dtype.kind == "c":
+            # cupyx.scatter_add takes real types only: the real and imaginary parts (views) one by one
+            cupyx.scatter_add(target.real, index, cp.real(values).astype(target.real.dtype, copy=False))
+            cupyx.scatter_add(target.imag, index, cp.imag(values).astype(target.real.dtype, copy=False))
+        elif target.dtype in (cp.int64, cp.int8, cp.int16, cp.uint8, cp.uint16, cp.bool_):
+            # no atomic add of these types: sums in float64 (exact below 2**53), then added
+            sums = cp.zeros(target.shape, dtype=cp.float64)
+            cupyx.scatter_add(sums, index, values.astype(cp.float64))
+            target += sums.astype(target.dtype)
+        else:
+            cupyx.scatter_add(target, index, values.astype(target.dtype, copy=False))
         return target
 
     def bincount(self, index: Any, weights: Any, minlength: int) -> Any:
