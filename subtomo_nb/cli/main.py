@@ -202,8 +202,12 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
     from subtomo_nb.jobs.runners import job_client
 
     options = {**options_from("reconstruct", values, o.parent, _HERE), "out_map": o}   # --o names the map
-    with job_client(values, None, ProgressPrinter()) as client:
-        result = reconstruct_particles(**options, client=client)
+    own = _local_client(values) if values.get("use_gpu") else None   # --j: threads here; --gpu: one worker per GPU
+    try:
+        with job_client(values, own, ProgressPrinter()) as client:
+            result = reconstruct_particles(**options, client=client)
+    finally:
+        _close(own)
     print(f"merged map: {result.merged_path}")
     if result.fsc is not None:
         print(f"half maps: {result.half_paths[0]} {result.half_paths[1]}")
@@ -227,13 +231,10 @@ def _run_star_handler(args: argparse.Namespace) -> int:
 
 
 def _local_client(values: dict) -> object | None:
-    """A local dask cluster of ``--j`` workers (None for ``--j 1``: the job runs in this process)."""
-    n = int(values.get("nr_threads", 1) or 1)
-    if n <= 1 or values.get("scheduler_file") or values.get("scheduler_address"):
-        return None   # serial, or the job attaches to the cluster it is given (jobs.runners)
-    from subtomo_nb.parallel import get_client
+    """The job's own local dask cluster (``--j N`` workers, or one per ``--gpu`` GPU), or None (this process)."""
+    from subtomo_nb.jobs.runners import local_client
 
-    return get_client(n_workers=n, dashboard_address=None)
+    return local_client(values)
 
 
 def _close(client: object | None) -> None:
@@ -334,6 +335,9 @@ def _add_tutorial(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--initial_model", action="store_true",
                    help="Make the auto-refine reference with the 3D initial reference job (VDAM) first, "
                         "instead of using the ground-truth map (default: off)")
+    p.add_argument("--gpu", nargs="?", const="", default=None, metavar="IDS",
+                   help="Run the initial model and the auto-refine on GPUs, as relion_refine's --gpu: no value "
+                        "uses every visible GPU, '0,1' names them (default: off)")
     p.set_defaults(func=_run_tutorial)
 
 
@@ -344,7 +348,7 @@ def _run_tutorial(args: argparse.Namespace) -> int:
 
     _check_directory(args.o, args)
     result = run_tutorial(args.o, seed=args.seed, tiny=args.tiny, n_workers=args.j, refine=not args.skip_refine,
-                          initial_model=args.initial_model, progress=ProgressPrinter())
+                          initial_model=args.initial_model, gpu=args.gpu, progress=ProgressPrinter())
     print("\nsummary")
     for line in summary_lines(result):
         print(f"  {line}")

@@ -10,10 +10,11 @@ conjugated, at the mirrored voxel ``(0, -y, -z)``, so the arrays are always Herm
 (this is what RELION's ``enforceHermitianSymmetry`` does in ``symmetrise``; here it is done at
 insertion, as in RELION's tomography forward insertion).
 
-Scatter is one ``bincount`` per accumulated quantity over all rotations, points and corners --
-no Python loops over orientations, particles or voxels -- or, where the backend has it, the
-compiled kernel :func:`~subtomo_nb.fourier._kernels.scatter_rotated` (numpy; the strict test
-device runs it on its arrays' buffers).
+Scatter is the compiled kernel :func:`~subtomo_nb.fourier._kernels.scatter_rotated` where the
+backend has it (numpy), else array expressions (cupy, the strict test device, ``kernels=False``):
+rotations and points in chunks of :data:`SCATTER_CHUNK_POINTS`, one ``be.scatter_add`` per
+trilinear corner and accumulated part straight into the sums -- no Python loops over
+orientations, particles or voxels, and no temporaries that grow with the call.
 
 Backends: a back-projector holds its sums on one backend (``backend=``: numpy, cupy or the strict
 test device); :meth:`BackProjector.insert` takes arrays of that backend (host numpy on the numpy
@@ -38,9 +39,79 @@ from subtomo_nb.fourier.reconstruct import (
     wiener_reconstruct,
 )
 
-__all__ = ["BackProjector", "trilinear_scatter_half"]
+__all__ = ["SCATTER_CHUNK_POINTS", "BackProjector", "trilinear_scatter_half"]
 
-_CORNERS = [[dx, dy, dz] for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)]
+#: Points (rotation × frequency pairs) one chunk of the array-path scatter handles: bounds its
+#: temporaries (positions, one corner's coefficients, indices and products: about 300 bytes a
+#: point, ~80 MB) whatever the number of rotations and points of the call.
+SCATTER_CHUNK_POINTS = 1 << 18
+
+
+def _scatter_points(be: Backend, n: int, pos: Any, factor: Any, parts: Sequence[Any], targets: Sequence[Any],
+                    conj: Sequence[bool], mirror_x0: bool) -> None:
+    """Trilinear scatter of real ``parts`` at ``pos`` into the flat real ``targets``, in place.
+
+    The arithmetic of :func:`~subtomo_nb.fourier._kernels.scatter_rotated`: float64 positions and
+    coefficients ``cx cy cz factor``, float64 products ``c v``; each product is cast to its target's
+    dtype and added with ``be.scatter_add`` (one call per corner and part).
+
+    Parameters
+    ----------
+    be
+        Backend of all arrays.
+    n
+        Padded grid size (y, z); x has ``n//2 + 1`` elements; targets are ``(n * n * (n//2+1),)``.
+    pos
+        ``(P, 3)`` float64 positions (x, y, z), grid units; ``x < 0`` is mirrored to ``-pos``.
+    factor
+        ``(P,)`` float64 insertion factors (the mask), or None.
+    parts
+        ``(P,)`` real arrays (any real dtype), or None for ones.
+    targets
+        Flat real accumulators, one per part.
+    conj
+        Per part: True for an imaginary part, negated for mirrored points and on the mirrored
+        ``x = 0`` copy.
+    mirror_x0
+        Also add contributions on the ``x = 0`` plane, conjugated, at ``(0, -y, -z)``.
+    """
+    xp = be.xp
+    neg = pos[:, 0] < 0
+    p = xp.where(xp.expand_dims(neg, axis=1), -pos, pos)
+    f0 = xp.floor(p)
+    frac = p - f0
+    base = xp.astype(f0, xp.int64)
+    parts = [v if v is None or not cj else xp.where(neg, -v, v) for v, cj in zip(parts, conj)]
+    nh = n // 2 + 1
+    lo, hi = -(n // 2), n - n // 2  # allowed y, z in [lo, hi)
+    for dz in (0, 1):
+        gz = base[:, 2] + dz
+        okz = (gz >= lo) & (gz < hi)
+        cz = frac[:, 2] if dz else 1.0 - frac[:, 2]
+        for dy in (0, 1):
+            gy = base[:, 1] + dy
+            oky = okz & (gy >= lo) & (gy < hi)
+            cy = frac[:, 1] if dy else 1.0 - frac[:, 1]
+            row = ((gz % n) * n + (gy % n)) * nh
+            for dx in (0, 1):  # x >= 0 after mirroring: gx == 0 only for dx == 0
+                gx = base[:, 0] + dx
+                ok = oky & (gx < nh)
+                c = (frac[:, 0] if dx else 1.0 - frac[:, 0]) * cy * cz
+                if factor is not None:
+                    c = c * factor
+                c = xp.where(ok, c, 0.0)
+                idx = xp.where(ok, row + gx, 0)
+                for v, t in zip(parts, targets):
+                    be.scatter_add(t, idx, xp.astype(c if v is None else c * v, t.dtype))
+                if mirror_x0 and dx == 0:
+                    sel = xp.nonzero(ok & (gx == 0) & (c != 0))[0]
+                    if int(sel.shape[0]) == 0:
+                        continue
+                    midx = xp.take((((-gz) % n) * n + ((-gy) % n)) * nh, sel)
+                    cs = xp.take(c, sel)
+                    for v, t, cj in zip(parts, targets, conj):
+                        pv = cs if v is None else cs * xp.take(v, sel)
+                        be.scatter_add(t, midx, xp.astype(-pv if cj else pv, t.dtype))
 
 
 def trilinear_scatter_half(n: int, pos: Any, values: Any, reals: Sequence[Any] = (),
@@ -69,68 +140,49 @@ def trilinear_scatter_half(n: int, pos: Any, values: Any, reals: Sequence[Any] =
     ``(data, [real accumulations])``: complex128 ``(n, n, n//2+1)`` (or None) and float64 arrays,
     on the backend of ``pos`` (all inputs must be arrays of one backend).
     Corners outside ``0 <= x <= n//2``, ``-n/2 <= y, z < n/2`` are dropped (as RELION).
+    The points are scattered in chunks of :data:`SCATTER_CHUNK_POINTS` (float64 arithmetic, as
+    the compiled kernel), so the temporaries do not grow with the number of points.
     """
     be = backend_of(pos, values)
     xp = be.xp
     shp = tuple(pos.shape[:-1])
-    p = xp.reshape(pos, (-1, 3))
-    neg = p[:, 0] < 0
-    p = xp.where(xp.expand_dims(neg, axis=1), -p, p)
-    f0 = xp.floor(p)
-    frac = p - f0
-    base = xp.astype(f0, xp.int64)
-    # the 8 trilinear coefficients, built from the per-axis factors (no (P, 8, 3) temporaries)
-    fx, fy, fz = frac[:, 0], frac[:, 1], frac[:, 2]
-    wx = (1 - fx, fx)
-    wy = (1 - fy, fy)
-    wz = (1 - fz, fz)
-    w = xp.stack([wx[c[0]] * wy[c[1]] * wz[c[2]] for c in _CORNERS], axis=1)  # (P, 8)
-    if mask is not None:
-        mk = xp.astype(xp.reshape(xp.broadcast_to(mask, shp), (-1,)), w.dtype)
-        w = w * xp.expand_dims(mk, axis=1)
-    corners = xp.asarray(_CORNERS, dtype=xp.int64, device=be.device)  # (8, 3)
-    gx = base[:, 0:1] + xp.reshape(corners[:, 0], (1, -1))
-    gy = base[:, 1:2] + xp.reshape(corners[:, 1], (1, -1))
-    gz = base[:, 2:3] + xp.reshape(corners[:, 2], (1, -1))
+    p = xp.astype(xp.reshape(pos, (-1, 3)), xp.float64)
+    npts = int(p.shape[0])
+
+    def flat(a: Any) -> Any:
+        return xp.reshape(xp.broadcast_to(a, shp), (-1,))
+
+    mk = None if mask is None else xp.astype(flat(mask), xp.float64)
+    v = None if values is None else flat(values)
+    rs = [flat(r) for r in reals]
     nh = n // 2 + 1
-    lo, hi = -(n // 2), n - n // 2  # allowed y, z in [lo, hi)
-    ok = (gx < nh) & (gy >= lo) & (gy < hi) & (gz >= lo) & (gz < hi)
-    w = xp.where(ok, w, 0)
-    gx = xp.where(ok, gx, 0)
-    gyw, gzw = gy % n, gz % n
-    idx = ((gzw * n) + gyw) * nh + gx
     size = n * n * nh
-    flat_idx = xp.reshape(idx, (-1,))
-    if mirror_x0:
-        sel = xp.nonzero(xp.reshape(ok & (gx == 0) & (w != 0), (-1,)))[0]
-        midx = xp.take(xp.reshape((((-gz) % n) * n + ((-gy) % n)) * nh, (-1,)), sel)
-        all_idx = xp.concat([flat_idx, midx])
-    else:
-        sel = None
-        all_idx = flat_idx
-
-    def scatter(wv: Any, conj_mirror: bool) -> Any:
-        """(P, 8) weighted values, flat, plus their mirrored x = 0 copies."""
-        flat = xp.reshape(wv, (-1,))
-        if sel is not None:
-            extra = xp.take(flat, sel)
-            flat = xp.concat([flat, xp.conj(extra) if conj_mirror else extra])
-        return flat
-
-    data = None
-    if values is not None:
-        v = xp.reshape(xp.broadcast_to(values, shp), (-1,))
-        v = xp.where(neg, xp.conj(v), v)
-        wv = scatter(w * xp.expand_dims(v, axis=1), True)
-        re = be.bincount(all_idx, xp.astype(xp.real(wv), xp.float64), size)
-        im = be.bincount(all_idx, xp.astype(xp.imag(wv), xp.float64), size)
-        data = xp.reshape(re + 1j * im, (n, n, nh))
-    outs = []
-    for r in reals:
-        rv = xp.reshape(xp.broadcast_to(r, shp), (-1,))
-        wr = xp.astype(scatter(w * xp.expand_dims(rv, axis=1), False), xp.float64)
-        outs.append(xp.reshape(be.bincount(all_idx, wr, size), (n, n, nh)))
-    return data, outs
+    targets = [xp.zeros((size,), dtype=xp.float64, device=be.device)
+               for _ in range(len(rs) + (0 if v is None else 2))]
+    for s0 in range(0, npts, SCATTER_CHUNK_POINTS):
+        s = slice(s0, min(npts, s0 + SCATTER_CHUNK_POINTS))
+        pc, fc = p[s, :], None
+        parts, conj = [], []
+        if v is not None:
+            parts += [xp.real(v[s]), xp.imag(v[s])] if xp.isdtype(v.dtype, "complex floating") else [v[s], None]
+            conj += [False, True]
+        parts += [r[s] for r in rs]
+        conj += [False] * len(rs)
+        if mk is not None:
+            sel = xp.nonzero(mk[s] != 0)[0]
+            if int(sel.shape[0]) == 0:
+                continue
+            pc, fc = xp.take(pc, sel, axis=0), xp.take(mk[s], sel)
+            parts = [q if q is None else xp.take(q, sel) for q in parts]
+        if v is not None and parts[1] is None:  # real values: no imaginary part to scatter
+            _scatter_points(be, n, pc, fc, parts[:1] + parts[2:], targets[:1] + targets[2:],
+                            conj[:1] + conj[2:], mirror_x0)
+        else:
+            _scatter_points(be, n, pc, fc, parts, targets, conj, mirror_x0)
+    grids = [xp.reshape(t, (n, n, nh)) for t in targets]
+    if v is None:
+        return None, grids
+    return grids[0] + 1j * grids[1], grids[2:]
 
 
 class BackProjector:
@@ -157,9 +209,8 @@ class BackProjector:
     xp
         Array module of the accumulators (older spelling of ``backend``; wins when given).
     kernels
-        Use the backend's compiled scatter kernel where it has one (numpy; strict runs it on its
-        arrays' buffers); False: the array expressions (:func:`trilinear_scatter_half`), the path
-        cupy runs.
+        Use the backend's compiled scatter kernel where it has one (numpy); False: the array
+        expressions, the path cupy and the strict test device run.
 
     Attributes
     ----------
@@ -186,9 +237,28 @@ class BackProjector:
         self.data_dim = int(data_dim)
         self.rdtype = as_dtype(be, dtype)
         self.cdtype = xp.complex64 if self.rdtype == xp.float32 else xp.complex128
+        self._pending: tuple[Any, Any] | None = None
         self.data = xp.zeros((m, m, m // 2 + 1), dtype=self.cdtype, device=be.device)
         self.weight = xp.zeros((m, m, m // 2 + 1), dtype=self.rdtype, device=be.device)
         self._scatter = be.kernel("scatter_rotated") if kernels else None
+
+    @property
+    def data(self) -> Any:
+        """Complex padded half array ``(M, M, M//2+1)``: the array-path inserts' pending real and
+        imaginary sums are added to it first (once, on the first read after them)."""
+        if self._pending is not None:
+            xp = self.xp
+            re, im = self._pending
+            self._pending = None
+            shape = tuple(self._data.shape)
+            # complex64 + 1j * float32 stays complex64 (Python scalars are weak)
+            self._data += xp.reshape(re, shape) + 1j * xp.reshape(im, shape)
+        return self._data
+
+    @data.setter
+    def data(self, value: Any) -> None:
+        self._data = value
+        self._pending = None
 
     def _input(self, a: Any, dtype: Any, what: str) -> Any:
         """``a`` as an array of the backend (``dtype`` None: its own dtype); host numpy input is
@@ -237,9 +307,8 @@ class BackProjector:
             pts = xp.expand_dims(pts, axis=0)
         shared = pts.ndim == values.ndim  # points (..., 3) shared by all rotations
         shp = (nrot,) + tuple(values.shape[1:])
-        if weights is None:
-            w = xp.ones(shp, dtype=xp.float64, device=be.device)
-        else:
+        w = None  # ones
+        if weights is not None:
             w = self._input(weights, None, "weights")
             if single and w.ndim == values.ndim:
                 w = xp.expand_dims(w, axis=0)
@@ -258,23 +327,76 @@ class BackProjector:
                 keep = xp.ones((1, K), dtype=xp.float64, device=be.device)
             else:
                 keep = xp.reshape(xp.broadcast_to(mk, shp), (nrot, -1))
+            if w is None:
+                w = xp.ones(shp, dtype=xp.float64, device=be.device)
             d, wt = self._scatter(self.padded, A, flat_pts, xp.reshape(xp.broadcast_to(values, shp), (nrot, -1)),
                                   xp.reshape(xp.broadcast_to(w, shp), (nrot, -1)), keep, self.pad, self.r_max)
+            self.data += xp.astype(d, self.cdtype)
+            self.weight += xp.astype(wt, self.rdtype)
         else:
-            if shared:
-                flat = xp.reshape(pts, (-1, 3))
-                ref = xp.reshape(xp.matmul(xp.expand_dims(flat, axis=0), A), shp + (3,))  # pts @ A_r = A_r.T k
-                kk = xp.expand_dims(xp.sum(pts * pts, axis=-1), axis=0)
-            else:
-                ref = xp.reshape(xp.matmul(xp.reshape(pts, (nrot, -1, 3)), A), shp + (3,))
-                kk = xp.sum(pts * pts, axis=-1)
-            keep = xp.astype(xp.broadcast_to(kk <= self.r_max ** 2, shp), xp.float64)
-            if mk is not None:
-                keep = keep * xp.broadcast_to(mk, shp)
-            d, (wt,) = trilinear_scatter_half(self.padded, ref * self.pad, xp.broadcast_to(values, shp),
-                                              [xp.broadcast_to(w, shp)], mask=keep)
-        self.data += xp.astype(d, self.cdtype)
-        self.weight += xp.astype(wt, self.rdtype)
+            self._insert_arrays(A, values, w, pts, mk, shared, shp)
+
+    def _insert_arrays(self, A: Any, values: Any, weights: Any, pts: Any, mk: Any, shared: bool,
+                       shp: tuple[int, ...]) -> None:
+        """The array path of :meth:`insert` (cupy, strict, ``kernels=False``): rotations and points
+        in chunks of :data:`SCATTER_CHUNK_POINTS`, scattered with ``be.scatter_add`` straight into
+        the weight and into pending real and imaginary sums of the data (cupy has no documented
+        complex atomic add), added to :attr:`data` when it is next read. Same float64 arithmetic
+        per point as the compiled kernel; the sums accumulate in the back-projector's precision."""
+        be = self.backend
+        xp = self.xp
+        nrot = shp[0]
+        K = 1
+        for s in shp[1:]:
+            K *= int(s)
+        m = self.padded
+        size = m * m * (m // 2 + 1)
+        if self._pending is None:
+            self._pending = (xp.zeros((size,), dtype=self.rdtype, device=be.device),
+                             xp.zeros((size,), dtype=self.rdtype, device=be.device))
+        wshape = tuple(self.weight.shape)
+        wflat = xp.reshape(self.weight, (-1,))
+        targets = [self._pending[0], self._pending[1], wflat]
+        vals = xp.reshape(xp.broadcast_to(values, shp), (nrot, K))
+        cplx = xp.isdtype(vals.dtype, "complex floating")
+        wts = None if weights is None else xp.reshape(xp.broadcast_to(weights, shp), (nrot, K))
+        fac = None if mk is None else xp.reshape(xp.broadcast_to(mk, shp), (nrot, K))
+        pts = xp.reshape(pts, (K, 3)) if shared else xp.reshape(pts, (nrot, K, 3))
+        r2max = self.r_max ** 2
+        rows = max(1, SCATTER_CHUNK_POINTS // K)
+        kstep = min(K, SCATTER_CHUNK_POINTS)
+        for r0 in range(0, nrot, rows):
+            r1 = min(nrot, r0 + rows)
+            Ab = A[r0:r1, ...]
+            for k0 in range(0, K, kstep):
+                k1 = min(K, k0 + kstep)
+                if shared:
+                    pb = pts[k0:k1, :]
+                    ref = xp.matmul(xp.expand_dims(pb, axis=0), Ab)  # pts @ A_r = A_r.T k
+                    keep = xp.broadcast_to(xp.expand_dims(xp.sum(pb * pb, axis=-1) <= r2max, axis=0),
+                                           (r1 - r0, k1 - k0))
+                else:
+                    pb = pts[r0:r1, k0:k1, :]
+                    ref = xp.matmul(pb, Ab)
+                    keep = xp.sum(pb * pb, axis=-1) <= r2max
+                fb = None if fac is None else fac[r0:r1, k0:k1]
+                if fb is not None:
+                    keep = keep & (fb != 0)
+                sel = xp.nonzero(xp.reshape(keep, (-1,)))[0]  # only inserted points are scattered
+                if int(sel.shape[0]) == 0:
+                    continue
+                pos = xp.take(xp.reshape(ref, (-1, 3)), sel, axis=0) * self.pad
+                v = xp.take(xp.reshape(vals[r0:r1, k0:k1], (-1,)), sel)
+                wv = None if wts is None else xp.take(xp.reshape(wts[r0:r1, k0:k1], (-1,)), sel)
+                fv = None if fb is None else xp.take(xp.reshape(fb, (-1,)), sel)
+                if cplx:
+                    _scatter_points(be, m, pos, fv, [xp.real(v), xp.imag(v), wv], targets,
+                                    [False, True, False], True)
+                else:
+                    _scatter_points(be, m, pos, fv, [v, wv], [targets[0], targets[2]], [False, False], True)
+        # reshape gives a view of the weight on numpy, cupy and strict; rebinding keeps the sums
+        # right on a namespace where it copies
+        self.weight = xp.reshape(wflat, wshape)
 
     def insert3d(self, A: Any, data_half: Any, weight_half: Any = None) -> None:
         """Back-rotate whole 3D half transforms (RELION's ``backrotate3D``).

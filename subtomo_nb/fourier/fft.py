@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from subtomo_nb.backend import backend_of
+from subtomo_nb.fourier.grid import wrapped_freqs
 
 __all__ = ["rfft3", "irfft3", "rfft2", "irfft2", "shift_half", "half_shape"]
 
@@ -131,7 +132,9 @@ def shift_half(F: Any, shift_xyz_px: Any, n: int | None = None) -> Any:
     n = int(F.shape[-2]) if n is None else int(n)
     rdtype = xp.float32 if F.dtype == xp.complex64 else xp.float64
     t = xp.astype(t, rdtype)
-    k = xp.astype(xp.fft.fftfreq(n, d=1.0 / n, device=be.device), rdtype)
+    # numpy.fft.fftfreq(n, 1/n) with its rounding (integers times 1 / (n * (1/n))), built on the
+    # device from integers: array_api_compat refuses fftfreq(device=) for cupy devices
+    k = xp.astype(wrapped_freqs(n, be, xp.float64) * (1.0 / (n * (1.0 / n))), rdtype)
     kx = xp.arange(int(F.shape[-1]), dtype=rdtype, device=be.device)
     lead = tuple(t.shape[:-1])
     pad = (1,) * ndim

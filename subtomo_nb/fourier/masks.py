@@ -4,15 +4,13 @@ Distances are measured in pixels from the box centre, voxel ``N // 2`` on every 
 
 Every function runs on any array backend (:mod:`subtomo_nb.backend`: numpy, cupy, the strict
 test device). Masks made from nothing (:func:`centred_radius`, :func:`soft_sphere`,
-:func:`soft_edge_box_mask`) are created on ``backend`` (a Backend or its name; the legacy ``xp``
-module argument still works; default numpy); :func:`mask_particle` works on the backend of its
-input and takes no host copy.
+:func:`soft_edge_box_mask`) are created on ``backend`` (a Backend or its name; default numpy);
+:func:`mask_particle` works on the backend of its input and takes no host copy.
 """
 
 from __future__ import annotations
 
 import math
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -23,10 +21,10 @@ from subtomo_nb.backend import Backend, backend_of
 __all__ = ["centred_radius", "mask_particle", "raised_cosine_edge", "soft_edge_box_mask", "soft_sphere"]
 
 
-def _target(backend: Backend | str | None, xp: ModuleType | None, dtype: Any) -> tuple[Backend, Any]:
-    """The backend a mask is created on (``backend`` wins over the legacy ``xp``; default numpy)
-    and its real dtype for ``dtype`` (None: float64)."""
-    be = backend_for(xp if backend is None else backend)
+def _target(backend: Backend | str | None, dtype: Any) -> tuple[Backend, Any]:
+    """The backend a mask is created on (default numpy) and its real dtype for ``dtype`` (None:
+    float64)."""
+    be = backend_for(backend)
     return be, as_dtype(be, dtype, be.xp.float64)
 
 
@@ -48,7 +46,7 @@ def raised_cosine_edge(d: Any, radius: float, width: float) -> Any:
     return xp.where(d < radius, 1.0, xp.where(d > rp, 0.0, soft))
 
 
-def centred_radius(shape: tuple[int, ...], xp: ModuleType | None = None, dtype: Any = np.float64, *,
+def centred_radius(shape: tuple[int, ...], dtype: Any = np.float64, *,
                    backend: Backend | str | None = None, device: Any = None) -> Any:
     """Distance (pixels) of every voxel of a box of ``shape`` from voxel ``n // 2`` of each axis.
 
@@ -56,8 +54,6 @@ def centred_radius(shape: tuple[int, ...], xp: ModuleType | None = None, dtype: 
     ----------
     shape
         Box shape (pixels).
-    xp
-        Legacy array-module argument (numpy, cupy or array_api_strict); ``backend`` wins.
     dtype
         Real dtype of the result (numpy or backend dtype).
     backend
@@ -65,7 +61,7 @@ def centred_radius(shape: tuple[int, ...], xp: ModuleType | None = None, dtype: 
     device
         Device of the result (default the backend's).
     """
-    be, dt = _target(backend, xp, dtype)
+    be, dt = _target(backend, dtype)
     ns = be.xp
     dev = be.device if device is None else device
     r2 = None
@@ -79,7 +75,7 @@ def centred_radius(shape: tuple[int, ...], xp: ModuleType | None = None, dtype: 
 
 
 def soft_sphere(box: int, radius_px: float, edge_px: float = 5.0, ndim: int = 3,
-                xp: ModuleType | None = None, dtype: Any = np.float64, *,
+                dtype: Any = np.float64, *,
                 backend: Backend | str | None = None) -> Any:
     """Soft spherical (circular) mask, RELION's solvent-flattening sphere.
 
@@ -96,14 +92,12 @@ def soft_sphere(box: int, radius_px: float, edge_px: float = 5.0, ndim: int = 3,
         Width of the raised-cosine edge outside ``r`` (pixels).
     ndim
         3 (volume) or 2 (image).
-    xp
-        Legacy array-module argument; ``backend`` wins.
     dtype
         Real dtype of the mask.
     backend
         Backend (or name) the mask is created on; default numpy.
     """
-    be, dt = _target(backend, xp, dtype)
+    be, dt = _target(backend, dtype)
     d = centred_radius((int(box),) * ndim, dtype=dt, backend=be)
     return be.xp.astype(raised_cosine_edge(d, radius_px, edge_px), dt)
 
@@ -165,8 +159,8 @@ def mask_particle(volume: Any, radius_px: float, edge_px: float = 5.0,
     return xp.astype(out, rdtype)
 
 
-def soft_edge_box_mask(box: int, edge_px: float = 5.0, ndim: int = 3, xp: ModuleType | None = None,
-                       dtype: Any = np.float64, *, backend: Backend | str | None = None) -> Any:
+def soft_edge_box_mask(box: int, edge_px: float = 5.0, ndim: int = 3, dtype: Any = np.float64, *,
+                       backend: Backend | str | None = None) -> Any:
     """Mask that is 1 in the box interior and tapers to 0 at the box faces.
 
     Separable: the product over axes of ``0.5 - 0.5 cos(pi (i + 0.5) / edge)`` for pixels whose
@@ -182,14 +176,12 @@ def soft_edge_box_mask(box: int, edge_px: float = 5.0, ndim: int = 3, xp: Module
         Taper width (pixels); 0 gives all ones.
     ndim
         2 or 3.
-    xp
-        Legacy array-module argument; ``backend`` wins.
     dtype
         Real dtype of the mask.
     backend
         Backend (or name) the mask is created on; default numpy.
     """
-    be, dt = _target(backend, xp, dtype)
+    be, dt = _target(backend, dtype)
     ns = be.xp
     box, edge_px = int(box), float(edge_px)
     i = ns.arange(box, dtype=dt, device=be.device)

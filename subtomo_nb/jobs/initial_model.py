@@ -18,7 +18,7 @@ from subtomo_nb.io.errors import InputError
 from .additional_args import INITIAL_MODEL_FLAGS, parse_additional_arguments
 from .options import options_from
 from .progress import Progress
-from .runners import job_client, preflight
+from .runners import job_client, memory_plan, preflight
 
 __all__ = ["run_initial_model_job", "run_from_args"]
 
@@ -100,10 +100,10 @@ def run_initial_model_job(
 
     with job_client(values, client, progress, project_dir) as client:
         own = None
-        if client is None and opts.n_workers > 1:
-            from subtomo_nb.parallel import get_client
+        if client is None:
+            from .runners import local_client
 
-            client = own = get_client(opts.n_workers)
+            client = own = local_client(values, progress)   # --j N workers, or one per --gpu GPU
         try:
             executor = None
             if client is not None:
@@ -111,6 +111,7 @@ def run_initial_model_job(
 
                 executor = DaskExecutor(client, name="inimodel")
             job = InitialModel.from_options(opts, progress=relay, executor=executor)
+            memory_plan(job, values, client, progress)     # before iteration 1: refuse what cannot fit
             job.run()
         finally:
             if own is not None:

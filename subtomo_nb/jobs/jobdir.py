@@ -31,6 +31,7 @@ from typing import Any
 from subtomo_nb._memory import keep_freed_memory
 
 from .commands import format_command, relion_commands, subtomo_command, output_name, job_prefix
+from .devices import BACKEND_JOBS, backend_line
 from .params import JobType, from_relion_string, to_relion_string
 from .progress import ProgressCallback, ProgressLog
 from .registry import get_job_type, job_type_for_label, job_type_for_process
@@ -423,7 +424,8 @@ def job_execution(
     """Record one execution of a job in its directory, as RELION's pipeliner does.
 
     Before the block: ``job.star`` and ``note.txt`` (both written under a temporary name, then
-    renamed) and a ``run.out`` header (program, version, date, job directory, command); old exit
+    renamed) and a ``run.out`` header (program, version, date, job directory, command, and for the
+    jobs of :data:`~subtomo_nb.jobs.devices.BACKEND_JOBS` the backend they run on); old exit
     markers are removed. After it: a closing ``run.out`` line with the date and the seconds taken,
     and ``RELION_JOB_EXIT_SUCCESS`` / ``_FAILURE`` / ``_ABORTED``. Every write is inside
     ``job_dir`` (created if needed); the exception of a failed block propagates.
@@ -468,6 +470,8 @@ def job_execution(
               f" ++++ command: {shlex.join(as_run)}")
     start = time.time()
     try:
+        if jt.name in BACKEND_JOBS:
+            log.write(backend_line(v))   # e.g. " ++++ backend: cupy (2 GPUs)"
         yield log
     except KeyboardInterrupt as exc:
         log.write(on_interrupt(exc) if on_interrupt is not None

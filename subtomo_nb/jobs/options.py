@@ -13,6 +13,8 @@ The numerical modules are imported only when options are made.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -39,6 +41,30 @@ def job_inputs(values: Mapping[str, Any], project_dir: str | os.PathLike) -> tup
     return input_path(values["in_optimisation"], project_dir), None
 
 
+def _backend_kwarg(target: Any, v: Mapping[str, Any]) -> dict[str, str]:
+    """``{"backend": name}`` of the job's backend (``--gpu``, ``SUBTOMO_BACKEND``) for ``target``.
+
+    ``target`` is the options dataclass (``PoseOptions.backend`` and its subclasses) or the task
+    function (``backend=``). An engine that takes no backend runs numpy only: another backend is
+    refused then.
+    """
+    from subtomo_nb.io.errors import InputError
+
+    from .devices import job_devices
+
+    name = job_devices(v).backend
+    if dataclasses.is_dataclass(target):
+        takes = any(f.name == "backend" for f in dataclasses.fields(target))
+    else:
+        takes = "backend" in inspect.signature(target).parameters
+    if takes:
+        return {"backend": name}
+    if name != "numpy":
+        raise InputError(None, what=f"backend {name!r}: {getattr(target, '__name__', target)} runs on numpy only "
+                         "in this version", field="--gpu" if v.get("use_gpu") else "SUBTOMO_BACKEND")
+    return {}
+
+
 def _refine3d(v: Mapping[str, Any], job_dir: Path, project_dir: Path) -> Any:
     """``RefineOptions`` of the 3D auto-refine form (RELION's mappings, conventions §10.1).
 
@@ -53,7 +79,8 @@ def _refine3d(v: Mapping[str, Any], job_dir: Path, project_dir: Path) -> Any:
     if v["fn_cont"]:
         # --continue: the stopped run's own options (saved with its iteration), a new output root
         return RefineOptions(particles="", reference="", output_root=job_dir / "run",
-                             continue_from=input_path(v["fn_cont"], project_dir), project_dir=project_dir)
+                             continue_from=input_path(v["fn_cont"], project_dir), project_dir=project_dir,
+                             **_backend_kwarg(RefineOptions, v))
     particles, tomograms = job_inputs(v, project_dir)
     extra, _ = parse_additional_arguments(v["other_args"], REFINE_FLAGS)
     align_ref_sym = not extra.pop("no_align_ref_sym", False)
@@ -70,7 +97,7 @@ def _refine3d(v: Mapping[str, Any], job_dir: Path, project_dir: Path) -> Any:
         offset_range_px=float(v["offset_range"]), offset_step_px=float(to_flag("x2", v["offset_step"])),
         sigma_tilt=float(v["sigma_tilt"]),
         auto_ignore_angles=bool(v["auto_faster"]), auto_resol_angles=bool(v["auto_faster"]),
-        align_reference_symmetry=align_ref_sym, project_dir=project_dir, **extra,
+        align_reference_symmetry=align_ref_sym, project_dir=project_dir, **extra, **_backend_kwarg(RefineOptions, v),
     )
 
 
@@ -92,7 +119,7 @@ def _initial_model(v: Mapping[str, Any], job_dir: Path, project_dir: Path) -> An
         flatten_solvent=bool(v["do_solvent"]), sym=str(v["sym_name"]),
         run_in_c1=bool(v["do_run_C1"]), sigma_tilt=float(v["sigma_tilt"]),
         ctf=bool(v["do_ctf_correction"]), ctf_intact_first_peak=bool(v["ctf_intact_first_peak"]),
-        n_workers=max(1, int(v["nr_threads"])), project_dir=project_dir, **extra,
+        n_workers=max(1, int(v["nr_threads"])), project_dir=project_dir, **extra, **_backend_kwarg(VdamOptions, v),
     )
 
 
@@ -107,9 +134,12 @@ def _extract(v: Mapping[str, Any], job_dir: Path, project_dir: Path) -> dict[str
 
 def _reconstruct(v: Mapping[str, Any], job_dir: Path, project_dir: Path) -> dict[str, Any]:
     """Keyword arguments of :func:`subtomo_nb.tasks.reconstruct.reconstruct_particles` (no client)."""
+    from subtomo_nb.tasks.reconstruct import reconstruct_particles
+
     source, tomograms = job_inputs(v, project_dir)
     return {"star_path": source, "out_map": job_dir / "merged.mrc", "sym": v["sym_name"], "ctf": v["do_ctf"],
-            "pad": v["pad"], "n_workers": max(1, v["nr_threads"]), "tomograms": tomograms}
+            "pad": v["pad"], "n_workers": max(1, v["nr_threads"]), "tomograms": tomograms,
+            **_backend_kwarg(reconstruct_particles, v)}
 
 
 def _recentre(v: Mapping[str, Any], job_dir: Path, project_dir: Path) -> dict[str, Any]:

@@ -151,17 +151,30 @@ def _compute(*, pad1: bool) -> list[Param]:
               cli_help="RELION: exchange the partial sums of the MPI processes over the network instead of "
                        "through files (RELION's job always gives it). Accepted for RELION compatibility; no "
                        "effect here (dask exchanges the sums either way)."),
-        Param("use_gpu", "Use GPU acceleration?", "Compute", "bool", False,
-              "Run the expensive steps on GPUs.",
-              flag="--gpu", maps='Yes => --gpu "<ids>"', cli=("--gpu",), cli_kind="gpu",
-              cli_help="RELION's GPU acceleration, optionally naming the GPUs ('0,1'). Accepted for RELION "
-                       "compatibility: this job's numerics run on the CPU (a warning says so), and it is "
-                       "refused when no GPU is visible."),
-        Param("gpu_ids", "Which GPUs to use:", "Compute", "str", "",
-              "GPU numbers to use (e.g. 0,1; ':' separates MPI processes); empty: all visible GPUs.",
-              flag="--gpu", maps="the value of --gpu", active_if=("use_gpu", True)),
+        *_gpu("Compute"),
     ]
     return out
+
+
+def _gpu(tab: str, *, relion: bool = True) -> list[Param]:
+    """RELION's "Use GPU acceleration?" and "Which GPUs to use:" (``--gpu``, relion_refine's).
+
+    ``relion=False``: the fields are ours (reconstruct particle has no GPU option in RELION).
+    """
+    return [
+        Param("use_gpu", "Use GPU acceleration?", tab, "bool", False,
+              "Run the job's numerics on GPUs (cupy; one dask worker per GPU).",
+              flag="--gpu", maps='Yes => --gpu "<ids>"' + ("" if relion else " (subtomo only)"), cli=("--gpu",),
+              cli_kind="gpu", relion=relion,
+              cli_help="Run on GPUs, as relion_refine's --gpu: no value (or an empty one) uses every visible GPU, "
+                       "a list such as '0,1' (or RELION's '0:1') names them; one dask worker per GPU. Needs "
+                       "cupy and a CUDA device (the subtomo_nb[gpu] extra; dask-cuda for more than one GPU). "
+                       "Without --gpu the job runs on the CPU, or on the backend named by SUBTOMO_BACKEND "
+                       "(numpy, strict, cupy)."),
+        Param("gpu_ids", "Which GPUs to use:", tab, "str", "",
+              "GPU numbers to use (e.g. 0,1; ':' separates MPI processes); empty: all visible GPUs.",
+              flag="--gpu", maps="the value of --gpu", active_if=("use_gpu", True), relion=relion),
+    ]
 
 
 def _running(*, mpi: bool, threads: bool, threads_cli: tuple[str, ...] = ("--j",),
@@ -611,6 +624,7 @@ _RECONSTRUCT_PARAMS = (
     Param("pad", "Padding factor:", "Average", "int", 2,
           "Oversampling of the Fourier grid. Not on RELION's form.",
           flag="--pad", maps="--pad N (subtomo only)", min=1, max=3, step=1, relion=False, cli=("--pad",)),
+    *_gpu("Running", relion=False),
     *_running(mpi=True, threads=True, scheduler=True,
               threads_cli_help="Number of threads that back-project the particles in parallel, in this "
                                "process (dask's threaded scheduler; 1: one at a time). Not used with "

@@ -17,7 +17,8 @@ from typing import Any
 from .options import input_path, options_from
 from .progress import Progress, ProgressCallback
 
-__all__ = ["run_extract", "run_reconstruct", "run_recentre", "run_refine", "input_path", "preflight", "job_client"]
+__all__ = ["run_extract", "run_reconstruct", "run_recentre", "run_refine", "input_path", "preflight", "job_client",
+           "local_client", "memory_plan"]
 
 
 def preflight(
@@ -46,6 +47,103 @@ def preflight(
         progress(Progress(message=f"WARNING: {line}"))
 
 
+def local_client(values: Mapping[str, Any], progress: ProgressCallback | None = None) -> Any:
+    """The local dask cluster a job starts for itself, or None when it runs in this process.
+
+    * attached to a scheduler (``scheduler_file`` / ``scheduler_address``): None (the job attaches,
+      :func:`job_client`);
+    * ``--gpu``: a ``LocalCUDACluster`` with one worker per selected GPU (``--j`` not used), except
+      for one GPU that is this process's device 0 (then the job runs here, on it). Without
+      dask-cuda only that case runs: more GPUs, or another one, are refused in one line;
+    * otherwise ``--j N`` > 1: a ``LocalCluster`` of N single-threaded worker processes.
+
+    Raises
+    ------
+    subtomo_nb.io.errors.InputError
+        ``--gpu`` naming GPUs this machine cannot give the job (see above).
+    """
+    from .devices import job_devices
+
+    if values.get("scheduler_file") or values.get("scheduler_address"):
+        return None
+    n = int(values.get("nr_threads", 1) or 1)
+    devices = job_devices(values)
+    if devices.uses_gpus:
+        if progress is not None and n > 1:
+            progress(Progress(message=f"--j {n} not used with --gpu: one dask worker per GPU"
+                                      + (" (one GPU: the job runs in this process, on it)" if devices.gpus == (0,)
+                                         else "")))
+        if devices.gpus == (0,):
+            return None
+        from subtomo_nb.parallel import get_client
+
+        return get_client(gpu=list(devices.gpus), dashboard_address=None)
+    if n <= 1:
+        return None
+    from subtomo_nb.parallel import get_client
+
+    return get_client(n_workers=n, gpu=False, dashboard_address=None)
+
+
+def _device_free() -> int | None:
+    """Free bytes of this process's (worker's) CUDA device; run on each GPU worker."""
+    from subtomo_nb.backend import get_backend
+
+    mem = get_backend("cupy").memory()
+    return None if mem is None else int(mem[0])
+
+
+def memory_plan(job: Any, values: Mapping[str, Any], client: Any, progress: ProgressCallback,
+                available: int | None = None) -> Any:
+    """Print the E-step workers' memory plan before iteration 1, and refuse a job that cannot fit.
+
+    ``job`` is the driver made by ``from_options`` (:class:`~subtomo_nb.refine.autorefine.AutoRefine`,
+    :class:`~subtomo_nb.initial_model.vdam.InitialModel`): its box, pixel size, precision, batch
+    size, particles and first sampling. The memory each worker may use: the free memory of its GPU
+    (``Backend.memory()``, the smallest over the GPU workers), else the host's available RAM
+    shared by the workers. ``available`` overrides it (tests).
+
+    Returns
+    -------
+    subtomo_nb.refine.memory_plan.MemoryPlan
+
+    Raises
+    ------
+    subtomo_nb.io.errors.InputError
+        One line: the peak does not fit; use a smaller batch size, fewer particles per worker or
+        more GPUs.
+    """
+    from subtomo_nb.parallel.client import worker_count
+    from subtomo_nb.refine.memory_plan import host_memory, plan_memory
+
+    from .devices import job_devices
+
+    backend = job_devices(values).backend
+    workers = max(1, worker_count(client)) if client is not None else 1
+    where = "GPU free" if backend == "cupy" else "host RAM per worker"
+    if available is None:
+        if backend == "cupy":
+            if client is not None:
+                free = [v for v in client.run(_device_free, on_error="return").values() if isinstance(v, int)]
+            else:
+                free = [_device_free()]
+            free = [v for v in free if v is not None]
+            available = min(free) if free else None
+        else:
+            host = host_memory()
+            available = None if host is None else host // workers
+    opts, state = job.opts, job.state
+    plan = plan_memory(box=job.box, pad=float(getattr(opts, "pad", 1)), dtype=job.dtype,
+                       batch_size=int(opts.batch_size), particles=len(job.pset.particles), workers=workers,
+                       first=state.sampling, auto_local_healpix_order=int(opts.auto_local_healpix_order),
+                       pixel_size_A=float(job.pix), first_radius=job.box * job.pix / float(state.current_resolution),
+                       available=available, where=where)
+    for line in plan.lines():
+        progress(Progress(message=line))
+    plan.check()
+    return plan
+
+
 def job_client(values: Mapping[str, Any], client: Any, progress: ProgressCallback,
                project_dir: str | os.PathLike | None = None) -> Any:
     """:func:`subtomo_nb.parallel.client.job_client` reporting to the job's progress log.
@@ -61,7 +159,10 @@ def job_client(values: Mapping[str, Any], client: Any, progress: ProgressCallbac
     values = dict(values)
     if values.get("scheduler_file") and project_dir is not None:
         values["scheduler_file"] = str(input_path(values["scheduler_file"], project_dir))
-    return clients.job_client(values, client, lambda line: progress(Progress(message=line)))
+    from .devices import job_devices
+
+    return clients.job_client(values, client, lambda line: progress(Progress(message=line)),
+                              backend=job_devices(values).backend)
 
 
 def run_extract(
@@ -177,7 +278,9 @@ def run_refine(
             from subtomo_nb.parallel import DaskExecutor
 
             executor = DaskExecutor(client, name="refine")
-        AutoRefine.from_options(options, progress=relay, executor=executor).run()
+        job = AutoRefine.from_options(options, progress=relay, executor=executor)
+        memory_plan(job, values, client, progress)     # before iteration 1: refuse what cannot fit
+        job.run()
     root = Path(job_dir)
     return {"map": root / "run_class001.mrc", "data": root / "run_data.star",
             "optimisation_set": root / "run_optimisation_set.star"}

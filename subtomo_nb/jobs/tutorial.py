@@ -53,7 +53,7 @@ def _announce(progress: Any, text: str) -> None:
 def run_tutorial(project_dir: str | os.PathLike = "tutorial", *, seed: int = 0, tiny: bool = False,
                  n_workers: int = 2, snr: float | None | str = "default", binning: int = 4,
                  box: int = 32, refine: bool = True, initial_model: bool = False,
-                 progress: Any = None) -> dict[str, Any]:
+                 gpu: str | None = None, progress: Any = None) -> dict[str, Any]:
     """Simulate the synthetic project, extract at bin 4 and reconstruct with the true poses.
 
     Parameters
@@ -77,6 +77,9 @@ def run_tutorial(project_dir: str | os.PathLike = "tutorial", *, seed: int = 0, 
         Also run 3D auto-refine (the tutorial's ``--ini_high 50 --sym C6 --particle_diameter 230``,
         finer angular sampling faster; reference not on absolute greyscale, CTF correction) on a
         local dask cluster of ``n_workers`` workers, from the ground-truth map.
+    gpu
+        The initial model and the auto-refine run with ``--gpu gpu`` (relion_refine's: ``""`` all
+        visible GPUs, ``"0,1"`` those); None: on the CPU (or ``SUBTOMO_BACKEND``).
     initial_model
         Make the reference first with the 3D initial reference job (VDAM, the tutorial's settings:
         100 mini-batches, T = 4, C6, tilt prior 10°) and refine from it.
@@ -92,6 +95,10 @@ def run_tutorial(project_dir: str | os.PathLike = "tutorial", *, seed: int = 0, 
     from subtomo_nb.simulate import simulate_project, simulate_tiny_project
 
     project = Path(project_dir)
+    if gpu is not None and refine:
+        from .devices import job_devices
+
+        job_devices(gpu=gpu)        # refuse a --gpu this machine cannot give before simulating
     kwargs: dict = {"seed": seed}
     if snr != "default":
         kwargs["snr"] = snr
@@ -143,28 +150,33 @@ def run_tutorial(project_dir: str | os.PathLike = "tutorial", *, seed: int = 0, 
         "seconds": times,
     }
     if refine:
-        out.update(_initial_model_and_refine(project, sim, extract_dir, n_workers, progress, initial_model, times))
+        out.update(_initial_model_and_refine(project, sim, extract_dir, n_workers, progress, initial_model, times,
+                                             gpu))
     return out
 
 
 def _initial_model_and_refine(project: Path, sim: dict, extract_dir: Path, n_workers: int,
-                              progress: Any, initial_model: bool, times: dict[str, float]) -> dict[str, Any]:
+                              progress: Any, initial_model: bool, times: dict[str, float],
+                              gpu: str | None = None) -> dict[str, Any]:
     """[InitialModel (VDAM, tutorial preset), then] Refine3D (tutorial preset), numbered by the project."""
-    from subtomo_nb.parallel import close_if_owned, get_client
+    from subtomo_nb.parallel import close_if_owned
 
     from .jobdir import run_job
+    from .runners import local_client
 
     out: dict[str, Any] = {}
     oset = project_relative(extract_dir / "optimisation_set.star", project)
-    _announce(progress, f"starting a local dask cluster of {n_workers} workers")
-    client = get_client(n_workers=n_workers, gpu="auto", dashboard_address=None)
-    refine_values = {**PRESETS["refine3d"]["tutorial"], "in_optimisation": oset, "nr_threads": n_workers}
+    compute = {"nr_threads": n_workers, "use_gpu": gpu is not None, "gpu_ids": gpu or ""}
+    client = local_client(compute)
+    _announce(progress, "running in this process" if client is None else
+              f"started a local dask cluster of {len(client.scheduler_info()['workers'])} workers")
+    refine_values = {**PRESETS["refine3d"]["tutorial"], "in_optimisation": oset, **compute}
     try:
         if initial_model:
             t0 = time.perf_counter()
             _announce(progress, "3D initial reference (VDAM, the tutorial's 100 mini-batches)")
             im_dir = run_job("initial_model", {**PRESETS["initial_model"]["tutorial"], "in_optimisation": oset,
-                                               "nr_threads": n_workers},
+                                               **compute},
                              project, client=client, progress=progress)
             ref = project_relative(im_dir / "initial_model.mrc", project)
             out["initial_model"] = ref
@@ -177,7 +189,8 @@ def _initial_model_and_refine(project: Path, sim: dict, extract_dir: Path, n_wor
         rf_dir = run_job("refine3d", {**refine_values, "fn_ref": ref}, project, client=client, progress=progress)
         times["auto-refine"] = time.perf_counter() - t1
     finally:
-        close_if_owned(client)
+        if client is not None:
+            close_if_owned(client)
     model = read_star(rf_dir / "run_model.star")
     general = model["model_general"]
     final_map, pix = read_map(rf_dir / "run_class001.mrc")

@@ -18,7 +18,8 @@ What is checked (each message is keyed by the field's job.star key):
   (a header pixel size of 0 or 1 Å counts as unset, as RELION's ``--trust_ref_size``-less rule
   that the map must match the first optics group); masks lie within [0, 1];
 * options we accept on RELION's form but do not implement (``--blush``, ``--helix``...) are
-  refused, naming them; ``--gpu`` without a usable GPU is refused.
+  refused, naming them; ``--gpu`` without cupy or a CUDA device, GPU numbers that are not visible,
+  and an unknown ``SUBTOMO_BACKEND`` are refused (:func:`subtomo_nb.jobs.devices.job_devices`).
 
 :func:`check_job` is the one step every entry point (``subtomo`` sub-commands, the forms, the
 Python job runners) goes through before any work: it adds the output checks (creatable, writable,
@@ -36,6 +37,7 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
+from .devices import BACKEND_JOBS, job_devices
 from .params import JobType, coerce
 from .registry import get_job_type
 
@@ -372,14 +374,16 @@ def _collect(
         for key, (flag, why) in _NO_EFFECT.items():
             if key in jt and key not in errors and v[key] != jt.param(key).default_value():
                 warnings.append(f"{flag}: accepted for RELION compatibility and has no effect here ({why})")
-    if "use_gpu" in jt and "use_gpu" not in errors and v["use_gpu"]:
-        from subtomo_nb.parallel.client import gpu_count
-
-        if gpu_count() < 1:
-            err("use_gpu", "needs a usable GPU, and none is visible to this process (no cupy or no CUDA "
-                "device): leave out --gpu (set it to No); the job runs on the CPU")
-        else:
-            warnings.append("--gpu: this job's numerics run on the CPU; the GPUs are not used")
+    if jt.name in BACKEND_JOBS and "use_gpu" not in errors:
+        # --gpu as relion_refine's, or SUBTOMO_BACKEND: the backend must exist here (cupy and a
+        # CUDA device for --gpu), and the GPUs named must be visible
+        try:
+            job_devices(v if "use_gpu" in jt else {})
+        except InputError as exc:
+            if exc.field == "--gpu" and "use_gpu" in jt:
+                err("use_gpu", f"{exc.what}; leave out --gpu (set it to No) to run on the CPU")
+            else:
+                errors.setdefault("use_gpu" if "use_gpu" in jt else jt.params[0].key, exc)
 
     # A dask cluster to attach to: a scheduler file or an address, not both.
     if "scheduler_address" in jt and "scheduler_address" not in errors:

@@ -6,10 +6,10 @@
 2. the client that is already current in this process (``distributed.default_client()``): a
    notebook user who made a ``Client(...)`` -- of a ``LocalCluster``, a dask-jobqueue
    ``SLURMCluster``, a ``dask scheduler`` started by hand, ... -- gets it back unchanged;
-3. a new ``dask_cuda.LocalCUDACluster`` (one single-threaded worker per visible GPU) when
-   ``gpu`` allows it and dask-cuda is installed and a GPU is visible (dask-cuda is imported only
-   here, lazily: it is an optional extra);
-4. a new ``distributed.LocalCluster`` with ``n_workers`` single-threaded worker *processes*
+3. with ``gpu`` (the jobs' ``--gpu``): a new ``dask_cuda.LocalCUDACluster``, one single-threaded
+   worker per selected GPU (``CUDA_VISIBLE_DEVICES`` from the list); refused in one line when
+   dask-cuda or the GPUs are missing (dask-cuda is imported only here, lazily: an optional extra);
+4. otherwise a new ``distributed.LocalCluster`` with ``n_workers`` single-threaded worker *processes*
    (default: one per core). Processes, not threads: the E-step is numpy code that holds the GIL
    in places, and a process can die without taking the others with it.
 
@@ -40,7 +40,7 @@ import importlib.util
 import os
 import sys
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ import distributed
 from subtomo_nb.io.errors import InputError
 
 __all__ = ["get_client", "close_if_owned", "gpu_count", "cuda_cluster_available", "attach_client",
-           "describe_cluster", "job_client", "scheduler_of", "worker_count"]
+           "describe_cluster", "job_client", "scheduler_of", "worker_count", "cuda_cluster_kwargs"]
 
 #: Seconds to wait for an attached scheduler (and for its first worker) before giving up.
 ATTACH_TIMEOUT = 30.0
@@ -107,7 +107,7 @@ def get_client(
     n_workers: int | None = None,
     *,
     threads_per_worker: int = 1,
-    gpu: str | bool = "auto",
+    gpu: bool | Sequence[int] | None = False,
     client: distributed.Client | None = None,
     **cluster_kwargs: Any,
 ) -> distributed.Client:
@@ -116,15 +116,18 @@ def get_client(
     Parameters
     ----------
     n_workers
-        Workers of a new cluster. CPU: default one per core (``os.cpu_count()``). GPU: default one
-        per visible GPU (``CUDA_VISIBLE_DEVICES``). Ignored when an existing client is used.
+        Workers of a new CPU cluster (default one per core, ``os.cpu_count()``). A GPU cluster
+        has one worker per GPU; ``n_workers`` is ignored there. Ignored when an existing client is
+        used.
     threads_per_worker
         Threads per worker of a new cluster. Keep 1 (one core or one GPU per process, as
         RELION's one-rank-per-GPU); more threads share one worker's memory.
     gpu
-        ``"auto"``: a ``LocalCUDACluster`` when dask-cuda is installed and a GPU is visible, else
-        a ``LocalCluster``. ``True``: require the GPU cluster (RuntimeError naming what is
-        missing otherwise). ``False``: CPU ``LocalCluster`` even if GPUs are present.
+        False or None: a CPU ``LocalCluster``. True: a ``LocalCUDACluster`` with one worker per
+        visible GPU. A sequence of device numbers (the jobs' ``--gpu 0,1``): one worker per
+        device named, ``CUDA_VISIBLE_DEVICES`` set from them (each worker sees its own GPU first,
+        as cupy's device 0). A GPU cluster needs dask-cuda and a visible GPU:
+        :class:`~subtomo_nb.io.errors.InputError` (field ``--gpu``) naming what is missing.
     client
         A client to use as it is (e.g. of a dask-jobqueue ``SLURMCluster``); wins over
         everything else.
@@ -148,28 +151,44 @@ def get_client(
     current = _current_client()
     if current is not None:
         return current
-    if gpu not in ("auto", True, False):
-        raise ValueError(f"gpu must be 'auto', True or False, not {gpu!r}")
-    use_gpu = False
-    if gpu is not False:
-        ok, why = cuda_cluster_available()
-        if gpu is True and not ok:
-            raise RuntimeError(f"gpu=True but no GPU cluster can be made: {why}")
-        use_gpu = ok
-    if use_gpu:
-        from dask_cuda import LocalCUDACluster  # type: ignore[import-not-found]
-
-        kwargs = dict(threads_per_worker=threads_per_worker, **cluster_kwargs)
-        if n_workers is not None:
-            kwargs["n_workers"] = n_workers
-        cluster = LocalCUDACluster(**kwargs)
-    else:
+    if gpu is None or gpu is False:
         n = n_workers if n_workers is not None else max(os.cpu_count() or 1, 1)
         cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=threads_per_worker,
                                            processes=True, **cluster_kwargs)
+    else:
+        cluster = _cuda_cluster(None if gpu is True else [int(g) for g in gpu], threads_per_worker, cluster_kwargs)
     new = distributed.Client(cluster)
     _OWNED.add(new)
     return new
+
+
+def cuda_cluster_kwargs(devices: Sequence[int] | None) -> dict[str, Any]:
+    """``LocalCUDACluster`` arguments of one worker per GPU of ``devices`` (None: every visible GPU).
+
+    Raises
+    ------
+    InputError
+        dask-cuda missing, no GPU visible, an empty list, or a device number not visible.
+    """
+    ok, why = cuda_cluster_available()
+    if not ok:
+        raise InputError(None, what=f"a GPU cluster cannot be made: {why}", field="--gpu")
+    n = gpu_count()
+    if devices is None:
+        devices = list(range(n))
+    if not devices:
+        raise InputError(None, what="no GPU named", field="--gpu")
+    beyond = [d for d in devices if not 0 <= d < n]
+    if beyond:
+        raise InputError(None, what=f"GPU {beyond[0]} is not visible (this process sees {n})", field="--gpu")
+    return {"CUDA_VISIBLE_DEVICES": ",".join(str(d) for d in devices), "n_workers": len(devices)}
+
+
+def _cuda_cluster(devices: list[int] | None, threads_per_worker: int, kwargs: dict[str, Any]) -> Any:
+    arguments = cuda_cluster_kwargs(devices)       # refuses first when dask-cuda or the GPUs are missing
+    from dask_cuda import LocalCUDACluster  # type: ignore[import-not-found]
+
+    return LocalCUDACluster(threads_per_worker=threads_per_worker, **arguments, **kwargs)
 
 
 def is_owned(client: distributed.Client) -> bool:
@@ -298,12 +317,13 @@ def worker_count(client: distributed.Client) -> int:
         return 0
 
 
-def describe_cluster(client: distributed.Client) -> str:
+def describe_cluster(client: distributed.Client, backend: str = "numpy") -> str:
     """One ``run.out`` line: the scheduler a job runs on, its workers, and the device they use.
 
     A worker with CUDA devices (``CUDA_VISIBLE_DEVICES``, as ``LocalCUDACluster`` and
-    ``dask_cuda.CUDAWorker`` set it per worker) counts as a GPU worker. The E-step has only a numpy
-    backend so far, so GPU workers run it on the CPU, and the line says so.
+    ``dask_cuda.CUDAWorker`` set it per worker) counts as a GPU worker. ``backend`` is the job's
+    backend name: the workers run its arrays (numpy on the CPU, cupy on their GPU, strict on
+    array-api-strict's test device).
     """
     info = client.scheduler_info()
     workers = info.get("workers", {})
@@ -315,15 +335,20 @@ def describe_cluster(client: distributed.Client) -> str:
     n_gpu = sum(1 for d in devices.values() if isinstance(d, dict) and d.get("gpu"))
     head = (f"dask scheduler {info.get('address', client.scheduler.address)}: {len(workers)} worker"
             f"{'s' if len(workers) != 1 else ''}, {threads} thread{'s' if threads != 1 else ''}")
+    gpus = f"{n_gpu} GPU worker{'s' if n_gpu != 1 else ''} (CUDA devices)"
+    if backend == "cupy":
+        return f"{head}; {gpus} run cupy" if n_gpu else f"{head}; workers run cupy on their current CUDA device"
+    if backend == "strict":
+        return f"{head}; workers run the strict test backend (array-api-strict, device1)"
     if n_gpu:
-        return (f"{head}; {n_gpu} GPU worker{'s' if n_gpu != 1 else ''} (CUDA devices), but the E-step has no GPU "
-                "backend yet: all workers run on the CPU (numpy)")
+        return f"{head}; {gpus}, but the job's backend is numpy: all workers run on the CPU (numpy)"
     return f"{head}; workers run on the CPU (numpy)"
 
 
 @contextlib.contextmanager
 def job_client(values: Mapping[str, Any], client: distributed.Client | None = None,
-               report: Callable[[str], None] | None = None) -> Iterator[distributed.Client | None]:
+               report: Callable[[str], None] | None = None,
+               backend: str = "numpy") -> Iterator[distributed.Client | None]:
     """The dask client of one job: attached to the job's scheduler, or the one given, or None.
 
     With ``scheduler_file`` / ``scheduler_address`` in ``values`` a client of that scheduler is
@@ -338,6 +363,8 @@ def job_client(values: Mapping[str, Any], client: distributed.Client | None = No
         The client the job was handed (a notebook's, a ``--j N`` local cluster's), or None.
     report
         Called with the one-line description (e.g. the job's progress log).
+    backend
+        The job's backend name (what its workers run, in the description).
 
     Yields
     ------
@@ -349,7 +376,7 @@ def job_client(values: Mapping[str, Any], client: distributed.Client | None = No
     active = own if own is not None else client
     try:
         if active is not None and report is not None:
-            report(describe_cluster(active))
+            report(describe_cluster(active, backend))
             threads = int(values.get("nr_threads", 1) or 1)
             if own is not None and threads > 1:
                 report(f"--j {threads} not used: the attached cluster's workers do the work")

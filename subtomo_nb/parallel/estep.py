@@ -34,6 +34,7 @@ The numerical core does not import this module.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
 import operator
@@ -49,6 +50,7 @@ import distributed
 import numpy as np
 
 from subtomo_nb._memory import keep_freed_memory
+from subtomo_nb.backend import Backend, get_backend
 from subtomo_nb.fourier.backprojector import BackProjector
 from subtomo_nb.fourier.fft import shift_half
 from subtomo_nb.fourier.projector import Projector
@@ -105,51 +107,117 @@ def _hold(value: Any) -> Any:
 
 
 _PROJECTOR_LOCK = threading.Lock()
-#: Worker-local projectors: stream (job batches token + half) -> (reference key, Projector, the
-#: shareable part of the iteration's cache (reference values and phases, the same for every batch
-#: of an iteration and half)).
-#: One entry per stream, replaced when the stream's reference key changes (a new iteration),
-#: so a worker holds at most one projector per half-set of each running job; the last item is
-#: a digest of the reference, by which streams with equal references share projector and cache.
-_PROJECTORS: dict[str, tuple[str, Projector, IterationCache, str]] = {}
+#: Worker-local projectors: (worker, stream) -> (reference key, Projector, the shareable part of
+#: the iteration's cache (reference values and phases, the same for every batch of an iteration
+#: and half), digest). ``stream`` is the job's batches token + half.
+#: One entry per worker and stream, replaced when the stream's reference key changes (a new
+#: iteration), so a worker holds at most one projector per half-set of each running job; the
+#: digest of the reference lets streams with equal references share projector and cache. Keyed
+#: by worker too, so that workers sharing a process (``LocalCluster(processes=False)``) each hold
+#: their own, as separate processes do.
+_PROJECTORS: dict[tuple[str, str], tuple[str, Projector, IterationCache, str]] = {}
+#: Worker-local device copies of the particle batches: (worker, load key) -> (data, ctf2,
+#: multiplicity) on the job's backend; uploaded once per worker, kept across iterations (the host
+#: copy stays the load task's result, which dask recomputes after a worker's death).
+_DEVICE_BATCHES: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+#: Host->device copies each worker made, by kind (``"particles"``, ``"reference"``): the per-worker
+#: view of :class:`~subtomo_nb.backend.TransferCounter`, read by :func:`_worker_uploads`.
+_UPLOADS: dict[tuple[str, str], int] = {}
+
+
+def _worker_name(dask_worker: Any = None) -> str:
+    """This worker's address (``"local"`` outside a dask worker, e.g. a serial call).
+
+    Functions run by ``client.run`` get their worker as ``dask_worker`` (``get_worker`` answers
+    inside tasks only).
+    """
+    if dask_worker is not None:
+        return str(dask_worker.address)
+    try:
+        return str(distributed.get_worker().address)
+    except ValueError:
+        return "local"
+
+
+def _count_upload(kind: str, n: int = 1) -> None:
+    key = (_worker_name(), kind)
+    _UPLOADS[key] = _UPLOADS.get(key, 0) + n
+
+
+def _worker_uploads(dask_worker: Any = None) -> dict[str, int]:
+    """This worker's host->device copies by kind (``client.run`` it; diagnostics and tests)."""
+    me = _worker_name(dask_worker)
+    with _PROJECTOR_LOCK:
+        return {kind: n for (w, kind), n in _UPLOADS.items() if w == me}
 
 
 def _worker_projector(stream: str, ref_key: str, reference: np.ndarray, pad: float,
-                      dtype: type) -> tuple[Projector, IterationCache]:
+                      dtype: type, be: Backend | None = None) -> tuple[Projector, IterationCache]:
     """This worker's Projector of ``reference`` (built once per iteration and half) and its coarse cache.
 
-    Streams whose references are equal (VDAM's two pseudo half-sets, the two halves of a first
-    auto-refine iteration) share one projector and one cache of reference values: those are a
-    function of the map alone, so they are interpolated once per worker, not once per half.
+    The reference goes to the worker's device here, once per iteration and half-set (counted as
+    ``"reference"``). Streams whose references are equal (VDAM's two pseudo half-sets, the two
+    halves of a first auto-refine iteration) share one projector and one cache of reference
+    values: those are a function of the map alone, so they are uploaded and interpolated once per
+    worker, not once per half.
     """
+    be = get_backend("numpy") if be is None else be
+    me = _worker_name()
     with _PROJECTOR_LOCK:
-        entry = _PROJECTORS.get(stream)
+        entry = _PROJECTORS.get((me, stream))
         if entry is None or entry[0] != ref_key:
-            _PROJECTORS.pop(stream, None)       # free the last iteration's before building
+            _PROJECTORS.pop((me, stream), None)       # free the last iteration's before building
             ref = np.ascontiguousarray(np.asarray(reference).astype(dtype))
-            digest = hashlib.blake2b(ref.tobytes() + f"|{pad}|{ref.dtype.str}".encode(), digest_size=16).hexdigest()
-            twin = next((e for e in _PROJECTORS.values() if e[3] == digest), None)
+            digest = hashlib.blake2b(ref.tobytes() + f"|{pad}|{ref.dtype.str}|{be.name}".encode(),
+                                     digest_size=16).hexdigest()
+            twin = next((e for (w, _), e in _PROJECTORS.items() if w == me and e[3] == digest), None)
             if twin is not None:
                 entry = (ref_key, twin[1], twin[2], digest)
             else:
-                entry = (ref_key, Projector(ref, pad=pad), IterationCache(), digest)
-            _PROJECTORS[stream] = entry
+                volume = be.to_device(ref, "reference")
+                if be.name != "numpy":
+                    _count_upload("reference")
+                entry = (ref_key, Projector(volume, pad=pad), IterationCache(), digest)
+            _PROJECTORS[(me, stream)] = entry
         return entry[1], entry[2]
 
 
-def _forget_streams(prefix: str) -> int:
-    """Drop this worker's cached projectors of the streams starting with ``prefix``; returns how many."""
+def _device_batch(load_key: str, batch: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+                  be: Backend) -> tuple[Any, Any, Any]:
+    """The batch's arrays on this worker's device: uploaded on first use, then kept (numpy: as they are)."""
+    if be.name == "numpy":
+        return batch
+    me = _worker_name()
     with _PROJECTOR_LOCK:
-        gone = [k for k in _PROJECTORS if k.startswith(prefix)]
+        held = _DEVICE_BATCHES.get((me, load_key))
+        if held is None:
+            data, ctf2, mult = batch
+            held = (be.to_device(data, "particles"), be.to_device(ctf2, "particles"),
+                    None if mult is None else be.to_device(mult, "particles"))
+            _DEVICE_BATCHES[(me, load_key)] = held
+            _count_upload("particles")
+        return held
+
+
+def _forget_streams(prefix: str, dask_worker: Any = None) -> int:
+    """Drop this worker's projectors of the streams starting with ``prefix`` (a batches token) and
+    its device copies of those batches; returns how many projectors."""
+    me = _worker_name(dask_worker)
+    token = prefix.rstrip("-")
+    with _PROJECTOR_LOCK:
+        gone = [k for k in _PROJECTORS if k[0] == me and k[1].startswith(prefix)]
         for k in gone:
             del _PROJECTORS[k]
+        for k in [k for k in _DEVICE_BATCHES if k[0] == me and k[1].endswith(f"-{token}")]:
+            del _DEVICE_BATCHES[k]
     return len(gone)
 
 
-def _cached_streams() -> list[str]:
-    """The streams this worker holds a projector for (diagnostics and tests)."""
+def _cached_streams(dask_worker: Any = None) -> list[str]:
+    """The streams this worker holds a projector for (``client.run`` it; diagnostics and tests)."""
+    me = _worker_name(dask_worker)
     with _PROJECTOR_LOCK:
-        return sorted(_PROJECTORS)
+        return sorted(stream for w, stream in _PROJECTORS if w == me)
 
 
 def crop_radius(padded: int, r_max: float, pad: float) -> int:
@@ -178,6 +246,17 @@ def crop_half(arr: np.ndarray, r: int) -> np.ndarray:
     return arr[np.ix_(i, i, np.arange(r + 1))]
 
 
+def crop_half_on(be: Backend, arr: Any, r: int) -> Any:
+    """:func:`crop_half` of a device array, on its device (``xp.take`` along each axis)."""
+    m = arr.shape[0]
+    if r >= m // 2:
+        return arr
+    xp = be.xp
+    i = be.to_device(_crop_index(m, r), "metadata")
+    out = xp.take(xp.take(arr, i, axis=0), i, axis=1)
+    return out[:, :, :r + 1]
+
+
 def uncrop_half(block: np.ndarray, padded: int) -> np.ndarray:
     """Inverse of :func:`crop_half`: the block put back into a zero ``(M, M, M//2+1)`` array."""
     if block.shape[0] == padded:
@@ -202,31 +281,54 @@ class _EStepParams:
     r_max: float
     dtype: type
     ctf: bool
+    backend: str = "numpy"
 
 
-def _estep_batch(batch: tuple[np.ndarray, np.ndarray, np.ndarray | None], reference: np.ndarray,
+def _result_to_host(res: BatchResult, be: Backend) -> BatchResult:
+    """The BatchResult with every field a host array (one copy per field, counted as ``"results"``)."""
+    if be.name == "numpy":
+        return res
+    return dataclasses.replace(res, **{f.name: be.to_host(getattr(res, f.name), "results")
+                                       for f in dataclasses.fields(res)})
+
+
+def _estep_batch(batch: tuple[np.ndarray, np.ndarray, np.ndarray | None], load_key: str, reference: np.ndarray,
                  params: _EStepParams, prior_angles: np.ndarray,
                  origins_px: np.ndarray) -> tuple[np.ndarray, np.ndarray, BatchResult]:
-    """One batch's E-step on a worker: (cropped partial data, cropped partial weight, BatchResult)."""
+    """One batch's E-step on a worker: (cropped partial data, cropped partial weight, BatchResult), host arrays.
+
+    Runs on the request's backend: the batch's particles are on the worker's device from their
+    first E-step on (:func:`_device_batch`), the reference from the first batch of the iteration
+    (:func:`_worker_projector`); only the cropped half-set sums and the per-particle results come
+    back (``to_host``).
+    """
     p = params
+    be = get_backend(p.backend)
     keep_freed_memory()
-    projector, shared_cache = _worker_projector(p.stream, p.ref_key, reference, p.pad, p.dtype)
+    projector, shared_cache = _worker_projector(p.stream, p.ref_key, reference, p.pad, p.dtype, be)
     # the worker's tasks of this iteration and half share the reference values and phases; the
     # deferred orientation sums belong to this task's partial back-projector, flushed into it below
     cache = shared_cache.for_task()
-    data, ctf2, mult = batch
+    data, ctf2, mult = _device_batch(load_key, batch, be)
     # the same operation particle_transforms(..., origins=...) applies: shift by +origin
-    data = shift_half(data, np.asarray(origins_px, dtype=np.float64)).astype(data.dtype)
+    origins = np.asarray(origins_px, dtype=np.float64)
+    if be.name == "numpy":
+        data = shift_half(data, origins).astype(data.dtype)
+    else:
+        data = be.xp.astype(shift_half(data, be.to_device(origins, "metadata")), data.dtype, copy=False)
     if not p.ctf:
         ctf2 = without_ctf(ctf2, mult)
     box = data.shape[1]
-    bp = BackProjector(box, pad=p.pad, r_max=p.r_max, dtype=p.dtype)
+    bp = BackProjector(box, pad=p.pad, r_max=p.r_max, dtype=p.dtype, **({} if be.name == "numpy" else {"backend": be}))
     res = expectation_batch(projector, ParticleBatch.of(data, ctf2, mult), p.sigma2, p.sampling, prior_angles,
                             p.settings, backprojector=bp, cache=cache)
     cache.flush()
     cache.share_into(shared_cache)
     r = crop_radius(bp.padded, bp.r_max, bp.pad)
-    return crop_half(bp.data, r), crop_half(bp.weight, r), res
+    if be.name == "numpy":
+        return crop_half(bp.data, r), crop_half(bp.weight, r), res
+    return (be.to_host(crop_half_on(be, bp.data, r), "sums"), be.to_host(crop_half_on(be, bp.weight, r), "sums"),
+            _result_to_host(res, be))
 
 
 def _add_partials(a: tuple, b: tuple) -> tuple[np.ndarray, np.ndarray]:
@@ -314,12 +416,23 @@ class ParticleBatches:
                                          key=f"{name}-source-{self.token}")
         self.batches: list[list[np.ndarray]] = []
         self.futures: list[list[distributed.Future]] = []
+        #: per half and batch, the worker the batch is placed on (None: anywhere). Batches go to
+        #: the workers in turn and their E-step tasks follow them (loose restrictions: a batch of
+        #: a worker that died is read again elsewhere), so the particles a worker copied to its
+        #: device are the ones it scores in every iteration.
+        self.placement: list[list[str | None]] = []
+        workers = sorted(client.scheduler_info().get("workers", {}))
+        n = 0
         for h, rows in enumerate(self.halves):
             rb = [rows[s:s + self.batch_size] for s in range(0, len(rows), self.batch_size)]
             self.batches.append(rb)
+            where = [workers[(n + i) % len(workers)] if workers else None for i in range(len(rb))]
+            n += len(rb)
+            self.placement.append(where)
             self.futures.append([client.submit(_load_batch, self._source, r, self.dtype,
-                                               key=f"{name}-load-h{h + 1}-b{i:04d}-{self.token}")
-                                 for i, r in enumerate(rb)])
+                                               key=f"{name}-load-h{h + 1}-b{i:04d}-{self.token}",
+                                               **_placed(w))
+                                 for i, (r, w) in enumerate(zip(rb, where))])
 
     @property
     def n_halves(self) -> int:
@@ -347,8 +460,14 @@ class ParticleBatches:
         self._source.release()
         self.futures = [[] for _ in self.halves]
         self.batches = [[] for _ in self.halves]
+        self.placement = [[] for _ in self.halves]
         if self.client.status == "running":
             self.client.run(_forget_streams, f"{self.token}-", on_error="ignore")
+
+
+def _placed(worker: str | None) -> dict[str, Any]:
+    """``submit`` keywords that prefer ``worker`` (a loose restriction) or nothing."""
+    return {} if worker is None else {"workers": [worker], "allow_other_workers": True}
 
 
 @contextlib.contextmanager
@@ -435,6 +554,7 @@ def submit_half_estep(
     ctf: bool = True,
     adaptive_fraction: float = 0.999,
     max_significant: int | None = None,
+    backend: str = "numpy",
 ) -> HalfEStep:
     """Submit the E-step graph of one half-set and return at once (see :func:`run_half_estep`)."""
     dtype = batches.dtype if dtype is None else np.dtype(dtype).type
@@ -464,11 +584,12 @@ def submit_half_estep(
         firstiter_cc=bool(firstiter_cc), max_significant=None if max_significant is None else int(max_significant))
     params = _EStepParams(stream=f"{batches.token}-h{half}", ref_key=ref_key,
                           sigma2=np.asarray(sigma2, dtype=np.float64), sampling=sampling, settings=settings,
-                          pad=pad, r_max=r_max, dtype=dtype, ctf=bool(ctf))
+                          pad=pad, r_max=r_max, dtype=dtype, ctf=bool(ctf), backend=str(backend))
     leaves, results = [], []
-    for i, (load, idx) in enumerate(zip(batches.futures[half], batches.batches[half])):
-        f = client.submit(_estep_batch, load, ref, params, prior_angles[idx], origins_px[idx],
-                          key=f"{prefix}-b{i:04d}")
+    for i, (load, idx, where) in enumerate(zip(batches.futures[half], batches.batches[half],
+                                               batches.placement[half])):
+        f = client.submit(_estep_batch, load, load.key, ref, params, prior_angles[idx], origins_px[idx],
+                          key=f"{prefix}-b{i:04d}", **_placed(where))
         leaves.append(f)
         results.append(client.submit(operator.getitem, f, 2, key=f"{prefix}-result-b{i:04d}"))
     root = _tree_reduce(client, leaves, prefix)
@@ -496,6 +617,7 @@ def run_half_estep(
     ctf: bool = True,
     adaptive_fraction: float = 0.999,
     max_significant: int | None = None,
+    backend: str = "numpy",
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[BackProjector, list[BatchResult]]:
     """E-step of one half-set on the cluster: one task per batch, partial sums by a fixed tree.
@@ -530,6 +652,11 @@ def run_half_estep(
         Precision of projector and back-projector; default that of the loaded batches.
     ctf
         False: replace CTF² by 1 where the multiplicity carries data (``--ctf`` off).
+    backend
+        The backend the workers run the E-step on (:func:`subtomo_nb.backend.get_backend`'s
+        name): each worker uploads a batch's particles once and keeps them on its device, the
+        reference once per iteration, and sends back only host copies of the cropped sums and
+        the per-particle results.
     progress
         ``progress(done, total)`` as batches finish.
 
@@ -553,7 +680,7 @@ def run_half_estep(
                             coarse_radius=coarse_radius, fine_radius=fine_radius,
                             sigma_offset_A=sigma_offset_A, pad=pad, r_max=r_max, firstiter_cc=firstiter_cc,
                             dtype=dtype, ctf=ctf, adaptive_fraction=adaptive_fraction,
-                            max_significant=max_significant)
+                            max_significant=max_significant, backend=backend)
     try:
         return job.result(progress)
     finally:

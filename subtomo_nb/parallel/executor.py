@@ -9,6 +9,8 @@ from __future__ import annotations
 import distributed
 import numpy as np
 
+from subtomo_nb.backend import Backend, get_backend
+from subtomo_nb.fourier.backprojector import BackProjector
 from subtomo_nb.parallel.estep import ParticleBatches, run_halves_estep
 from subtomo_nb.refine.executor import BatchProgress, EStepRequest, HalfSetResult, split_by_batches
 
@@ -23,6 +25,13 @@ class DaskExecutor:
     refine's half-sets, VDAM's mini-batches once they hold every particle); others (smaller
     mini-batches, VDAM's classes) are loaded for their request and released after it. A request's
     ``back_project`` is not used: the workers always fill their partial back-projectors.
+
+    The workers run the request's backend (``EStepRequest.backend``): each keeps its batches'
+    particles on its device across iterations (uploaded once per worker), receives each half-set's
+    reference once per iteration, and returns host copies of the per-particle results and the
+    half-set sums only. The half-sets stay separate graphs. A reference the driver holds on its
+    device comes down once per iteration; the reduced sums go back up to the driver's device
+    (its M-step runs there).
 
     Parameters
     ----------
@@ -54,19 +63,36 @@ class DaskExecutor:
             return batches, False
         return batches, True
 
+    @staticmethod
+    def _host_references(request: EStepRequest, be: Backend) -> list[np.ndarray]:
+        """The references as host maps (a device map of the driver comes down once; shared objects stay shared)."""
+        seen: dict[int, np.ndarray] = {}
+        return [seen.setdefault(id(r), be.to_host(r, "reference")) for r in request.references]
+
+    @staticmethod
+    def _on_device(bp: BackProjector, be: Backend) -> BackProjector:
+        """The half-set's reduced sums on the driver's device (one copy of each per iteration)."""
+        if be.name == "numpy":
+            return bp
+        out = BackProjector(bp.box, pad=bp.pad, r_max=bp.r_max, dtype=bp.rdtype, backend=be)
+        out.data = be.to_device(bp.data, "sums")
+        out.weight = be.to_device(bp.weight, "sums")
+        return out
+
     def run(self, request: EStepRequest, progress: BatchProgress | None = None) -> list[HalfSetResult]:
         """See :meth:`subtomo_nb.refine.executor.EStepExecutor.run`."""
         batches, release = self._batches_for(request)
         s = request.settings
+        be = get_backend(request.backend)
         try:
             out = run_halves_estep(
-                self.client, batches, list(request.references), sigma2=list(request.sigma2), progress=progress,
+                self.client, batches, self._host_references(request, be), sigma2=list(request.sigma2), progress=progress,
                 sampling=request.sampling, prior_angles=request.prior_angles, origins_px=request.origins_px,
                 pad=request.pad, r_max=request.r_max, dtype=request.source.dtype, ctf=request.ctf,
                 pixel_size_A=s.pixel_size_A, coarse_radius=s.coarse_radius, fine_radius=s.fine_radius,
                 sigma_offset_A=s.sigma_offset_A, firstiter_cc=s.firstiter_cc, adaptive_fraction=s.adaptive_fraction,
-                max_significant=s.max_significant)
-            return [HalfSetResult(bp, split_by_batches(batches.rows(h), results))
+                max_significant=s.max_significant, backend=request.backend)
+            return [HalfSetResult(self._on_device(bp, be), split_by_batches(batches.rows(h), results))
                     for h, (bp, results) in enumerate(out)]
         finally:
             if release:

@@ -57,3 +57,12 @@ def shell_cc(a: np.ndarray, b: np.ndarray, shells: np.ndarray, which: range) -> 
         s = shells == i
         out.append(np.vdot(a[s], b[s]).real / np.sqrt(np.vdot(a[s], a[s]).real * np.vdot(b[s], b[s]).real))
     return np.array(out)
+
+
+def assert_same_on_device(be, got, ref: np.ndarray) -> None:
+    """``got`` is an array of the backend ``be`` on its device whose host copy equals ``ref``
+    bit for bit (dtype and shape included)."""
+    assert be.owns(got) and got.device == be.device
+    host = be.to_host(got, "results")
+    assert host.dtype == ref.dtype and host.shape == ref.shape
+    np.testing.assert_array_equal(host, ref)

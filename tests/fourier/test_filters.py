@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
+from _fourier_helpers import assert_same_on_device
 
 from subtomo_nb.fourier.fft import rfft2, rfft3
 from subtomo_nb.fourier.filters import (
@@ -89,21 +89,6 @@ def test_window_half_matches_index_reference() -> None:
 # -- strict test device: the same numbers from device arrays, no host copies ----------------------
 
 
-@pytest.fixture(scope="module")
-def be():
-    pytest.importorskip("array_api_strict")
-    from subtomo_nb.backend import get_backend
-
-    return get_backend("strict")
-
-
-def _same(be, got, ref: np.ndarray) -> None:
-    assert be.owns(got) and got.device == be.device
-    host = be.to_host(got, "results")
-    assert host.dtype == ref.dtype and host.shape == ref.shape
-    np.testing.assert_array_equal(host, ref)
-
-
 def test_filters_strict(be) -> None:
     rng = np.random.default_rng(3)
     v = rng.normal(size=(24, 24, 24))
@@ -130,4 +115,4 @@ def test_filters_strict(be) -> None:
         "weights": low_pass_weights(24, 8.0, 2.0),
     }
     for k, r in ref.items():
-        _same(be, got[k], r)
+        assert_same_on_device(be, got[k], r)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
+from _fourier_helpers import assert_same_on_device
 
 from subtomo_nb.fourier.fft import rfft3
 from subtomo_nb.fourier.fsc import fsc, fsc_true_from_half, resolution
@@ -71,21 +71,6 @@ def test_fsc_true_relation() -> None:
 # -- strict test device: the same numbers from device arrays, no host copies ----------------------
 
 
-@pytest.fixture(scope="module")
-def be():
-    pytest.importorskip("array_api_strict")
-    from subtomo_nb.backend import get_backend
-
-    return get_backend("strict")
-
-
-def _same(be, got, ref: np.ndarray) -> None:
-    assert be.owns(got) and got.device == be.device
-    host = be.to_host(got, "results")
-    assert host.dtype == ref.dtype
-    np.testing.assert_array_equal(host, ref)
-
-
 def test_fsc_strict(be) -> None:
     rng = np.random.default_rng(4)
     a = rng.normal(size=(20, 20, 20))
@@ -98,10 +83,10 @@ def test_fsc_strict(be) -> None:
     got_half = fsc(rfft3(A), rfft3(B))
     got_2d = fsc(A[0, ...], B[0, ...])
     assert be.transfers.snapshot()["d2h"] == d2h
-    _same(be, got, fsc(a, b))
-    _same(be, got_mask, fsc(a, b, mask=m))
-    _same(be, got_half, fsc(rfft3(a), rfft3(b)))
-    _same(be, got_2d, fsc(a[0], b[0]))
+    assert_same_on_device(be, got, fsc(a, b))
+    assert_same_on_device(be, got_mask, fsc(a, b, mask=m))
+    assert_same_on_device(be, got_half, fsc(rfft3(a), rfft3(b)))
+    assert_same_on_device(be, got_2d, fsc(a[0], b[0]))
 
 
 def test_resolution_and_fsc_true_of_device_curves(be) -> None:
@@ -111,4 +96,4 @@ def test_resolution_and_fsc_true_of_device_curves(be) -> None:
     assert resolution(dev, 64, 1.5, interpolate=True) == resolution(curve, 64, 1.5, interpolate=True)
     assert be.transfers.copies("d2h", "results") == n0 + 1  # the curve, brought to the host once
     assert resolution(list(curve), 64, 1.5) == resolution(curve, 64, 1.5)
-    _same(be, fsc_true_from_half(dev), fsc_true_from_half(curve))
+    assert_same_on_device(be, fsc_true_from_half(dev), fsc_true_from_half(curve))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _fourier_helpers import assert_same_on_device
 
 from subtomo_nb.fourier.masks import (
     centred_radius,
@@ -63,31 +64,14 @@ def test_soft_edge_box_mask() -> None:
 # -- strict test device: masks created on the device, masking of device maps ----------------------
 
 
-@pytest.fixture(scope="module")
-def be():
-    pytest.importorskip("array_api_strict")
-    from subtomo_nb.backend import get_backend
-
-    return get_backend("strict")
-
-
-def _same(be, got, ref: np.ndarray) -> None:
-    assert be.owns(got) and got.device == be.device
-    host = be.to_host(got, "results")
-    assert host.dtype == ref.dtype and host.shape == ref.shape
-    np.testing.assert_array_equal(host, ref)
-
-
 def test_masks_created_on_the_strict_device(be) -> None:
-    import array_api_strict
-
     h2d = dict(be.transfers.snapshot()["h2d"])
-    _same(be, soft_sphere(24, 7.5, 3.0, backend=be), soft_sphere(24, 7.5, 3.0))
-    _same(be, soft_sphere(17, 5.0, 0.0, ndim=2, dtype=np.float32, backend="strict"),
-          soft_sphere(17, 5.0, 0.0, ndim=2, dtype=np.float32))
-    _same(be, soft_sphere(16, 5.0, 2.0, xp=array_api_strict), soft_sphere(16, 5.0, 2.0))  # legacy xp=
-    _same(be, soft_edge_box_mask(20, 4.0, dtype=np.float32, backend=be), soft_edge_box_mask(20, 4.0, dtype=np.float32))
-    _same(be, centred_radius((5, 6, 7), backend=be), centred_radius((5, 6, 7)))
+    assert_same_on_device(be, soft_sphere(24, 7.5, 3.0, backend=be), soft_sphere(24, 7.5, 3.0))
+    assert_same_on_device(be, soft_sphere(17, 5.0, 0.0, ndim=2, dtype=np.float32, backend="strict"),
+                          soft_sphere(17, 5.0, 0.0, ndim=2, dtype=np.float32))
+    assert_same_on_device(be, soft_edge_box_mask(20, 4.0, dtype=np.float32, backend=be),
+                          soft_edge_box_mask(20, 4.0, dtype=np.float32))
+    assert_same_on_device(be, centred_radius((5, 6, 7), backend=be), centred_radius((5, 6, 7)))
     assert be.transfers.snapshot()["h2d"] == h2d  # made on the device, nothing uploaded
 
 
@@ -98,12 +82,12 @@ def test_mask_particle_strict(be, background) -> None:
     noise = rng.normal(size=(16, 16, 16))
     bg_host = noise if background == "array" else background
     bg_dev = be.to_device(noise, "test") if background == "array" else background
-    _same(be, mask_particle(be.to_device(v, "test"), 4.0, 3.0, background=bg_dev),
-          mask_particle(v, 4.0, 3.0, background=bg_host))
+    assert_same_on_device(be, mask_particle(be.to_device(v, "test"), 4.0, 3.0, background=bg_dev),
+                          mask_particle(v, 4.0, 3.0, background=bg_host))
     imgs = rng.normal(size=(3, 16, 16))
-    _same(be, mask_particle(be.to_device(imgs, "test"), 5.0, 2.0, background=bg_host if background != "array" else 0.0,
-                            ndim=2),
-          mask_particle(imgs, 5.0, 2.0, background=bg_host if background != "array" else 0.0, ndim=2))
+    bg2 = bg_host if background != "array" else 0.0
+    assert_same_on_device(be, mask_particle(be.to_device(imgs, "test"), 5.0, 2.0, background=bg2, ndim=2),
+                          mask_particle(imgs, 5.0, 2.0, background=bg2, ndim=2))
 
 
 def test_raised_cosine_edge() -> None:

@@ -88,57 +88,56 @@ def test_float32_path_matches_float64() -> None:
 
 # ---------------------------------------------------------------- strict test device == numpy
 
-def _strict():
-    pytest.importorskip("array_api_strict")
-    from subtomo_nb.backend import get_backend
-
-    return get_backend("strict")
-
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("kernels", [True, False])
-def test_projector_sample_strict(dtype, kernels: bool) -> None:
-    """Every sampling method on strict arrays equals the numpy run: exactly with the compiled
-    kernels (strict runs them on its buffers), to rounding with the array expressions (cupy's path)."""
-    be = _strict()
+def test_projector_sample_strict(be, dtype) -> None:
+    """Every sampling method on strict arrays (the array expressions a GPU runs: strict has no
+    compiled kernels) equals numpy's array path exactly, and numpy's compiled kernels to rounding:
+    measured max |strict - kernel| / max|kernel| over the methods is 8.2e-7 in float32 and 1.7e-15
+    in float64; tolerances 5e-6 and 1e-13 of the max."""
     rng = np.random.default_rng(3)
     n = 16
     vol = rng.standard_normal((n, n, n)).astype(dtype)
     A = random_rotations(5, seed=4).astype(dtype)
     pts = rng.uniform(-9, 9, (40, 3)).astype(dtype)
     pn = Projector(vol, pad=2)
-    ps = Projector(be.to_device(vol, "reference"), pad=2, kernels=kernels)
+    pa = Projector(vol, pad=2, kernels=False)
+    ps = Projector(be.to_device(vol, "reference"), pad=2)
     assert ps.backend is be and be.owns(ps.data) and be.owns(ps.power_spectrum)
     assert np.array_equal(be.to_host(ps.data), pn.data)
     assert np.array_equal(be.to_host(ps.power_spectrum), pn.power_spectrum)
     Ad, pd = be.to_device(A, "metadata"), be.to_device(pts, "metadata")
-    tol = {"rtol": 0, "atol": 0} if kernels else {"rtol": 1e-6, "atol": 1e-6 * float(np.abs(pn.data).max())}
-    np.testing.assert_allclose(be.to_host(ps.sample(Ad, pd)), pn.sample(A, pts), **tol)
-    np.testing.assert_allclose(be.to_host(ps.sample(Ad[1, ...], pd)), pn.sample(A[1], pts), **tol)
+    rel = 5e-6 if dtype == np.float32 else 1e-13
+
+    def same(strict, arrays, kernel) -> None:
+        s = be.to_host(strict)
+        np.testing.assert_array_equal(s, arrays)
+        np.testing.assert_allclose(s, kernel, rtol=0, atol=rel * float(np.abs(kernel).max()))
+
+    same(ps.sample(Ad, pd), pa.sample(A, pts), pn.sample(A, pts))
+    same(ps.sample(Ad[1, ...], pd), pa.sample(A[1], pts), pn.sample(A[1], pts))
     # sample_terms: new rows, and rows written in place into preallocated arrays
-    st0, pw0 = pn.sample_terms(A, pts)
+    (st0, pw0), (sta, pwa) = pn.sample_terms(A, pts), pa.sample_terms(A, pts)
     st, pw = ps.sample_terms(Ad, pd)
-    np.testing.assert_allclose(be.to_host(st), st0, **tol)
-    np.testing.assert_allclose(be.to_host(pw), pw0, **(tol if kernels else {"rtol": 1e-5, "atol": 1e-5 * float(pw0.max())}))
+    same(st, sta, st0)
+    same(pw, pwa, pw0)
     rows = np.array([8, 1, 3, 0, 5])
     big = be.to_device(np.full((9, 80), 7, dtype), "metadata")
     bpw = be.to_device(np.full((9, 40), 7, dtype), "metadata")
     out = ps.sample_terms(Ad, pd, be.to_device(rows, "metadata"), big, bpw)
     assert out[0] is big and out[1] is bpw
     big_h, bpw_h = be.to_host(big), be.to_host(bpw)
-    np.testing.assert_allclose(big_h[rows], st0, **tol)
+    np.testing.assert_array_equal(big_h[rows], sta)
+    np.testing.assert_array_equal(bpw_h[rows], pwa)
     assert np.all(np.delete(big_h, rows, axis=0) == 7) and np.all(np.delete(bpw_h, rows, axis=0) == 7)
-    np.testing.assert_allclose(be.to_host(ps.interpolate(pd)), pn.interpolate(pts), rtol=1e-6,
-                               atol=1e-6 * float(np.abs(pn.data).max()))
-    np.testing.assert_allclose(be.to_host(ps.rotate3d(Ad[:2, ...])), pn.rotate3d(A[:2]), **tol)
-    np.testing.assert_allclose(be.to_host(ps.slice2d(Ad[:2, ...], 12)), pn.slice2d(A[:2], 12),
-                               **{**tol, "atol": tol["atol"] * n})
+    same(ps.interpolate(pd), pa.interpolate(pts), pn.interpolate(pts))
+    same(ps.rotate3d(Ad[:2, ...]), pa.rotate3d(A[:2]), pn.rotate3d(A[:2]))
+    same(ps.slice2d(Ad[:2, ...], 12), pa.slice2d(A[:2], 12), pn.slice2d(A[:2], 12))
 
 
-def test_projector_strict_refuses_host_inputs() -> None:
+def test_projector_strict_refuses_host_inputs(be) -> None:
     """On strict, host rotations/points are refused (callers upload them once), and nothing in the
     sampling path copies data across (no transfer is counted)."""
-    be = _strict()
     ps = Projector(be.to_device(np.ones((8, 8, 8)), "reference"))
     A = np.eye(3)
     pts = np.zeros((4, 3))
@@ -153,11 +152,10 @@ def test_projector_strict_refuses_host_inputs() -> None:
     assert be.transfers.snapshot() == before
 
 
-def test_gather_helpers_strict() -> None:
+def test_gather_helpers_strict(be) -> None:
     """centred_extension and trilinear_gather_half on strict arrays equal numpy."""
     from subtomo_nb.fourier.projector import centred_extension, trilinear_gather_half
 
-    be = _strict()
     rng = np.random.default_rng(5)
     n = 10
     half = rfft3(rng.standard_normal((n, n, n)))

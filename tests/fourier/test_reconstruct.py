@@ -12,6 +12,7 @@ import warnings
 
 import numpy as np
 import pytest
+from _fourier_helpers import assert_same_on_device
 
 from subtomo_nb.fourier.reconstruct import (
     _centred_crop,
@@ -27,14 +28,6 @@ M = int(BOX * PAD)
 
 
 @pytest.fixture(scope="module")
-def be():
-    pytest.importorskip("array_api_strict")
-    from subtomo_nb.backend import get_backend
-
-    return get_backend("strict")
-
-
-@pytest.fixture(scope="module")
 def sums() -> tuple[np.ndarray, np.ndarray]:
     """Padded half-transform data (complex64) and weights (float32, some zero) of box 20, pad 2."""
     rng = np.random.default_rng(5)
@@ -47,13 +40,6 @@ def sums() -> tuple[np.ndarray, np.ndarray]:
 
 def _d2h(be) -> int:
     return sum(v[0] for v in be.transfers.snapshot()["d2h"].values())
-
-
-def _assert_same(be, got, ref: np.ndarray) -> None:
-    assert be.owns(got) and got.device == be.device
-    host = be.to_host(got, "results")
-    assert host.dtype == ref.dtype and host.shape == ref.shape
-    np.testing.assert_array_equal(host, ref)
 
 
 @pytest.mark.parametrize("case", ["plain", "tau2_device", "tau2_host_2d", "pipe_menon", "no_mask"])
@@ -74,7 +60,7 @@ def test_wiener_reconstruct_strict(be, sums, case: str) -> None:
     got = wiener_reconstruct(d_dev, w_dev, BOX, PAD, **dkw)
     assert _d2h(be) == before  # nothing came back to the host
     assert ref.shape == (BOX,) * 3 and ref.dtype == np.float32
-    _assert_same(be, got, ref)
+    assert_same_on_device(be, got, ref)
 
 
 def test_wiener_reconstruct_refuses_host_arrays_on_strict(be, sums) -> None:
@@ -89,7 +75,7 @@ def test_downsampled_average_strict(be, sums, divide: bool) -> None:
     d, w = sums
     ref = downsampled_average(d, w, BOX, PAD, divide=divide)
     assert ref.shape == (BOX, BOX, BOX // 2 + 1) and ref.dtype == np.complex64
-    _assert_same(be, downsampled_average(be.to_device(d, "test"), be.to_device(w, "test"), BOX, PAD, divide=divide), ref)
+    assert_same_on_device(be, downsampled_average(be.to_device(d, "test"), be.to_device(w, "test"), BOX, PAD, divide=divide), ref)
 
 
 @pytest.mark.parametrize("whole_data", [False, True])
@@ -100,24 +86,24 @@ def test_ssnr_tau2_from_fsc_strict(be, sums, whole_data: bool) -> None:
     got = ssnr_tau2_from_fsc(be.to_device(f, "test"), be.to_device(w, "test"), BOX, PAD, r_max=8,
                              tau2_fudge=1.5, whole_data=whole_data)
     for name in ref._fields:
-        _assert_same(be, getattr(got, name), getattr(ref, name))
+        assert_same_on_device(be, getattr(got, name), getattr(ref, name))
     # a host FSC curve is uploaded (counted as metadata), the fields stay on the device
     n0 = be.transfers.copies("h2d", "metadata")
     got_host_fsc = ssnr_tau2_from_fsc(f, be.to_device(w, "test"), BOX, PAD, r_max=8, tau2_fudge=1.5,
                                       whole_data=whole_data)
     assert be.transfers.copies("h2d", "metadata") == n0 + 1
-    _assert_same(be, got_host_fsc.tau2, ref.tau2)
+    assert_same_on_device(be, got_host_fsc.tau2, ref.tau2)
 
 
 def test_blob_and_gridding_correction_strict(be) -> None:
     r = np.linspace(0.0, 0.6, 61)
     ref = blob_ft_ratio(r)
     assert ref[0] == pytest.approx(1.0)
-    _assert_same(be, blob_ft_ratio(be.to_device(r, "test")), ref)
+    assert_same_on_device(be, blob_ft_ratio(be.to_device(r, "test")), ref)
     v = np.random.default_rng(8).normal(size=(BOX,) * 3).astype(np.float32)
-    _assert_same(be, gridding_correct(be.to_device(v, "test"), M), gridding_correct(v, M))
+    assert_same_on_device(be, gridding_correct(be.to_device(v, "test"), M), gridding_correct(v, M))
     img = v[0].astype(np.float64)
-    _assert_same(be, gridding_correct(be.to_device(img, "test"), M), gridding_correct(img, M))
+    assert_same_on_device(be, gridding_correct(be.to_device(img, "test"), M), gridding_correct(img, M))
 
 
 @pytest.mark.parametrize("m, box", [(40, 20), (41, 20), (40, 21), (33, 33), (9, 1)])

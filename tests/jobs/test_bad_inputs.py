@@ -213,16 +213,26 @@ def test_bad_input_one_line_exit_1_inputs_unchanged(project, monkeypatch, capsys
     assert digest(project) == before   # no input changed, nothing written (no file added or removed)
 
 
-def test_gpu_without_a_gpu_is_refused(project, monkeypatch, capsys):
-    import subtomo_nb.parallel.client as client
+def test_gpu_without_cupy_is_refused(project, monkeypatch, capsys):
+    import sys
 
-    monkeypatch.setattr(client, "gpu_count", lambda: 0)
+    monkeypatch.setitem(sys.modules, "cupy", None)      # import cupy fails, as on a machine without it
     monkeypatch.chdir(project)
     before = digest(project)
     assert main(REFINE + ["--gpu"]) == 1
     assert capsys.readouterr().err == (
-        "subtomo refine: error: field --gpu: Use GPU acceleration? needs a usable GPU, and none is visible to this "
-        "process (no cupy or no CUDA device): leave out --gpu (set it to No); the job runs on the CPU\n")
+        "subtomo refine: error: field --gpu: Use GPU acceleration? needs cupy: pip install 'subtomo_nb[gpu]'; "
+        "leave out --gpu (set it to No) to run on the CPU\n")
+    assert digest(project) == before
+
+
+def test_unknown_subtomo_backend_is_refused(project, monkeypatch, capsys):
+    monkeypatch.setenv("SUBTOMO_BACKEND", "jax")
+    monkeypatch.chdir(project)
+    before = digest(project)
+    assert main(REFINE) == 1
+    assert capsys.readouterr().err == (
+        "subtomo refine: error: field SUBTOMO_BACKEND: unknown backend 'jax': choose one of numpy, cupy, strict\n")
     assert digest(project) == before
 
 
@@ -320,18 +330,31 @@ def test_command_line_errors_are_one_line_exit_2(project, monkeypatch, capsys, a
     assert digest(project) == before
 
 
-def test_gpu_with_a_gpu_warns_once_and_runs_on_the_cpu(project, monkeypatch):
-    """With a GPU visible, --gpu is not refused: one warning line (the CLI and run.out carry it)."""
-    import subtomo_nb.parallel.client as client
+def test_gpu_numbers_beyond_the_visible_devices_are_refused(project, monkeypatch):
+    """With two (fake) GPUs visible: --gpu 0:1 passes without a warning, --gpu 0,3 is refused."""
+    import subtomo_nb.backend as backend
+    import subtomo_nb.jobs.devices as devices
     from subtomo_nb.cli.main import build_parser, refine_values
+    from subtomo_nb.io.errors import InputError
     from subtomo_nb.jobs.validate import check_job
 
-    monkeypatch.setattr(client, "gpu_count", lambda: 1)
+    class FakeCupy:
+        name = "cupy"
+
+        def describe(self, n: int = 1) -> str:
+            return f"cupy ({n} GPU{'s' if n != 1 else ''})"
+
+    monkeypatch.setattr(backend, "backend_from_env", lambda gpu=None: FakeCupy())
+    monkeypatch.setattr(devices, "_visible_gpu_count", lambda: 2)
     monkeypatch.chdir(project)
-    values = refine_values(build_parser().parse_args(REFINE + ["--gpu"]))
-    assert values["use_gpu"] is True
-    assert check_job("refine3d", values, project_dir=project) == [
-        "--gpu: this job's numerics run on the CPU; the GPUs are not used"]
+    values = refine_values(build_parser().parse_args(REFINE + ["--gpu", "0:1"]))
+    assert values["use_gpu"] is True and values["gpu_ids"] == "0:1"
+    assert check_job("refine3d", values, project_dir=project) == []
+    assert devices.job_devices(values) == devices.JobDevices("cupy", (0, 1), "cupy (2 GPUs)")
+    values = refine_values(build_parser().parse_args(REFINE + ["--gpu", "0,3"]))
+    with pytest.raises(InputError, match=r"field --gpu: Use GPU acceleration\? GPU 3 is not visible: this process "
+                                         r"sees 2 CUDA devices \(0 to 1\)"):
+        check_job("refine3d", values, project_dir=project)
 
 
 def test_relions_disc_and_memory_options_are_named_as_without_effect(project, monkeypatch):
@@ -349,3 +372,27 @@ def test_relions_disc_and_memory_options_are_named_as_without_effect(project, mo
         "--preread_images: accepted for RELION compatibility and has no effect here (particles are read once into "
         "memory anyway)",
     ]
+
+
+@pytest.mark.parametrize("argv, name", [(REFINE, "Refine3D/job010"), (INIMODEL, "InitialModel/job011")])
+def test_a_job_that_cannot_fit_is_refused_before_iteration_1(project, monkeypatch, capsys, argv, name):
+    """The memory plan goes to run.out; with (fake) 64 MiB of host memory the job stops in one line."""
+    import subtomo_nb.refine.memory_plan as memory_plan
+
+    monkeypatch.setattr(memory_plan, "host_memory", lambda: 64 << 20)
+    monkeypatch.delenv("SUBTOMO_BACKEND", raising=False)
+    monkeypatch.chdir(project)
+    job = project / name
+    shutil.rmtree(job, ignore_errors=True)
+    try:
+        assert main(argv) == 1
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith(f"subtomo {argv[0]}: error: field memory: the ")
+        assert err[0].endswith("and 64.0 MiB is available (host RAM per worker); use a smaller batch size, fewer "
+                               "particles per worker (more workers) or more GPUs")
+        run_out = (job / "run.out").read_text()
+        assert " ++++ backend: numpy (CPU)" in run_out
+        assert "memory plan per worker (1 worker): box 32 px" in run_out and "final iteration at full size" in run_out
+        assert not list(job.glob("run_it001*")) and (job / "RELION_JOB_EXIT_FAILURE").exists()
+    finally:
+        shutil.rmtree(job, ignore_errors=True)

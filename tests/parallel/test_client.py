@@ -38,13 +38,29 @@ def test_local_cluster_when_no_client(cluster_client):
     assert close_if_owned(client) is False
 
 
-def test_gpu_required_but_absent_raises():
+def test_gpu_cluster_without_dask_cuda_or_gpu_is_refused_in_one_line():
+    from subtomo_nb.io.errors import InputError
+
     ok, why = cuda_cluster_available()
     if ok:
         pytest.skip("a GPU cluster can be made here; the error path does not apply")
-    with pytest.raises(RuntimeError, match="no GPU cluster"):
-        get_client(gpu=True)
-    assert why
+    for gpu in (True, [0], [0, 1]):
+        with pytest.raises(InputError, match=r"^field --gpu: a GPU cluster cannot be made: ") as info:
+            get_client(gpu=gpu)
+        assert "\n" not in str(info.value) and why in str(info.value)
+
+
+def test_cuda_cluster_arguments_one_worker_per_named_gpu(monkeypatch):
+    """The LocalCUDACluster arguments of a --gpu list (dask-cuda and 4 GPUs faked)."""
+    import subtomo_nb.parallel.client as client
+    from subtomo_nb.io.errors import InputError
+
+    monkeypatch.setattr(client, "cuda_cluster_available", lambda: (True, ""))
+    monkeypatch.setattr(client, "gpu_count", lambda: 4)
+    assert client.cuda_cluster_kwargs([2, 0]) == {"CUDA_VISIBLE_DEVICES": "2,0", "n_workers": 2}
+    assert client.cuda_cluster_kwargs(None) == {"CUDA_VISIBLE_DEVICES": "0,1,2,3", "n_workers": 4}
+    with pytest.raises(InputError, match="GPU 4 is not visible"):
+        client.cuda_cluster_kwargs([1, 4])
 
 
 def test_local_cuda_cluster_one_worker_per_gpu():

@@ -209,4 +209,4 @@ def test_streams_with_equal_references_share_projector_and_cache() -> None:
                                       Projector(other.astype(np.float32), pad=2).sample(np.eye(3)[None], np.ones((1, 3))))
     finally:
         _forget_streams("tst-share-")
-    assert not any(k.startswith("tst-share-") for k in _PROJECTORS)
+    assert not any(k[1].startswith("tst-share-") for k in _PROJECTORS)
