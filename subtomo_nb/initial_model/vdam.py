@@ -211,13 +211,10 @@ class InitialModel(PoseDriver):
     def _transforms(self, rows: np.ndarray) -> tuple[Any, Any, Any | None]:
         """Transforms of ``rows`` shifted by their current offsets, CTF² (ones without --ctf), multiplicities.
 
-        Arrays of the job's backend (the transform cache's device copies; host arrays it gives
-        are copied as ``"particles"``).
+        Arrays of the job's backend: the transform cache's device copies (each particle copied
+        there once, as ``"particles"``, when it is first read), shifted there.
         """
-        be = self.backend
         data, ctf2, mult = self.source.transforms.shifted(rows, self.poses.offsets_A[rows] / self.pix)
-        data, ctf2 = be.to_device(data, "particles"), be.to_device(ctf2, "particles")
-        mult = None if mult is None else be.to_device(mult, "particles")
         if not self.opts.ctf:
             ctf2 = without_ctf(ctf2, mult)
         return data, ctf2, mult

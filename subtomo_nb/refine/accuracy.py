@@ -93,7 +93,7 @@ def estimate_accuracy(projector: Projector, particles: ParticleSet | TransformCa
     M = (xp.ones(W.shape, dtype=f64, device=be.device) if mult is None
          else xp.take(xp.reshape(mult, (n, -1)), index, axis=1))        # the data's precision, as read
     noise = be.to_device(np.asarray(sigma2, dtype=np.float64)[sel.shell], "metadata")
-    floor = xp.asarray(1e-6, dtype=M.dtype, device=be.device)
+    floor = xp.full((), 1e-6, dtype=M.dtype, device=be.device)      # made there, not copied
     inv = xp.where(M > 0.01, 1.0 / (2.0 * noise * xp.maximum(M, floor)), 0.0)
     weight = W ** 2 * inv                                              # (n, K)
     c128 = xp.complex128
@@ -112,7 +112,7 @@ def estimate_accuracy(projector: Projector, particles: ParticleSet | TransformCa
     k_axis = be.to_device(np.ascontiguousarray(sel.points[:, axis].T), "metadata")       # (n, K)
     steps = be.to_device(TRANSLATION_ERROR_STEPS, "metadata")
     # numpy's order: (-2i pi / box) * step first, then times k (both products complex)
-    factor = xp.asarray(-2j * np.pi / box, dtype=c128, device=be.device)
+    factor = xp.full((), -2j * np.pi / box, dtype=c128, device=be.device)
     phase = xp.exp((factor * xp.astype(steps[None, :, None], c128)) * xp.astype(k_axis[:, None, :], c128))
     d2t = _weighted_sums(weight, xp.abs(V0[:, None, :] * (phase - 1.0)) ** 2, xp)
     acc_t = TRANSLATION_ERROR_STEPS[_first_above(be.to_host(d2t, "results"), ACCURACY_THRESHOLD)]

@@ -116,7 +116,7 @@ class HalfModel:
 
     def host_reference(self, backend: Backend) -> np.ndarray:
         """The reference on the host (copied once per reference, as ``"map"``: the map written to
-        disk, and what the E-step's workers receive)."""
+        disk, and what the E-step's workers receive when they are other processes)."""
         if self._host is None:
             self._host = backend.to_host(self.reference, "map")
         return self._host
@@ -161,7 +161,7 @@ def _read_solvent_mask(path: str | os.PathLike, box: int) -> np.ndarray:
 def _join_low_resolution(bps: list[BackProjector], shell: int, backend: Backend) -> list[BackProjector]:
     """Copies of the half back-projectors with data and weight averaged for |k| <= shell (§6.2), on the device."""
     xp = backend.xp
-    low = backend.to_device(radius_grid(bps[0].padded) <= shell * bps[0].pad, "metadata")
+    low = radius_grid(bps[0].padded, xp=backend, device=backend.device) <= shell * bps[0].pad   # made there
     d = 0.5 * (bps[0].data + bps[1].data)
     w = 0.5 * (bps[0].weight + bps[1].weight)
     out = []
@@ -350,7 +350,10 @@ class AutoRefine(PoseDriver):
         s = self.state
         settings = self.estep_settings((self.box // 2) if final else s.current_size / 2,
                                        firstiter_cc=self.opts.firstiter_cc and s.iteration == 1)
-        return self.estep_request([h.rows for h in halves], [h.host_reference(self.backend) for h in halves],
+        # in-process: the device references as they are; other processes' workers: the host maps
+        # (copied down once per reference, as the maps written to disk)
+        refs = [h.reference if self.executor_in_process else h.host_reference(self.backend) for h in halves]
+        return self.estep_request([h.rows for h in halves], refs,
                                   [h.sigma2 for h in halves], settings, self._r_max(final))
 
     def _expectation(self, final: bool) -> list[HalfSetResult]:

@@ -156,8 +156,9 @@ class PoseDriver:
                       back_project: bool = True) -> EStepRequest:
         """This iteration's E-step of ``halves`` (particle rows) against their references and noise.
 
-        ``references``: host maps (what the workers receive and copy to their device once per
-        iteration) or device arrays of the job's backend.
+        ``references``: device arrays of the job's backend for an in-process executor
+        (:attr:`executor_in_process`: used where they are), host maps for one whose workers are
+        other processes (what they receive and copy to their device once per iteration).
         """
         sampling = self.state.sampling
         return EStepRequest(source=self.source, halves=list(halves), references=list(references),
@@ -165,6 +166,12 @@ class PoseDriver:
                             prior_angles=self.poses.prior_angles(sampling), origins_px=self.poses.origins_px,
                             pad=self.opts.pad, r_max=r_max, ctf=self.opts.ctf, back_project=back_project,
                             backend=self.backend.name)
+
+    @property
+    def executor_in_process(self) -> bool:
+        """Whether the executor runs the E-steps in this process (``in_process``): it then takes the
+        references on the job's device as they are; otherwise host maps, for its workers."""
+        return bool(getattr(self.executor, "in_process", False))
 
     def run_estep(self, request: EStepRequest) -> list[HalfSetResult]:
         """Run ``request`` on the executor, emitting particle counts as batches finish."""

@@ -10,14 +10,13 @@ the dask executor and passes it in.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from subtomo_nb.backend import Backend, get_backend
+from subtomo_nb.backend import get_backend
 from subtomo_nb.fourier.backprojector import BackProjector
 from subtomo_nb.fourier.projector import Projector
 from subtomo_nb.io.particles import ParticleSet
@@ -27,8 +26,7 @@ from subtomo_nb.refine.iteration_cache import IterationCache
 from subtomo_nb.refine.sampling import Sampling
 from subtomo_nb.tasks.particle_data import TransformCache
 
-__all__ = ["ParticleSource", "EStepRequest", "HalfSetResult", "BatchProgress", "EStepExecutor", "SerialExecutor",
-           "results_to_host"]
+__all__ = ["ParticleSource", "EStepRequest", "HalfSetResult", "BatchProgress", "EStepExecutor", "SerialExecutor"]
 
 #: ``progress(half, batches_done, batches_total)``, called as batches finish (e.g.
 #: :func:`subtomo_nb.refine.particle_progress.batch_counter`).
@@ -72,10 +70,11 @@ class EStepRequest:
     ----------
     source : the particles.
     halves : per half-set, its particle rows (0-based rows of the particle table).
-    references : per half-set, the real ``(N, N, N)`` reference map as the host sends it to the
-        workers (numpy; the same object for half-sets that share a reference, as VDAM's pseudo
-        half-sets: then it is copied to the device once and its projector and cached reference
-        values are shared too). A device array of the backend is used where it is, uncopied.
+    references : per half-set, the real ``(N, N, N)`` reference map: a device array of the
+        request's backend for an in-process executor (:attr:`SerialExecutor.in_process`: used where
+        it is, uncopied), the host map for executors whose workers are other processes (what they
+        send them). The same object for half-sets that share a reference, as VDAM's pseudo
+        half-sets: then its projector and cached reference values are shared too.
     sigma2 : per half-set, ``(N//2+1,)`` noise power per shell.
     sampling : this iteration's sampling.
     settings : radii, translation prior and significance (:class:`EStepSettings`).
@@ -92,7 +91,7 @@ class EStepRequest:
 
     source: ParticleSource
     halves: Sequence[np.ndarray]
-    references: Sequence[np.ndarray]
+    references: Sequence[Any]
     sigma2: Sequence[np.ndarray]
     sampling: Sampling
     settings: EStepSettings
@@ -126,7 +125,12 @@ class HalfSetResult:
 
 
 class EStepExecutor(Protocol):
-    """What a driver needs from whoever runs its E-steps."""
+    """What a driver needs from whoever runs its E-steps.
+
+    An executor whose E-steps run in the driver's process says so with a true ``in_process``
+    attribute (:class:`SerialExecutor`): the driver then hands it the references on its device.
+    Without one (e.g. ``subtomo_nb.parallel.DaskExecutor``), it gets host maps to send to its workers.
+    """
 
     def run(self, request: EStepRequest, progress: BatchProgress | None = None) -> list[HalfSetResult]:
         """Every half-set's E-step of one iteration; one :class:`HalfSetResult` per half-set, in order."""
@@ -142,12 +146,6 @@ def batch_rows(rows: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [rows[start:start + batch_size] for start in range(0, len(rows), batch_size)]
 
 
-def results_to_host(result: BatchResult, backend: Backend) -> BatchResult:
-    """A batch's per-particle results (and its noise sums) as host arrays (``"results"``)."""
-    return BatchResult(**{f.name: backend.to_host(getattr(result, f.name), "results")
-                          for f in dataclasses.fields(BatchResult)})
-
-
 def split_by_batches(rows: np.ndarray, results: Sequence[BatchResult]) -> list[tuple[np.ndarray, BatchResult]]:
     """Pair consecutive slices of ``rows`` with the batch results they belong to (in order)."""
     bounds = np.cumsum([0] + [len(r.pmax) for r in results])
@@ -158,13 +156,17 @@ class SerialExecutor:
     """The E-step in this process: batch after batch, a running back-projector sum per half-set.
 
     Everything runs on the request's backend (one worker, one device): each half-set's reference
-    is copied there once per iteration (``"reference"``; once for half-sets given the same
-    reference object), its projector and an :class:`IterationCache` are built there, the batches
+    is the driver's device array (no copy; a host map is copied there once, as ``"reference"``;
+    once for half-sets given the same reference object), its projector and an
+    :class:`IterationCache` are built there, the batches
     come from the source's device-resident transforms, and the back-projector sums stay there. Only
     the per-particle results come back to the host (``"results"``). In local searches the
     particles are batched by direction, so the union of their neighbourhoods (what a batch scores
     as one matrix product) stays small.
     """
+
+    #: The E-steps run in the driver's process: it passes its device references as they are.
+    in_process = True
 
     def run(self, request: EStepRequest, progress: BatchProgress | None = None) -> list[HalfSetResult]:
         """See :meth:`EStepExecutor.run`."""
@@ -191,7 +193,7 @@ class SerialExecutor:
                 res = expectation_batch(projector, ParticleBatch.of(data, ctf2, mult), request.sigma2[h],
                                         request.sampling, request.prior_angles[idx], request.settings,
                                         backprojector=bp if request.back_project else None, cache=cache)
-                results.append((idx, results_to_host(res, be)))
+                results.append((idx, res.to_host(be)))
                 if progress is not None:
                     progress(h, i + 1, len(batches))
             out.append(HalfSetResult(bp, results))

@@ -51,7 +51,8 @@ def initial_sigma2(pset: ParticleSet, rows: np.ndarray, box: int, tomograms: Tom
     mean = xp.mean(data, axis=0, keepdims=True)
     resid = xp.abs(data - mean) ** 2 * (len(use) / max(len(use) - 1, 1))
     nsh = box // 2 + 1
-    sh = be.to_device(np.ascontiguousarray(np.broadcast_to(shell_index(box), data.shape)).ravel(), "metadata")
+    # the (N, N, N//2+1) shell table built on the device, broadcast over the particles there
+    sh = xp.reshape(xp.broadcast_to(shell_index(box, xp=be, device=be.device), data.shape), (-1,))
     # zeros outside the data add nothing to the sums (as leaving them out)
     if ok is None:
         num = be.bincount(sh, xp.reshape(resid, (-1,)), nsh)

@@ -163,29 +163,6 @@ def particle_transforms(
 TRANSFORM_CACHE_BYTES = 2 * 1024 ** 3
 
 
-def shift_origins(data: Any, origins_px: Any, backend: Backend) -> Any:
-    """Half transforms ``(B, N, N, N//2+1)`` shifted by ``+origins_px`` ``(B, 3)`` (x, y, z; pixels), on the device.
-
-    The phase factor ``exp(-2 pi i k.t / N)`` of :func:`~subtomo_nb.fourier.fft.shift_half`, written
-    with the array API on ``backend``'s arrays (``data`` and ``origins_px`` both of the backend), with
-    the same operations in the same order, so the numpy backend gives shift_half's numbers bit for bit.
-    """
-    xp = backend.xp
-    n = int(data.shape[-2])
-    cdt = data.dtype
-    rdt = xp.float32 if cdt == xp.complex64 else xp.float64
-    t = xp.astype(origins_px, rdt)
-    k = xp.astype(xp.fft.fftfreq(n, d=1.0 / n, device=backend.device), rdt)
-    kx = xp.arange(int(data.shape[-1]), dtype=rdt, device=backend.device)
-    shape = (int(t.shape[0]), 1, 1, 1)
-    tx, ty, tz = (xp.reshape(t[:, i], shape) for i in range(3))
-    arg = kx[None, None, :] * tx + k[None, :, None] * ty + k[:, None, None] * tz
-    # numpy's weak Python complex times a real array: the real array as complex, one complex product
-    factor = xp.asarray(-2j * math.pi / n, dtype=cdt, device=backend.device)
-    phase = xp.exp(factor * xp.astype(arg, cdt))
-    return data * phase
-
-
 class TransformCache:
     """Unshifted half transforms, CTF² and multiplicities of particles, kept on the device while they fit.
 
@@ -205,6 +182,11 @@ class TransformCache:
         Most device memory kept (bytes).
     backend
         The job's backend (name or :class:`~subtomo_nb.backend.Backend`); numpy: host arrays, as before.
+
+    Attributes
+    ----------
+    nbytes : the device memory the kept particles hold (bytes): a batch read is kept whole (its
+        arrays, as views) when it fits, otherwise the particles that fit are copied out of it.
     """
 
     def __init__(self, pset: ParticleSet, tomograms: TomogramSet | None, dtype: type,
@@ -226,11 +208,17 @@ class TransformCache:
                                                    apply_origins=False, dtype=self.dtype)
             data, ctf2 = be.to_device(data, "particles"), be.to_device(ctf2, "particles")
             mult = None if mult is None else be.to_device(mult, "particles")
+            arrays = [a for a in (data, ctf2, mult) if a is not None]
+            # a batch that fits whole is kept as its views (its buffers are all accounted for);
+            # otherwise each particle kept is copied out, so the batch's buffers can be freed
+            whole = self.nbytes + sum(_nbytes(a) for a in arrays) <= self.max_bytes
             for i, r in enumerate(missing):
                 entry = (data[i, ...], ctf2[i, ...], None if mult is None else mult[i, ...])
                 fresh[r] = entry
                 size = sum(_nbytes(a) for a in entry if a is not None)
                 if self.nbytes + size <= self.max_bytes:
+                    if not whole:
+                        entry = tuple(None if a is None else xp.asarray(a, copy=True) for a in entry)
                     self._entries[r] = entry
                     self.nbytes += size
         entries = [self._entries.get(int(r)) or fresh[int(r)] for r in rows]
@@ -244,12 +232,12 @@ class TransformCache:
         (the values ``particle_transforms(..., origins=origins_px)`` returns), device arrays.
 
         ``origins_px`` (pixels, host metadata) is copied to the device (``"metadata"``); the shift
-        runs there (:func:`shift_origins`).
+        runs there (:func:`~subtomo_nb.fourier.fft.shift_half`).
         """
         be = self.backend
         data, ctf2, mult = self.raw(rows)
         origins = be.to_device(np.asarray(origins_px, dtype=np.float64), "metadata")
-        return shift_origins(data, origins, be), ctf2, mult
+        return shift_half(data, origins), ctf2, mult
 
 
 def _nbytes(a: Any) -> int:

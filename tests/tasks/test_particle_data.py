@@ -29,22 +29,32 @@ def test_transform_cache_equals_reading_and_keeps_within_its_budget(tiny_extract
     assert 0 < cache.nbytes <= 2 * per_particle
 
 
-def test_shift_origins_is_shift_half_on_every_backend() -> None:
-    """The device shift gives shift_half's numbers bit for bit (numpy and strict)."""
-    from subtomo_nb.backend import get_backend
-    from subtomo_nb.fourier.fft import shift_half
-    from subtomo_nb.tasks.particle_data import shift_origins
+def _held_bytes(cache: TransformCache) -> int:
+    """Bytes of the numpy buffers the cache's entries keep alive (a view keeps its whole base)."""
+    bases = {}
+    for entry in cache._entries.values():
+        for a in entry:
+            if a is not None:
+                base = a if a.base is None else a.base
+                bases[id(base)] = base.nbytes
+    return sum(bases.values())
 
-    rng = np.random.default_rng(1)
-    for cdt in (np.complex64, np.complex128):
-        F = (rng.standard_normal((3, 8, 8, 5)) + 1j * rng.standard_normal((3, 8, 8, 5))).astype(cdt)
-        t = rng.uniform(-3, 3, (3, 3))
-        want = shift_half(F, t).astype(cdt)
-        np.testing.assert_array_equal(shift_origins(F, t, get_backend("numpy")), want)
-        be = get_backend("strict")
-        got = be.to_host(shift_origins(be.to_device(F), be.to_device(t), be))
-        assert got.dtype == want.dtype
-        np.testing.assert_array_equal(got, want)
+
+def test_transform_cache_nbytes_is_the_memory_it_holds(tiny_extract_3d: Path) -> None:
+    """Kept particles hold no more than ``nbytes``: a batch that only partly fits is not kept as views
+    of the whole read (which would keep every particle of it in memory), one that fits whole is."""
+    pset, tomograms = load_particle_set(tiny_extract_3d)
+    rows = np.arange(4)
+    per_particle = sum(a[0].nbytes for a in particle_transforms(pset, rows[:1], tomograms=tomograms,
+                                                                dtype=np.float32) if a is not None)
+    partial = TransformCache(pset, tomograms, np.float32, max_bytes=2 * per_particle)
+    partial.raw(rows)
+    assert len(partial._entries) == 2 and partial.nbytes == 2 * per_particle
+    assert _held_bytes(partial) == partial.nbytes
+    whole = TransformCache(pset, tomograms, np.float32, max_bytes=4 * per_particle)
+    whole.raw(rows)
+    assert len(whole._entries) == 4 and _held_bytes(whole) == whole.nbytes == 4 * per_particle
+    np.testing.assert_array_equal(partial.raw(rows[:2])[0], whole.raw(rows[:2])[0])
 
 
 def test_transform_cache_strict_copies_each_particle_once(tiny_extract_3d: Path) -> None:
