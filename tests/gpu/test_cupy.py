@@ -1,7 +1,8 @@
 """cupy equals numpy to 1e-4: the E-step of a batch and the reconstruction (GPU machines only).
 
-Marked ``gpu``; skipped where cupy or a CUDA device is missing (every CI machine). Run them with
-``pytest -m gpu tests/gpu`` or ``benchmarks/gpu_check.sh``.
+Marked ``gpu``; skipped where cupy or a CUDA device is missing (every CI machine), failed instead
+with ``SUBTOMO_REQUIRE_GPU=1``. Run them with ``SUBTOMO_REQUIRE_GPU=1 pytest -m gpu tests/gpu`` or
+``benchmarks/gpu_check.sh``.
 """
 
 from __future__ import annotations
@@ -11,12 +12,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-cupy = pytest.importorskip("cupy")
-try:
-    if cupy.cuda.runtime.getDeviceCount() < 1:
-        pytest.skip("no CUDA device", allow_module_level=True)
-except cupy.cuda.runtime.CUDARuntimeError as exc:
-    pytest.skip(f"no usable CUDA device ({exc})", allow_module_level=True)
+from tests.gpu._require import require_cupy_device
+
+cupy = require_cupy_device()     # skip without cupy or a device; a failure with SUBTOMO_REQUIRE_GPU=1
 
 from subtomo_nb.backend import get_backend  # noqa: E402
 from subtomo_nb.fourier.backprojector import BackProjector  # noqa: E402
