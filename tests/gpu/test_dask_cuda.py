@@ -53,12 +53,12 @@ def _rel(got: np.ndarray, ref: np.ndarray) -> float:
     return float(np.max(np.abs(got - ref)) / max(float(np.max(np.abs(ref))), 1e-30)) if ref.size else 0.0
 
 
-def test_cuda_cluster_estep_equals_numpy_and_uploads_once(cuda_client, estep_setup, monkeypatch):
+def test_cuda_cluster_estep_equals_numpy_and_uploads_once(cuda_client, estep_setup):
     workers = cuda_client.scheduler_info()["workers"]
     assert len(workers) == 1                                           # one worker per GPU named
-    monkeypatch.setattr(strict_version, "ITERATIONS", ITERATIONS)
-    ref_out, _ = strict_version._run(cuda_client, estep_setup, "numpy")
-    got_out, counts = strict_version._run(cuda_client, estep_setup, "cupy")
+    ref_out, _ = strict_version._run(cuda_client, estep_setup, "numpy", iterations=ITERATIONS)
+    got_out, counts = strict_version._run(cuda_client, estep_setup, "cupy", iterations=ITERATIONS)
+    assert len(got_out) == len(counts) == ITERATIONS
     n_batches = 2 * (strict_version.N_HALF // strict_version.BATCH)
 
     for ref_it, got_it in zip(ref_out, got_out, strict=True):
