@@ -20,8 +20,8 @@ Usage::
     python benchmarks/backend_equivalence.py [--o DIR] [--backends numpy strict] [--jobs refine initial-model reconstruct]
                                              [--auto_iter_max N]
 
-``--backends numpy cupy`` on a GPU machine (``benchmarks/gpu_check.sh``: reconstruct and a 3-iteration
-refine, ``--auto_iter_max 3``, whose last iteration is the final, full-size one).
+``--backends numpy cupy`` on a GPU machine (``benchmarks/gpu_check.sh``: reconstruct and a 2-iteration
+refine, ``--auto_iter_max 2``, whose last iteration is the final, full-size one).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@
 #      cupy primitives, expectation_batch and reconstruct equal numpy to 1e-4, and the dask E-step
 #      on a LocalCUDACluster (get_client(gpu=[0])) with its per-worker uploads          (limit 120 s)
 #   2. the tutorial jobs, numpy against cupy (benchmarks/backend_equivalence.py): reconstruct and a
-#      3-iteration auto-refine, the same poses and maps within 1e-4                       (limit 100 s)
+#      2-iteration auto-refine, the same poses and maps within 1e-4                       (limit 100 s)
 #   3. the E-step against cuBLAS for exactly its recorded matrix products
 #      (benchmarks/estep_gpu.py; PASS at >= 50 %)                                          (limit 60 s)
 #   4. the tiny tutorial with --gpu: VDAM initial model (100 mini-batches; aim < 180 s) and 3D
@@ -185,8 +185,8 @@ fi
 # ---- 2. the tutorial jobs: numpy against cupy -------------------------------------------------------
 if step 2; then
 EQ=$(mktemp -d /tmp/gpu_check_equivalence.XXXX)
-run_step "numpy vs cupy (reconstruct, 3-iteration refine)" 100 "$LOGS/equivalence.log" \
-    "$PY" benchmarks/backend_equivalence.py --o "$EQ" --backends numpy cupy --jobs reconstruct refine --auto_iter_max 3
+run_step "numpy vs cupy (reconstruct, 2-iteration refine)" 100 "$LOGS/equivalence.log" \
+    "$PY" benchmarks/backend_equivalence.py --o "$EQ" --backends numpy cupy --jobs reconstruct refine --auto_iter_max 2
 if [ "$RC" -ne 124 ] && [ "$RC" -ne 125 ]; then
     grep -E '^(reconstruct|refine|job failed)' "$LOGS/equivalence.log" | sed 's/^/gpu_check:   /'
     last=$(grep -E '^worst relative' "$LOGS/equivalence.log" | tail -1)
