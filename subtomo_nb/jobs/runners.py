@@ -96,13 +96,18 @@ def _device_free() -> int | None:
 
 def memory_plan(job: Any, values: Mapping[str, Any], client: Any, progress: ProgressCallback,
                 available: int | None = None) -> Any:
-    """Print the E-step workers' memory plan before iteration 1, and refuse a job that cannot fit.
+    """Print the E-step workers' memory plan before iteration 1, give the job its particle budget,
+    and refuse a job whose working set cannot fit.
 
     ``job`` is the driver made by ``from_options`` (:class:`~subtomo_nb.refine.autorefine.AutoRefine`,
     :class:`~subtomo_nb.initial_model.vdam.InitialModel`): its box, pixel size, precision, batch
     size, particles and first sampling. The memory each worker may use: the free memory of its GPU
     (``Backend.memory()``, the smallest over the GPU workers), else the host's available RAM
-    shared by the workers. ``available`` overrides it (tests).
+    shared by the workers. ``available`` overrides it (tests). The plan's
+    :attr:`~subtomo_nb.refine.memory_plan.MemoryPlan.resident_bytes` becomes the job's
+    ``device_cache_bytes`` (:meth:`~subtomo_nb.refine.driver.PoseDriver.set_device_cache_bytes`):
+    the particles within it stay on each worker's device (in memory on the CPU), the others are
+    re-read and copied every iteration; unknown memory keeps the default.
 
     Returns
     -------
@@ -111,8 +116,8 @@ def memory_plan(job: Any, values: Mapping[str, Any], client: Any, progress: Prog
     Raises
     ------
     subtomo_nb.io.errors.InputError
-        One line: the peak does not fit; use a smaller batch size, fewer particles per worker or
-        more GPUs.
+        One line: the working set (everything but the resident particles) does not fit; use a
+        smaller batch size (float32) or more GPUs.
     """
     from subtomo_nb.parallel.client import worker_count
     from subtomo_nb.refine.memory_plan import host_memory, plan_memory
@@ -142,6 +147,8 @@ def memory_plan(job: Any, values: Mapping[str, Any], client: Any, progress: Prog
     for line in plan.lines():
         progress(Progress(message=line))
     plan.check()
+    if plan.resident_bytes is not None:
+        job.set_device_cache_bytes(plan.resident_bytes)
     return plan
 
 

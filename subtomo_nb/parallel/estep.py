@@ -34,7 +34,6 @@ The numerical core does not import this module.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import math
 import operator
@@ -117,9 +116,12 @@ _PROJECTOR_LOCK = threading.Lock()
 #: their own, as separate processes do.
 _PROJECTORS: dict[tuple[str, str], tuple[str, Projector, IterationCache, str]] = {}
 #: Worker-local device copies of the particle batches: (worker, load key) -> (data, ctf2,
-#: multiplicity) on the job's backend; uploaded once per worker, kept across iterations (the host
-#: copy stays the load task's result, which dask recomputes after a worker's death).
+#: multiplicity) on the job's backend; uploaded once per worker, kept across iterations while the
+#: worker's kept bytes stay within the job's budget (the host copy stays the load task's result,
+#: which dask recomputes after a worker's death).
 _DEVICE_BATCHES: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+#: Bytes of :data:`_DEVICE_BATCHES` per worker.
+_DEVICE_BYTES: dict[str, int] = {}
 #: Host->device copies each worker made, by kind (``"particles"``, ``"reference"``): the per-worker
 #: view of :class:`~subtomo_nb.backend.TransferCounter`, read by :func:`_worker_uploads`.
 _UPLOADS: dict[tuple[str, str], int] = {}
@@ -183,19 +185,29 @@ def _worker_projector(stream: str, ref_key: str, reference: np.ndarray, pad: flo
 
 
 def _device_batch(load_key: str, batch: tuple[np.ndarray, np.ndarray, np.ndarray | None],
-                  be: Backend) -> tuple[Any, Any, Any]:
-    """The batch's arrays on this worker's device: uploaded on first use, then kept (numpy: as they are)."""
+                  be: Backend, budget: int | None = None) -> tuple[Any, Any, Any]:
+    """The batch's arrays on this worker's device (numpy: as they are, host arrays, no copy).
+
+    Uploaded on first use and kept while the bytes this worker keeps stay within ``budget`` (None:
+    no limit); a batch beyond it is uploaded for this use only, every time it is scored (each
+    upload counted as ``"particles"``).
+    """
     if be.name == "numpy":
         return batch
     me = _worker_name()
     with _PROJECTOR_LOCK:
         held = _DEVICE_BATCHES.get((me, load_key))
-        if held is None:
-            data, ctf2, mult = batch
-            held = (be.to_device(data, "particles"), be.to_device(ctf2, "particles"),
-                    None if mult is None else be.to_device(mult, "particles"))
+        if held is not None:
+            return held
+        data, ctf2, mult = batch
+        held = (be.to_device(data, "particles"), be.to_device(ctf2, "particles"),
+                None if mult is None else be.to_device(mult, "particles"))
+        _count_upload("particles")
+        size = sum(int(a.nbytes) for a in batch if a is not None)
+        kept = _DEVICE_BYTES.get(me, 0)
+        if budget is None or kept + size <= budget:
             _DEVICE_BATCHES[(me, load_key)] = held
-            _count_upload("particles")
+            _DEVICE_BYTES[me] = kept + size
         return held
 
 
@@ -209,8 +221,20 @@ def _forget_streams(prefix: str, dask_worker: Any = None) -> int:
         for k in gone:
             del _PROJECTORS[k]
         for k in [k for k in _DEVICE_BATCHES if k[0] == me and k[1].endswith(f"-{token}")]:
-            del _DEVICE_BATCHES[k]
+            _DEVICE_BYTES[me] = _DEVICE_BYTES.get(me, 0) - sum(
+                _device_nbytes(a) for a in _DEVICE_BATCHES.pop(k) if a is not None)
     return len(gone)
+
+
+def _device_nbytes(a: Any) -> int:
+    """Bytes of an array of any backend."""
+    return int(math.prod(a.shape)) * np.dtype(str(a.dtype).rsplit(".", 1)[-1]).itemsize
+
+
+def _worker_device_bytes(dask_worker: Any = None) -> int:
+    """Bytes of particle batches this worker keeps on its device (``client.run`` it; diagnostics and tests)."""
+    with _PROJECTOR_LOCK:
+        return _DEVICE_BYTES.get(_worker_name(dask_worker), 0)
 
 
 def _cached_streams(dask_worker: Any = None) -> list[str]:
@@ -282,14 +306,8 @@ class _EStepParams:
     dtype: type
     ctf: bool
     backend: str = "numpy"
-
-
-def _result_to_host(res: BatchResult, be: Backend) -> BatchResult:
-    """The BatchResult with every field a host array (one copy per field, counted as ``"results"``)."""
-    if be.name == "numpy":
-        return res
-    return dataclasses.replace(res, **{f.name: be.to_host(getattr(res, f.name), "results")
-                                       for f in dataclasses.fields(res)})
+    #: bytes of particle batches a worker keeps on its device (None: every batch)
+    device_bytes: int | None = None
 
 
 def _estep_batch(batch: tuple[np.ndarray, np.ndarray, np.ndarray | None], load_key: str, reference: np.ndarray,
@@ -309,7 +327,7 @@ def _estep_batch(batch: tuple[np.ndarray, np.ndarray, np.ndarray | None], load_k
     # the worker's tasks of this iteration and half share the reference values and phases; the
     # deferred orientation sums belong to this task's partial back-projector, flushed into it below
     cache = shared_cache.for_task()
-    data, ctf2, mult = _device_batch(load_key, batch, be)
+    data, ctf2, mult = _device_batch(load_key, batch, be, p.device_bytes)
     # the same operation particle_transforms(..., origins=...) applies: shift by +origin
     origins = np.asarray(origins_px, dtype=np.float64)
     if be.name == "numpy":
@@ -328,7 +346,7 @@ def _estep_batch(batch: tuple[np.ndarray, np.ndarray, np.ndarray | None], load_k
     if be.name == "numpy":
         return crop_half(bp.data, r), crop_half(bp.weight, r), res
     return (be.to_host(crop_half_on(be, bp.data, r), "sums"), be.to_host(crop_half_on(be, bp.weight, r), "sums"),
-            _result_to_host(res, be))
+            res.to_host(be))
 
 
 def _add_partials(a: tuple, b: tuple) -> tuple[np.ndarray, np.ndarray]:
@@ -555,6 +573,7 @@ def submit_half_estep(
     adaptive_fraction: float = 0.999,
     max_significant: int | None = None,
     backend: str = "numpy",
+    device_bytes: int | None = None,
 ) -> HalfEStep:
     """Submit the E-step graph of one half-set and return at once (see :func:`run_half_estep`)."""
     dtype = batches.dtype if dtype is None else np.dtype(dtype).type
@@ -584,7 +603,8 @@ def submit_half_estep(
         firstiter_cc=bool(firstiter_cc), max_significant=None if max_significant is None else int(max_significant))
     params = _EStepParams(stream=f"{batches.token}-h{half}", ref_key=ref_key,
                           sigma2=np.asarray(sigma2, dtype=np.float64), sampling=sampling, settings=settings,
-                          pad=pad, r_max=r_max, dtype=dtype, ctf=bool(ctf), backend=str(backend))
+                          pad=pad, r_max=r_max, dtype=dtype, ctf=bool(ctf), backend=str(backend),
+                          device_bytes=None if device_bytes is None else int(device_bytes))
     leaves, results = [], []
     for i, (load, idx, where) in enumerate(zip(batches.futures[half], batches.batches[half],
                                                batches.placement[half])):
@@ -618,6 +638,7 @@ def run_half_estep(
     adaptive_fraction: float = 0.999,
     max_significant: int | None = None,
     backend: str = "numpy",
+    device_bytes: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[BackProjector, list[BatchResult]]:
     """E-step of one half-set on the cluster: one task per batch, partial sums by a fixed tree.
@@ -657,6 +678,11 @@ def run_half_estep(
         name): each worker uploads a batch's particles once and keeps them on its device, the
         reference once per iteration, and sends back only host copies of the cropped sums and
         the per-particle results.
+    device_bytes
+        Bytes of particle batches each worker keeps on its device (the memory plan's
+        ``resident_bytes``): batches are kept, in the order a worker first scores them, while its
+        kept bytes stay within it; the others are uploaded again every time they are scored.
+        None: every batch is kept. Not used on numpy (the batches are the host arrays).
     progress
         ``progress(done, total)`` as batches finish.
 
@@ -680,7 +706,7 @@ def run_half_estep(
                             coarse_radius=coarse_radius, fine_radius=fine_radius,
                             sigma_offset_A=sigma_offset_A, pad=pad, r_max=r_max, firstiter_cc=firstiter_cc,
                             dtype=dtype, ctf=ctf, adaptive_fraction=adaptive_fraction,
-                            max_significant=max_significant, backend=backend)
+                            max_significant=max_significant, backend=backend, device_bytes=device_bytes)
     try:
         return job.result(progress)
     finally:

@@ -29,7 +29,8 @@ class DaskExecutor:
     ``back_project`` is not used: the workers always fill their partial back-projectors.
 
     The workers run the request's backend (``EStepRequest.backend``): each keeps its batches'
-    particles on its device across iterations (uploaded once per worker), receives each half-set's
+    particles on its device across iterations (uploaded once per worker; within the source's
+    ``cache_bytes`` per worker, beyond it uploaded again every iteration), receives each half-set's
     reference once per iteration, and returns host copies of the per-particle results and the
     half-set sums only. The half-sets stay separate graphs. A reference the driver holds on its
     device comes down once per iteration; the reduced sums go back up to the driver's device
@@ -101,7 +102,8 @@ class DaskExecutor:
                 pad=request.pad, r_max=request.r_max, dtype=request.source.dtype, ctf=request.ctf,
                 pixel_size_A=s.pixel_size_A, coarse_radius=s.coarse_radius, fine_radius=s.fine_radius,
                 sigma_offset_A=s.sigma_offset_A, firstiter_cc=s.firstiter_cc, adaptive_fraction=s.adaptive_fraction,
-                max_significant=s.max_significant, backend=request.backend)
+                max_significant=s.max_significant, backend=request.backend,
+                device_bytes=request.source.cache_bytes)
             return [HalfSetResult(self._on_device(bp, be), split_by_batches(batches.rows(h), results))
                     for h, (bp, results) in enumerate(out)]
         finally:

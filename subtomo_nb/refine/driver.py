@@ -54,6 +54,9 @@ class PoseOptions:
     batch_size: int = 16                          # particles per E-step batch
     dtype: str = "float32"                        # precision of the E-step
     backend: str = "numpy"                        # the array backend of the iteration (--gpu, SUBTOMO_BACKEND)
+    device_cache_bytes: int | None = None         # particles kept on a worker's device (bytes; the memory
+                                                  # plan's resident_bytes); None: TRANSFORM_CACHE_BYTES
+                                                  # in this process, every batch on dask workers
 
 
 @dataclass(kw_only=True)
@@ -129,7 +132,8 @@ class PoseDriver:
         self.dtype = np.float32 if opts.dtype == "float32" else np.float64
         self.radius_px = particle_radius_px(opts.particle_diameter, self.box, self.pix)
         # serial E-steps read each particle once and keep it (as the dask workers keep theirs)
-        self.source = ParticleSource(self.pset, self.tomograms, self.dtype, opts.batch_size, backend=self.backend.name)
+        self.source = ParticleSource(self.pset, self.tomograms, self.dtype, opts.batch_size, backend=self.backend.name,
+                                     cache_bytes=opts.device_cache_bytes)
         self.poses = ParticlePoses.from_table(self.pset.particles, self.pix)
 
     @staticmethod
@@ -140,6 +144,12 @@ class PoseDriver:
         """
         Path(opts.output_root).parent.mkdir(parents=True, exist_ok=True)
         return load_particle_set(opts.particles, opts.tomograms)
+
+    def set_device_cache_bytes(self, nbytes: int | None) -> None:
+        """Keep at most ``nbytes`` of particles on each worker's device (the memory plan's
+        ``resident_bytes``; None: the default); call before the first iteration."""
+        self.opts.device_cache_bytes = None if nbytes is None else int(nbytes)
+        self.source.set_cache_bytes(nbytes)
 
     def _coarse_radius(self) -> float:
         """Coarse-pass radius (Fourier pixels) from the coarse angular step (§6.8), within the current size."""

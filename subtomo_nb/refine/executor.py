@@ -24,7 +24,7 @@ from subtomo_nb.io.tomograms import TomogramSet
 from subtomo_nb.refine.expectation import BatchResult, EStepSettings, ParticleBatch, expectation_batch, without_ctf
 from subtomo_nb.refine.iteration_cache import IterationCache
 from subtomo_nb.refine.sampling import Sampling
-from subtomo_nb.tasks.particle_data import TransformCache
+from subtomo_nb.tasks.particle_data import TRANSFORM_CACHE_BYTES, TransformCache
 
 __all__ = ["ParticleSource", "EStepRequest", "HalfSetResult", "BatchProgress", "EStepExecutor", "SerialExecutor"]
 
@@ -44,6 +44,11 @@ class ParticleSource:
     dtype : real precision of the data (``np.float32`` or ``np.float64``).
     batch_size : particles per batch (the last batch of a half-set holds the rest).
     backend : name of the job's backend (:func:`~subtomo_nb.backend.get_backend`).
+    cache_bytes : byte budget of the particles kept on a device across iterations (the job's
+        memory plan, :attr:`~subtomo_nb.refine.memory_plan.MemoryPlan.resident_bytes`): this
+        process's :attr:`transforms` and each dask worker keep particles while they stay within it
+        and re-read and copy the others every iteration. None: the default (this process:
+        :data:`~subtomo_nb.tasks.particle_data.TRANSFORM_CACHE_BYTES`; dask workers: every batch).
     transforms : the unshifted transforms kept on this process's device (serial E-steps and the
         driver's own reads share them: copied there once, in the first iteration).
     """
@@ -53,10 +58,17 @@ class ParticleSource:
     dtype: type
     batch_size: int
     backend: str = "numpy"
+    cache_bytes: int | None = None
     transforms: TransformCache = field(init=False)
 
     def __post_init__(self) -> None:
-        self.transforms = TransformCache(self.particles, self.tomograms, self.dtype, backend=self.backend)
+        self.transforms = TransformCache(self.particles, self.tomograms, self.dtype, backend=self.backend,
+                                         **({} if self.cache_bytes is None else {"max_bytes": self.cache_bytes}))
+
+    def set_cache_bytes(self, nbytes: int | None) -> None:
+        """Take a new :attr:`cache_bytes` (before the first read: what is kept already stays kept)."""
+        self.cache_bytes = None if nbytes is None else int(nbytes)
+        self.transforms.max_bytes = TRANSFORM_CACHE_BYTES if nbytes is None else int(nbytes)
 
     def __len__(self) -> int:
         return len(self.particles.particles)

@@ -3,8 +3,19 @@
 Running out of memory in the last iteration (full box, finest sampling) is RELION's best-known
 failure (its issues #192, #336, #381). :func:`plan_memory` estimates, for one worker (one GPU, or
 one CPU worker process), the largest memory an iteration needs, from the job's box, padding,
-precision, batch size, the particles the worker keeps, and the sampling of the first and of the
-final iteration; :meth:`MemoryPlan.check` refuses a job that cannot fit, in one line.
+precision, batch size, the particles the worker serves, and the sampling of the first and of the
+final iteration.
+
+The peak has two parts: the *working set* (projectors, caches, the per-task terms and one batch
+of particles in flight) and the *resident particles* (the transforms kept on the device across
+iterations, copied there once). When the available memory is known, a worker keeps
+``resident = min(its particles, (available - working set - margin) / per particle)`` particles
+on its device (:attr:`MemoryPlan.resident_bytes` is the byte budget the job layer passes to the
+engine) and re-reads and copies the others every iteration, one copy per batch per iteration:
+RELION streams every particle; here they stay when they fit, and the job degrades to streaming
+when they do not. The margin is :data:`SAFETY_FRACTION` of the available memory (allocator
+fragmentation, the CUDA context and FFT plans, estimates that are bounds of the main terms only).
+:meth:`MemoryPlan.check` refuses a job, in one line, only when its working set alone cannot fit.
 
 The estimate (bytes; ``f`` the real item size, 4 for float32, ``c = 2 f``; ``N`` the box,
 ``m`` the padded box, ``V(n) = n² (n/2 + 1)`` the voxels of a half transform; ``K(r) = 2π r³ / 3``
@@ -12,12 +23,13 @@ the non-redundant Fourier points within radius ``r``; ``P`` the batch size; ``R`
 orientations of the grid, ``Rb`` those a batch reaches; ``T`` the coarse translations;
 ``h`` the half-sets a worker serves (2))::
 
-    resident  = particles      n_p V(N) (c + 2f)                  data, CTF², multiplicity
-              + projectors     h · 2 V(m) c                        padded transform + extended copy
+    working   = projectors     h · 2 V(m) c                        padded transform + extended copy
               + coarse cache   h · 3f K_c R    if R K_c <= COARSE_CACHE_POINTS (else 0)
               + fine cache     h · 3f R 8^os K_f if that is <= FINE_CACHE_POINTS (else 0)
               + phases         h · (T K_c c + min(T 8^os K_f c, FINE_PHASE_BYTES))
-    per task  = back-projector V(m) (c + f)
+    per task  = batch in flight P V(N) (c + 2f)                   a streamed batch's upload, or the
+                                                                  shifted copy of a resident one
+              + back-projector V(m) (c + f)
               + rotation sums  R 8^os K_f (c + f)   if R 8^os <= MAX_ROTATION_SUM_IDS (deferred sums)
               + coarse pass    P K_c (2c + 3f) + P T K_c c + 3 · 8 P Rb T   (+ 3f K_c Rb uncached)
               + fine pass      2 E (5f + c)   E = max(FINE_BUDGET, 8^os (min(MAX_SIGNIFICANT_COARSE,
@@ -28,7 +40,9 @@ orientations of the grid, ``Rb`` those a batch reaches; ``T`` the coarse transla
                                               temporaries
               + back-projection ROTATION_CHUNK K_f (48 + c + f)   rotated points (float64) and
                                               their trilinear weights, per inserted chunk
-    peak      = resident + per task                                 (one task at a time per worker)
+    resident  = particles      n_r V(N) (c + 2f)                  data, CTF², multiplicity of the
+                                                                  n_r <= n_p particles kept
+    peak      = working + per task + resident                       (one task at a time per worker)
 
 with the constants of :mod:`subtomo_nb.refine.expectation` (``FINE_BUDGET``,
 ``COARSE_CACHE_POINTS``, ``FINE_CACHE_POINTS``, ``FINE_PHASE_BYTES``, ``MAX_ROTATION_SUM_IDS``).
@@ -55,7 +69,18 @@ from subtomo_nb.refine import expectation as _estep
 from subtomo_nb.refine.sampling import Sampling, batch_orientation_prior
 
 __all__ = ["IterationSize", "MemoryPlan", "plan_memory", "final_sampling", "fourier_points", "host_memory",
-           "format_bytes"]
+           "format_bytes", "particle_bytes", "SAFETY_FRACTION"]
+
+#: Part of the available memory a plan leaves free (allocator fragmentation, the CUDA context and
+#: cuFFT plans, temporaries the estimate does not name).
+SAFETY_FRACTION = 0.10
+
+
+def particle_bytes(box: int, dtype: str | type) -> int:
+    """Bytes one particle's transforms hold: its half transform, CTF² and multiplicity (``V(N) (c + 2f)``)."""
+    f = int(np.dtype(dtype).itemsize)
+    n = int(box)
+    return n * n * (n // 2 + 1) * 4 * f
 
 
 def fourier_points(radius: float) -> int:
@@ -112,7 +137,8 @@ class IterationSize:
     reached : orientations a batch reaches (Rb; R for a global search).
     translations : coarse translations (T).
     coarse_radius, fine_radius : Fourier radii (pixels).
-    terms : bytes per term of the estimate (see the module docstring).
+    terms : bytes per term of the estimate (see the module docstring); ``"particles"`` are the
+        resident ones, every other term is the working set.
     """
 
     label: str
@@ -129,6 +155,11 @@ class IterationSize:
     def peak(self) -> int:
         """Estimated peak bytes of one worker in this iteration."""
         return int(sum(self.terms.values()))
+
+    @property
+    def working(self) -> int:
+        """Estimated peak bytes of one worker in this iteration without its resident particles."""
+        return int(sum(v for k, v in self.terms.items() if k != "particles"))
 
 
 def _reached(sampling: Sampling, batch_size: int) -> tuple[int, int, int]:
@@ -149,7 +180,7 @@ def _reached(sampling: Sampling, batch_size: int) -> tuple[int, int, int]:
 
 
 def _iteration(label: str, sampling: Sampling, *, box: int, pad: float, itemsize: int, batch_size: int,
-               particles: int, halves: int, pixel_size_A: float, coarse_radius: float,
+               halves: int, pixel_size_A: float, coarse_radius: float,
                fine_radius: float) -> IterationSize:
     f, c = itemsize, 2 * itemsize
     N, m = int(box), padded_size(int(box), pad)
@@ -165,11 +196,11 @@ def _iteration(label: str, sampling: Sampling, *, box: int, pad: float, itemsize
     fine_elements = max(_estep.FINE_BUDGET, children * (min(_estep.MAX_SIGNIFICANT_COARSE, R1) + T) * Kf)
     fine_cached = R * children * Kf <= _estep.FINE_CACHE_POINTS
     terms = {
-        "particles": particles * half(N) * (c + 2 * f),
         "projectors": halves * 2 * half(m) * c,
         "coarse cache": halves * 3 * f * Kc * R if coarse_cached else 0,
         "fine cache": halves * 3 * f * R * children * Kf if fine_cached else 0,
         "phases": halves * (T * Kc * c + min(T * children * Kf * c, _estep.FINE_PHASE_BYTES)),
+        "batch in flight": P * half(N) * (c + 2 * f),
         "back-projector": half(m) * (c + f),
         "coarse pass": P * Kc * (2 * c + 3 * f) + P * T * Kc * c + 3 * 8 * P * Rb * T
                        + (0 if coarse_cached else 3 * f * Kc * Rb),
@@ -188,12 +219,14 @@ class MemoryPlan:
     Attributes
     ----------
     box, pad, dtype, batch_size : the job's box (pixels), padding, real precision, particles per batch.
-    particles : particles a worker keeps (the largest share of a worker).
+    particles : particles a worker serves (the largest share of a worker).
     workers : number of workers (GPUs, or CPU worker processes).
-    first, final : the two iterations.
+    first, final : the two iterations (their ``"particles"`` term: the resident particles).
     available : bytes the worker may use (a GPU's free memory, or host RAM shared by the
         workers), or None when unknown.
     where : what ``available`` is (``"GPU free"``, ``"host RAM per worker"``).
+    resident : particles a worker keeps on its device across iterations (``<= particles``; all of
+        them when ``available`` is unknown); the others are re-read and copied every iteration.
     """
 
     box: int
@@ -206,49 +239,94 @@ class MemoryPlan:
     final: IterationSize
     available: int | None
     where: str
+    resident: int
 
     @property
     def peak(self) -> int:
-        """The larger of the two iterations' peaks (bytes)."""
+        """The larger of the two iterations' peaks (bytes), resident particles included."""
         return max(self.first.peak, self.final.peak)
 
     @property
+    def working(self) -> int:
+        """The larger of the two iterations' working sets (bytes): everything but the resident particles."""
+        return max(self.first.working, self.final.working)
+
+    @property
+    def margin(self) -> int:
+        """Bytes left free: :data:`SAFETY_FRACTION` of ``available`` (0 when unknown)."""
+        return 0 if self.available is None else int(SAFETY_FRACTION * self.available)
+
+    @property
+    def per_particle(self) -> int:
+        """Bytes of one particle's transforms (:func:`particle_bytes`)."""
+        return particle_bytes(self.box, self.dtype)
+
+    @property
+    def resident_bytes(self) -> int | None:
+        """Byte budget of the particles a worker keeps on its device (``resident`` particles; the
+        engine keeps batches while they stay within it); None when ``available`` is unknown (keep all)."""
+        return None if self.available is None else self.resident * self.per_particle
+
+    @property
+    def streamed(self) -> int:
+        """Particles of a worker re-read and copied to its device every iteration."""
+        return self.particles - self.resident
+
+    @property
     def fits(self) -> bool:
-        """Whether the peak fits ``available`` (True when it is unknown)."""
-        return self.available is None or self.peak <= self.available
+        """Whether the working set and the margin fit ``available`` (True when it is unknown)."""
+        return self.available is None or self.working + self.margin <= self.available
 
     def lines(self) -> list[str]:
         """The plan as ``run.out`` lines (one per worker kind; all workers are alike)."""
         avail = "unknown" if self.available is None else f"{format_bytes(self.available)} {self.where}"
         out = [f"memory plan per worker ({self.workers} worker{'s' if self.workers != 1 else ''}): box {self.box} px, "
-               f"padding {self.pad:g}, {self.dtype}, batch size {self.batch_size}, {self.particles} particles kept"]
+               f"padding {self.pad:g}, {self.dtype}, batch size {self.batch_size}, {self.particles} particles"]
         for it in (self.first, self.final):
             where = "full box" if it.label == "final" else f"radius {it.coarse_radius:g} px"
             out.append(f"  {it.label} iteration: HEALPix order {it.healpix_order} ({it.step_deg:.2f}°), "
                        f"{it.reached} of {it.orientations} orientations per batch, {it.translations} translations, "
-                       f"{where}: peak {format_bytes(it.peak)} (largest: "
-                       + ", ".join(f"{k} {format_bytes(v)}" for k, v in sorted(it.terms.items(), key=lambda kv: -kv[1])[:3])
-                       + ")")
-        out.append(f"  available: {avail}; final iteration at full size {format_bytes(self.final.peak)}"
-                   + ("" if self.fits else " -- does not fit"))
+                       f"{where}: working set {format_bytes(it.working)} (largest: "
+                       + ", ".join(f"{k} {format_bytes(v)}" for k, v in
+                                   sorted(((k, v) for k, v in it.terms.items() if k != "particles"),
+                                          key=lambda kv: -kv[1])[:3])
+                       + f"), peak {format_bytes(it.peak)}")
+        place = "on the GPU" if self.where.startswith("GPU") else "in memory"
+        if self.available is None:
+            out.append(f"  available: unknown; all {self.particles} particles stay {place} "
+                       f"({format_bytes(self.particles * self.per_particle)})")
+        elif not self.fits:
+            out.append(f"  available: {avail}; the working set {format_bytes(self.working)} and the margin "
+                       f"{format_bytes(self.margin)} do not fit -- does not fit")
+        else:
+            out.append(f"  available: {avail}; working set {format_bytes(self.working)}, margin "
+                       f"{format_bytes(self.margin)}: {self.resident} of {self.particles} particles stay {place} "
+                       f"({format_bytes(self.resident * self.per_particle)}), copied there once"
+                       + ("" if not self.streamed else
+                          f"; {self.streamed} are re-read and copied every iteration (one copy per particle per "
+                          f"iteration, {format_bytes(self.streamed * self.per_particle)})"))
         return out
 
     def check(self) -> None:
-        """Refuse a plan that cannot fit, in one line naming what to change.
+        """Refuse a plan whose working set cannot fit, in one line naming what to change.
+
+        Particles that do not fit are streamed (re-read and copied every iteration), never refused.
 
         Raises
         ------
         InputError
-            The peak exceeds the available memory.
+            The working set and the margin exceed the available memory.
         """
         if self.fits:
             return
-        worst = max((self.first, self.final), key=lambda it: it.peak)
-        big = max(worst.terms, key=worst.terms.get)
+        worst = max((self.first, self.final), key=lambda it: it.working)
+        big = max((k for k in worst.terms if k != "particles"), key=worst.terms.get)
+        lower = ", float32" if np.dtype(self.dtype).itemsize > 4 else ""
         raise InputError(None, field="memory", what=(
-            f"the {worst.label} iteration needs about {format_bytes(worst.peak)} per worker (largest: {big} "
-            f"{format_bytes(worst.terms[big])}) and {format_bytes(self.available or 0)} is available "
-            f"({self.where}); use a smaller batch size, fewer particles per worker (more workers) or more GPUs"))
+            f"the {worst.label} iteration's working set needs about {format_bytes(worst.working)} per worker "
+            f"(largest: {big} {format_bytes(worst.terms[big])}) plus a {format_bytes(self.margin)} margin and "
+            f"{format_bytes(self.available or 0)} is available ({self.where}); use a smaller batch size{lower} "
+            f"or more GPUs"))
 
 
 def plan_memory(*, box: int, pad: float, dtype: str | type, batch_size: int, particles: int, workers: int,
@@ -261,7 +339,7 @@ def plan_memory(*, box: int, pad: float, dtype: str | type, batch_size: int, par
     box, pad, dtype, batch_size
         Box (pixels), padding factor, real precision and particles per E-step batch.
     particles
-        Particles of the whole job; a worker keeps ``ceil(particles / workers)``.
+        Particles of the whole job; a worker serves ``ceil(particles / workers)``.
     workers
         E-step workers (one per GPU; CPU worker processes; 1 when the job runs in its process).
     first
@@ -276,15 +354,23 @@ def plan_memory(*, box: int, pad: float, dtype: str | type, batch_size: int, par
         Half-sets a worker serves (2: gold-standard).
     available, where
         Bytes a worker may use and what they are (``Backend.memory()``'s free bytes on a GPU; host
-        RAM divided by the workers on the CPU); None: unknown (never refused).
+        RAM divided by the workers on the CPU); None: unknown (every particle resident, never refused).
     """
     itemsize = int(np.dtype(dtype).itemsize)
     per_worker = int(math.ceil(int(particles) / max(1, int(workers))))
-    common = dict(box=box, pad=pad, itemsize=itemsize, batch_size=batch_size, particles=per_worker,
-                  halves=halves, pixel_size_A=pixel_size_A)
+    common = dict(box=box, pad=pad, itemsize=itemsize, batch_size=batch_size, halves=halves,
+                  pixel_size_A=pixel_size_A)
     r_first = min(float(first_radius), box / 2)
     it1 = _iteration("first", first, coarse_radius=r_first, fine_radius=r_first, **common)
     itf = _iteration("final", final_sampling(first, auto_local_healpix_order), coarse_radius=box / 2,
                      fine_radius=box / 2, **common)
+    one = particle_bytes(box, dtype)
+    if available is None:
+        resident = per_worker
+    else:
+        room = int(available) - max(it1.working, itf.working) - int(SAFETY_FRACTION * int(available))
+        resident = max(0, min(per_worker, room // one))
+    for it in (it1, itf):
+        it.terms["particles"] = resident * one
     return MemoryPlan(int(box), float(pad), np.dtype(dtype).name, int(batch_size), per_worker, int(workers), it1, itf,
-                      available, where)
+                      None if available is None else int(available), where, int(resident))

@@ -426,11 +426,12 @@ def test_a_job_that_cannot_fit_is_refused_before_iteration_1(project, monkeypatc
         assert main(argv) == 1
         err = capsys.readouterr().err.splitlines()
         assert len(err) == 1 and err[0].startswith(f"subtomo {argv[0]}: error: field memory: the ")
-        assert err[0].endswith("and 64.0 MiB is available (host RAM per worker); use a smaller batch size, fewer "
-                               "particles per worker (more workers) or more GPUs")
+        assert "working set needs about" in err[0]
+        assert err[0].endswith("and 64.0 MiB is available (host RAM per worker); use a smaller batch size or more "
+                               "GPUs")
         run_out = (job / "run.out").read_text()
         assert " ++++ backend: numpy (CPU)" in run_out
-        assert "memory plan per worker (1 worker): box 32 px" in run_out and "final iteration at full size" in run_out
+        assert "memory plan per worker (1 worker): box 32 px" in run_out and "full box: working set" in run_out
         assert not list(job.glob("run_it001*")) and (job / "RELION_JOB_EXIT_FAILURE").exists()
     finally:
         shutil.rmtree(job, ignore_errors=True)

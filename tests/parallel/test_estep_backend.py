@@ -8,7 +8,9 @@ iterations of both half-sets with ``backend="strict"``:
   again;
 * each worker receives each half-set's reference at most once per iteration;
 * only per-particle results, half-set sums (and the E-step's small metadata) come back;
-* the same poses as the numpy run, and its scores and sums to float32 rounding (1e-4 / 1e-5).
+* the same poses as the numpy run, and its scores and sums to float32 rounding (1e-4 / 1e-5);
+* with a device budget (``device_bytes``) that holds one batch per worker, each worker keeps one
+  batch and uploads its other one again every iteration, with the same numbers as without.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ pytest.importorskip("array_api_strict")
 
 from subtomo_nb.backend import get_backend  # noqa: E402
 from subtomo_nb.parallel import ParticleBatches, run_halves_estep  # noqa: E402
-from subtomo_nb.parallel.estep import _worker_uploads  # noqa: E402
+from subtomo_nb.parallel.estep import _worker_device_bytes, _worker_uploads  # noqa: E402
 
 ITERATIONS = 3
 N_HALF = 8          # particles per half-set
@@ -42,18 +44,22 @@ def threaded_client():
         cluster.close()
 
 
-def _run(client, setup, backend: str):
+def _run(client, setup, backend: str, device_bytes: int | None = None, iterations: int = ITERATIONS,
+         kept: list | None = None):
     halves = [h[:N_HALF] for h in setup["halves"]]
     pb = ParticleBatches(client, setup["pset"], halves, batch_size=BATCH, dtype=setup["dtype"], name=f"be-{backend}")
     pb.wait()
     be = get_backend(backend)
     out, counts = [], []
     try:
-        for it in range(ITERATIONS):
+        for it in range(iterations):
             # a new reference per iteration (as the M-step makes), the two halves different
             refs = [np.roll(r, it, axis=0) for r in setup["references"]]
-            out.append(run_halves_estep(client, pb, refs, sigma2=setup["sigma2"], backend=backend, **setup["kwargs"]))
+            out.append(run_halves_estep(client, pb, refs, sigma2=setup["sigma2"], backend=backend,
+                                        device_bytes=device_bytes, **setup["kwargs"]))
             counts.append((client.run(_worker_uploads), be.transfers.snapshot()))
+            if kept is not None:
+                kept.append(client.run(_worker_device_bytes))
     finally:
         pb.release()
     return out, counts
@@ -101,3 +107,51 @@ def test_strict_dask_estep_equals_numpy_and_moves_each_array_once(threaded_clien
     assert totals[-1]["h2d"]["reference"][0] == sum(w.get("reference", 0) for w in per_worker[-1].values())
     # (the E-step reads small index tables of its significant samples back as "metadata")
     assert {"results", "sums"} <= set(totals[-1]["d2h"]) <= {"results", "sums", "metadata"}
+
+
+def _batch_bytes(setup) -> int:
+    """Bytes of one batch's data, CTF² and multiplicity (complex64 + 2 float32 per voxel)."""
+    n = int(setup["references"][0].shape[0])
+    return BATCH * n * n * (n // 2 + 1) * (8 + 4 + 4)
+
+
+def test_strict_dask_budget_keeps_what_fits_and_uploads_the_rest_every_iteration(threaded_client, estep_setup):
+    """A budget of one batch per worker: each worker keeps one of its two batches and uploads the
+    other again in every iteration; the results equal those of an unlimited budget (the same data)."""
+    be = get_backend("strict")
+    per_batch = _batch_bytes(estep_setup)
+    iterations = 2
+    uploads = lambda: sum(w.get("particles", 0) for w in threaded_client.run(_worker_uploads).values())  # noqa: E731
+    be.transfers.reset()
+    start = uploads()                       # the workers' counts run on over the module's tests
+    full_out, full_counts = _run(threaded_client, estep_setup, "strict", iterations=iterations)
+    be.transfers.reset()
+    before = {w: c.get("particles", 0) for w, c in threaded_client.run(_worker_uploads).items()}
+    kept: list = []
+    part_out, part_counts = _run(threaded_client, estep_setup, "strict", device_bytes=per_batch + per_batch // 2,
+                                 iterations=iterations, kept=kept)
+    n_batches = 2 * (N_HALF // BATCH)
+    workers = sorted(part_counts[0][0])
+    assert len(workers) == 2
+
+    # unlimited: every batch uploaded once; limited: one batch per worker kept, the other uploaded per iteration
+    full = [sum(w.get("particles", 0) for w in c[0].values()) - start for c in full_counts]
+    assert full == [n_batches] * iterations
+    for it, (per_worker, totals) in enumerate(part_counts, start=1):
+        for w in workers:
+            got = per_worker[w].get("particles", 0)
+            # each worker scores its two placed batches: both uploaded in iteration 1, one again after
+            assert got - before[w] == (2 if it == 1 else 1), (it, w)
+            before[w] = got
+        assert kept[it - 1] == {w: per_batch for w in workers}           # one batch kept per worker
+        assert totals["h2d"]["particles"][0] == 3 * (n_batches + (it - 1) * n_batches // 2)
+    # the same numbers, bit for bit
+    for full_it, part_it in zip(full_out, part_out):
+        for (bp_f, res_f), (bp_p, res_p) in zip(full_it, part_it):
+            np.testing.assert_array_equal(bp_p.data, bp_f.data)
+            np.testing.assert_array_equal(bp_p.weight, bp_f.weight)
+            for a, b in zip(res_p, res_f):
+                for f in dataclasses.fields(a):
+                    np.testing.assert_array_equal(getattr(a, f.name), getattr(b, f.name), err_msg=f.name)
+    # released: the workers dropped the kept batches and their bytes
+    assert threaded_client.run(_worker_device_bytes) == {w: 0 for w in workers}

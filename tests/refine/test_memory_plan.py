@@ -9,7 +9,7 @@ import pytest
 
 from subtomo_nb.io.errors import InputError
 from subtomo_nb.refine import expectation
-from subtomo_nb.refine.memory_plan import final_sampling, fourier_points, plan_memory
+from subtomo_nb.refine.memory_plan import SAFETY_FRACTION, final_sampling, fourier_points, particle_bytes, plan_memory
 from subtomo_nb.refine.sampling import Sampling
 
 GiB = 1 << 30
@@ -31,6 +31,8 @@ def test_terms_follow_the_formula():
         assert it.terms["particles"] == 92 * half(N) * 16          # complex64 data + float32 CTF² and multiplicity
         assert it.terms["projectors"] == 2 * 2 * half(m) * 8
         assert it.terms["back-projector"] == half(m) * 12
+        assert it.terms["batch in flight"] == 16 * half(N) * 16                # one batch, in flight
+        assert it.working == it.peak - it.terms["particles"]
     # the final iteration: full box, auto_local_healpix_order, local searches of 2 x the fine step
     assert plan.final.healpix_order == 4 and plan.final.coarse_radius == plan.final.fine_radius == 16
     assert final_sampling(FIRST, 4).sigma_rot == pytest.approx(2 * 360 / (6 * 2 ** 5))
@@ -46,6 +48,52 @@ def test_more_workers_keep_fewer_particles_each():
     one, four = _plan(particles=1000), _plan(particles=1000, workers=4)
     assert (one.particles, four.particles) == (1000, 250)
     assert four.final.terms["particles"] * 4 == one.final.terms["particles"]
+    assert one.resident == 1000 and one.resident_bytes is None         # memory unknown: all resident
+
+
+def _big(box: int, available: float | None, particles: int = 20_000, dtype: str = "float32"):
+    pix = 2.0
+    first = Sampling(healpix_order=2, offset_range_A=5 * pix, offset_step_A=2 * pix, sym="C1")
+    return plan_memory(box=box, pad=2, dtype=dtype, batch_size=16, particles=particles, workers=1, first=first,
+                       auto_local_healpix_order=4, pixel_size_A=pix, first_radius=box * pix / 30,
+                       available=None if available is None else int(available), where="GPU free")
+
+
+def test_particles_that_do_not_fit_are_streamed_not_refused():
+    """20,000 particles at box 96 (134 GiB of transforms): with 80 GB the working set fits,
+    the particles that fit in what is left stay, the others are re-read and copied every iteration."""
+    avail = 80e9
+    plan = _big(96, avail)
+    plan.check()                                                       # not refused
+    one = 96 * 96 * 49 * 16
+    assert plan.per_particle == particle_bytes(96, "float32") == one
+    assert plan.working < avail and 20_000 * one > avail               # the particles alone would not fit
+    expect = (int(avail) - plan.working - int(SAFETY_FRACTION * avail)) // one
+    assert 0 < plan.resident == expect < 20_000
+    assert plan.streamed == 20_000 - expect
+    assert plan.resident_bytes == expect * one
+    assert plan.peak == plan.working + expect * one <= avail           # the plan fits what it says
+    last = plan.lines()[-1]
+    assert f"{expect} of 20000 particles stay on the GPU" in last
+    assert f"{20_000 - expect} are re-read and copied every iteration (one copy per particle per iteration" in last
+    # all resident when they fit, and when the memory is unknown
+    small = _big(96, avail, particles=1000)
+    assert small.resident == 1000 and small.streamed == 0 and small.resident_bytes == 1000 * one
+    assert "re-read" not in small.lines()[-1]
+    assert _big(96, None).resident == 20_000
+
+
+def test_box_256_is_refused_by_its_working_set_only():
+    """20,000 particles at box 256 with 80 GB: the particles (2.5 TiB) would be streamed; what does not
+    fit is the final iteration's working set (the fine pass of a particle with broad posteriors at the
+    full box), which no number of particles per worker changes."""
+    plan = _big(256, 80e9)
+    assert plan.final.working > 80e9 and plan.resident == 0
+    assert _big(256, 80e9, particles=1).working == plan.working
+    with pytest.raises(InputError, match=r"final iteration's working set .* \(largest: fine pass"):
+        plan.check()
+    with pytest.raises(InputError, match=r"use a smaller batch size, float32 or more GPUs$"):
+        _big(256, 80e9, dtype="float64").check()
 
 
 @pytest.mark.parametrize("free, fits", [(64 * GiB, True), (256 << 20, False), (None, True)])
@@ -58,20 +106,20 @@ def test_fits_or_refuses_in_one_line(free, fits):
     with pytest.raises(InputError) as info:
         plan.check()
     msg = str(info.value)
-    assert "\n" not in msg and msg.startswith("field memory: the final iteration needs about ")
-    assert msg.endswith("is available (GPU free); use a smaller batch size, fewer particles per worker (more "
-                        "workers) or more GPUs")
+    assert "\n" not in msg and msg.startswith("field memory: the final iteration's working set needs about ")
+    assert msg.endswith("is available (GPU free); use a smaller batch size or more GPUs")
     assert "-- does not fit" in plan.lines()[-1]
 
 
 def test_plan_lines_name_box_sampling_batch_and_final_peak():
     lines = _plan(available=8 * GiB, where="GPU free").lines()
     assert lines[0] == ("memory plan per worker (1 worker): box 32 px, padding 2, float32, batch size 16, "
-                        "92 particles kept")
+                        "92 particles")
     assert lines[1].startswith("  first iteration: HEALPix order 2 (7.50°), 672 of 672 orientations per batch, "
-                               "81 translations, radius 6.912 px: peak ")
-    assert lines[2].startswith("  final iteration: HEALPix order 4 (1.88°), ") and "full box: peak" in lines[2]
-    assert lines[3].startswith("  available: 8.0 GiB GPU free; final iteration at full size ")
+                               "81 translations, radius 6.912 px: working set ")
+    assert lines[2].startswith("  final iteration: HEALPix order 4 (1.88°), ") and "full box: working set" in lines[2]
+    assert lines[3].startswith("  available: 8.0 GiB GPU free; working set ")
+    assert lines[3].endswith(": 92 of 92 particles stay on the GPU (24.4 MiB), copied there once")
 
 
 def test_plan_bounds_the_measured_peak():
