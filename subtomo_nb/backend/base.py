@@ -313,7 +313,12 @@ class _WrappedModule:
 
 
 class CupyBackend(Backend):
-    """cupy arrays on the current CUDA device; cupyx for FFT and scatter-add."""
+    """cupy arrays on the current CUDA device; cupyx for FFT and scatter-add.
+
+    The backend is one per process; its :attr:`device` is the calling thread's current CUDA
+    device (``cupy.cuda.Device()``), which the job layer sets to the job's first GPU
+    (:func:`subtomo_nb.jobs.devices.use_driver_gpu`) before the driver makes an array.
+    """
 
     name = "cupy"
 
@@ -332,7 +337,11 @@ class CupyBackend(Backend):
             raise BackendError("--gpu: no CUDA device is visible")
         self._cupy = cupy
         self.xp = xp
-        self.device = cupy.cuda.Device()
+
+    @property
+    def device(self) -> Any:
+        """The current CUDA device of the calling thread (where cupy allocates)."""
+        return self._cupy.cuda.Device()
 
     def owns(self, a: Any) -> bool:
         return isinstance(a, self._cupy.ndarray)

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["JobDevices", "parse_gpu_ids", "gpu_request", "job_devices", "backend_line", "BACKEND_JOBS",
-           "BACKEND_ENV"]
+           "BACKEND_ENV", "visible_gpu_count", "select_gpus", "worker_visible_devices", "require_cluster",
+           "use_driver_gpu"]
 
 #: The jobs whose numerics run on the job's backend (the others always run numpy on the CPU).
 BACKEND_JOBS = ("refine3d", "initial_model", "reconstruct")
@@ -50,7 +51,8 @@ def parse_gpu_ids(text: str | None) -> list[int] | None:
     ------
     InputError
         A value that starts with a digit but is not a ``:``/``,`` separated list of device
-        numbers (e.g. ``"0;1"``, ``"0,,1"``, ``"1,x"``).
+        numbers (e.g. ``"0;1"``, ``"1,x"``). Empty entries are skipped, as RELION's
+        ``untangleDeviceIDs`` skips them (``"0,,1"`` is devices 0 and 1, ``"0:"`` device 0).
     """
     from subtomo_nb.io.errors import InputError  # noqa: PLC0415 - the registry imports nothing heavy
 
@@ -61,6 +63,8 @@ def parse_gpu_ids(text: str | None) -> list[int] | None:
     for rank in s.split(":"):
         for word in rank.split(","):
             w = word.strip()
+            if not w:
+                continue      # RELION's untangleDeviceIDs skips empty entries ("0,,1", "0:")
             if not w.isdigit():
                 raise InputError(None, what=f"{text!r} is not a list of GPU numbers (e.g. 0,1 or 0:1; empty: "
                                  "all visible GPUs)", field="--gpu")
@@ -98,15 +102,140 @@ class JobDevices:
         return bool(self.gpus)
 
     @property
+    def needs_cluster(self) -> bool:
+        """Whether the job starts a dask-cuda cluster (one worker per GPU) for its GPUs.
+
+        One GPU that is this process's device 0 runs in this process; any other GPU list needs a
+        ``LocalCUDACluster`` (dask-cuda), unless the job attaches to a scheduler.
+        """
+        return bool(self.gpus) and self.gpus != (0,)
+
+    @property
     def cuda_visible_devices(self) -> str:
-        """``CUDA_VISIBLE_DEVICES`` of a cluster with one worker per GPU (``"0,1"``)."""
-        return ",".join(str(g) for g in self.gpus)
+        """``CUDA_VISIBLE_DEVICES`` of a cluster with one worker per GPU (:func:`worker_visible_devices`)."""
+        return worker_visible_devices(self.gpus)
+
+    @property
+    def driver_gpu(self) -> int | None:
+        """The device (this process's numbering) the driver's M-step and sums use: the first GPU of the list."""
+        return self.gpus[0] if self.gpus else None
 
 
-def _visible_gpu_count() -> int:
-    import cupy  # noqa: PLC0415 - only with --gpu, after the cupy backend was made
+def visible_gpu_count() -> int:
+    """Number of CUDA devices visible to this process (0 when none, or no way to ask); never raises.
 
-    return int(cupy.cuda.runtime.getDeviceCount())
+    cupy's count (the CUDA runtime's, after ``CUDA_VISIBLE_DEVICES``); without cupy, dask-cuda's.
+    The one count the jobs' ``--gpu`` checks and :mod:`subtomo_nb.parallel.client` use.
+    """
+    try:
+        import cupy  # type: ignore[import-not-found]  # noqa: PLC0415
+
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:  # noqa: BLE001 - no cupy, no driver, no device: none visible
+        pass
+    try:
+        from dask_cuda.utils import get_n_gpus  # type: ignore[import-not-found]  # noqa: PLC0415
+
+        return int(get_n_gpus())
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def _parent_visible_devices() -> list[str] | None:
+    """The entries of this process's ``CUDA_VISIBLE_DEVICES`` (None when unset)."""
+    text = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if text is None:
+        return None
+    return [e.strip() for e in text.split(",") if e.strip()]
+
+
+def select_gpus(ids: list[int] | tuple[int, ...] | None) -> tuple[int, ...]:
+    """The GPUs of a ``--gpu`` list, checked against the devices this process sees.
+
+    Parameters
+    ----------
+    ids
+        Device numbers as ``--gpu`` counts them (relion_refine's: the visible devices, 0 first);
+        None: every visible GPU.
+
+    Returns
+    -------
+    tuple of int
+
+    Raises
+    ------
+    InputError
+        No GPU named, or a number beyond the visible devices (field ``--gpu``).
+    """
+    from subtomo_nb.io.errors import InputError  # noqa: PLC0415
+
+    n = visible_gpu_count()
+    if ids is None:
+        ids = list(range(n))
+    if not ids:
+        raise InputError(None, what="no GPU named" if n else "no CUDA GPU is visible to this process", field="--gpu")
+    beyond = [i for i in ids if not 0 <= i < n]
+    if beyond:
+        raise InputError(None, what=f"GPU {beyond[0]} is not visible: this process sees {n} CUDA "
+                         f"device{'s' if n != 1 else ''}" + (f" (0 to {n - 1})" if n else ""), field="--gpu")
+    return tuple(int(i) for i in ids)
+
+
+def worker_visible_devices(ids: list[int] | tuple[int, ...]) -> str:
+    """``CUDA_VISIBLE_DEVICES`` for one worker per GPU of ``ids``, in the physical names the workers need.
+
+    ``--gpu`` numbers count this process's visible devices (as relion_refine's); dask-cuda gives
+    each worker the literal entries it is handed. So each number is mapped through this process's
+    ``CUDA_VISIBLE_DEVICES`` when it is set (its entries may be numbers, ``GPU-<uuid>`` or
+    ``MIG-<uuid>`` names): with ``CUDA_VISIBLE_DEVICES=2,3``, ``--gpu 0,1`` gives ``"2,3"``.
+
+    Raises
+    ------
+    InputError
+        A number beyond the entries of ``CUDA_VISIBLE_DEVICES``.
+    """
+    from subtomo_nb.io.errors import InputError  # noqa: PLC0415
+
+    parent = _parent_visible_devices()
+    if parent is None:
+        return ",".join(str(int(i)) for i in ids)
+    beyond = [i for i in ids if not 0 <= i < len(parent)]
+    if beyond:
+        raise InputError(None, what=f"GPU {beyond[0]} is not visible: CUDA_VISIBLE_DEVICES names {len(parent)} "
+                         f"device{'s' if len(parent) != 1 else ''} ({','.join(parent)})", field="--gpu")
+    return ",".join(parent[i] for i in ids)
+
+
+def require_cluster(devices: JobDevices) -> None:
+    """Refuse, before anything is written, a GPU list that needs dask-cuda where it is not installed.
+
+    Raises
+    ------
+    InputError
+        ``devices.needs_cluster`` and dask-cuda missing (field ``--gpu``).
+    """
+    import importlib.util  # noqa: PLC0415
+
+    from subtomo_nb.io.errors import InputError  # noqa: PLC0415
+
+    if devices.needs_cluster and importlib.util.find_spec("dask_cuda") is None:
+        named = ",".join(str(g) for g in devices.gpus)
+        raise InputError(None, what=f"GPUs {named} need one dask-cuda worker each, and dask-cuda is not installed "
+                         "(pip install dask-cuda, or the subtomo_nb[gpu] extra); without it only --gpu 0 runs "
+                         "(in this process)", field="--gpu")
+
+
+def use_driver_gpu(devices: JobDevices) -> None:
+    """Make the job's first GPU this thread's current CUDA device (the driver's M-step, sums, maps).
+
+    cupy allocates on the current device, which is per thread; the job layer calls this in the
+    thread that runs the job, before the driver makes its first array. Without GPUs: nothing.
+    """
+    if devices.driver_gpu is None:
+        return
+    import cupy  # type: ignore[import-not-found]  # noqa: PLC0415
+
+    cupy.cuda.Device(devices.driver_gpu).use()
 
 
 def job_devices(values: Mapping[str, Any] | None = None, *, gpu: str | None = None) -> JobDevices:
@@ -143,21 +272,11 @@ def job_devices(values: Mapping[str, Any] | None = None, *, gpu: str | None = No
         raise InputError(None, what=str(exc).removeprefix("--gpu: ").removeprefix("--gpu "), field=field) from None
     if gpu is None:
         return JobDevices(be.name, (), be.describe(1))
-    n_visible = _visible_gpu_count()
-    if ids is None:
-        ids = list(range(n_visible))
-    beyond = [i for i in ids if i >= n_visible]
-    if beyond:
-        raise InputError(None, what=f"GPU {beyond[0]} is not visible: this process sees {n_visible} CUDA "
-                         f"device{'s' if n_visible != 1 else ''} (0 to {n_visible - 1})", field="--gpu")
-    return JobDevices(be.name, tuple(ids), be.describe(len(ids)))
+    gpus = select_gpus(ids)
+    return JobDevices(be.name, gpus, be.describe(len(gpus)))
 
 
 def backend_line(values: Mapping[str, Any]) -> str:
     """The ``run.out`` header line naming the backend, e.g. `` ++++ backend: numpy (CPU)``."""
     return f" ++++ backend: {job_devices(values).description}"
 
-
-def environment_backend() -> str:
-    """The ``SUBTOMO_BACKEND`` value in effect (``numpy`` when unset)."""
-    return os.environ.get(BACKEND_ENV, "").strip() or "numpy"

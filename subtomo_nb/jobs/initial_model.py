@@ -103,7 +103,7 @@ def run_initial_model_job(
         if client is None:
             from .runners import local_client
 
-            client = own = local_client(values, progress)   # --j N workers, or one per --gpu GPU
+            client = own = local_client(values)   # --j N workers, or one per --gpu GPU
         try:
             executor = None
             if client is not None:

@@ -47,37 +47,38 @@ def preflight(
         progress(Progress(message=f"WARNING: {line}"))
 
 
-def local_client(values: Mapping[str, Any], progress: ProgressCallback | None = None) -> Any:
+def local_client(values: Mapping[str, Any]) -> Any:
     """The local dask cluster a job starts for itself, or None when it runs in this process.
 
     * attached to a scheduler (``scheduler_file`` / ``scheduler_address``): None (the job attaches,
       :func:`job_client`);
     * ``--gpu``: a ``LocalCUDACluster`` with one worker per selected GPU (``--j`` not used), except
-      for one GPU that is this process's device 0 (then the job runs here, on it). Without
-      dask-cuda only that case runs: more GPUs, or another one, are refused in one line;
+      for one GPU that is this process's device 0 (then the job runs here, on it). An empty
+      ``--gpu`` (every visible GPU) leaves ``CUDA_VISIBLE_DEVICES`` to dask-cuda;
     * otherwise ``--j N`` > 1: a ``LocalCluster`` of N single-threaded worker processes.
+
+    What is not used (``--j`` with ``--gpu``) is a warning of
+    :func:`~subtomo_nb.jobs.validate.check_job`; GPUs that need dask-cuda where it is missing are
+    refused there, before the job directory is written.
 
     Raises
     ------
     subtomo_nb.io.errors.InputError
         ``--gpu`` naming GPUs this machine cannot give the job (see above).
     """
-    from .devices import job_devices
+    from .devices import gpu_request, job_devices, parse_gpu_ids
 
     if values.get("scheduler_file") or values.get("scheduler_address"):
         return None
     n = int(values.get("nr_threads", 1) or 1)
     devices = job_devices(values)
     if devices.uses_gpus:
-        if progress is not None and n > 1:
-            progress(Progress(message=f"--j {n} not used with --gpu: one dask worker per GPU"
-                                      + (" (one GPU: the job runs in this process, on it)" if devices.gpus == (0,)
-                                         else "")))
-        if devices.gpus == (0,):
+        if not devices.needs_cluster:
             return None
         from subtomo_nb.parallel import get_client
 
-        return get_client(gpu=list(devices.gpus), dashboard_address=None)
+        every = parse_gpu_ids(gpu_request(values)) is None      # --gpu "": every visible GPU
+        return get_client(gpu=True if every else list(devices.gpus), dashboard_address=None)
     if n <= 1:
         return None
     from subtomo_nb.parallel import get_client
@@ -157,8 +158,17 @@ def job_client(values: Mapping[str, Any], client: Any, progress: ProgressCallbac
 
     A relative scheduler file name is relative to ``project_dir`` (RELION's working directory;
     None: the current directory). Without a scheduler field and without a client, distributed is
-    not imported.
+    not imported. With ``--gpu`` the job's first GPU becomes this thread's current CUDA device
+    (:func:`~subtomo_nb.jobs.devices.use_driver_gpu`): every job on a backend opens its client
+    here, in the thread that runs it, before its driver makes an array.
     """
+    from .devices import job_devices, use_driver_gpu
+
+    devices = job_devices(values)
+    use_driver_gpu(devices)     # the driver's M-step, sums and maps on the job's first GPU (this thread)
+    if devices.needs_cluster and not (values.get("scheduler_file") or values.get("scheduler_address")):
+        progress(Progress(message=f"driver (this process): M-step, reduced sums and maps on GPU {devices.driver_gpu}; "
+                                  f"its full-size arrays come on top of that GPU's worker's memory plan"))
     if client is None and not (values.get("scheduler_file") or values.get("scheduler_address")):
         return contextlib.nullcontext(None)
     from subtomo_nb.parallel import client as clients
@@ -166,10 +176,8 @@ def job_client(values: Mapping[str, Any], client: Any, progress: ProgressCallbac
     values = dict(values)
     if values.get("scheduler_file") and project_dir is not None:
         values["scheduler_file"] = str(input_path(values["scheduler_file"], project_dir))
-    from .devices import job_devices
-
     return clients.job_client(values, client, lambda line: progress(Progress(message=line)),
-                              backend=job_devices(values).backend)
+                              backend=devices.backend)
 
 
 def run_extract(

@@ -96,9 +96,9 @@ def run_tutorial(project_dir: str | os.PathLike = "tutorial", *, seed: int = 0, 
 
     project = Path(project_dir)
     if gpu is not None and refine:
-        from .devices import job_devices
+        from .devices import job_devices, require_cluster
 
-        job_devices(gpu=gpu)        # refuse a --gpu this machine cannot give before simulating
+        require_cluster(job_devices(gpu=gpu))   # refuse a --gpu this machine cannot give before simulating
     kwargs: dict = {"seed": seed}
     if snr != "default":
         kwargs["snr"] = snr

@@ -37,7 +37,7 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
-from .devices import BACKEND_JOBS, job_devices
+from .devices import BACKEND_JOBS, JobDevices, job_devices, require_cluster
 from .params import JobType, coerce
 from .registry import get_job_type
 
@@ -230,6 +230,23 @@ def _refused(rule: Any, value: Any) -> bool:
     return value == rule
 
 
+def _gpu_warnings(devices: JobDevices, v: Mapping[str, Any], attached: bool) -> list[str]:
+    """What ``--gpu`` leaves unused, one warning each: ``--j`` (one worker per GPU), or the GPU list
+    itself on an attached dask cluster (its workers use their own GPUs)."""
+    if not devices.uses_gpus:
+        return []
+    named = ",".join(str(g) for g in devices.gpus)
+    if attached:
+        return [f"--gpu {named}: the attached dask cluster's workers use their own GPUs; the list only puts this "
+                f"process's M-step on GPU {devices.driver_gpu}"]
+    threads = int(v.get("nr_threads", 1) or 1)
+    if threads > 1:
+        where = (" (one GPU: the job runs in this process, on it)" if not devices.needs_cluster
+                 else f" ({len(devices.gpus)} worker{'s' if len(devices.gpus) != 1 else ''})")
+        return [f"--j {threads} not used with --gpu: one dask worker per GPU{where}"]
+    return []
+
+
 def _collect(
     jt: JobType,
     values: Mapping[str, Any],
@@ -377,13 +394,19 @@ def _collect(
     if jt.name in BACKEND_JOBS and "use_gpu" not in errors:
         # --gpu as relion_refine's, or SUBTOMO_BACKEND: the backend must exist here (cupy and a
         # CUDA device for --gpu), and the GPUs named must be visible
+        attached = bool(str(v.get("scheduler_file", "") or "").strip()
+                        or str(v.get("scheduler_address", "") or "").strip())
         try:
-            job_devices(v if "use_gpu" in jt else {})
+            devices = job_devices(v if "use_gpu" in jt else {})
+            if not attached:
+                require_cluster(devices)      # GPUs beyond this process's device 0 need dask-cuda
         except InputError as exc:
             if exc.field == "--gpu" and "use_gpu" in jt:
                 err("use_gpu", f"{exc.what}; leave out --gpu (set it to No) to run on the CPU")
             else:
                 errors.setdefault("use_gpu" if "use_gpu" in jt else jt.params[0].key, exc)
+        else:
+            warnings.extend(_gpu_warnings(devices, v, attached))
 
     # A dask cluster to attach to: a scheduler file or an address, not both.
     if "scheduler_address" in jt and "scheduler_address" not in errors:

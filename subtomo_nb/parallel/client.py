@@ -7,11 +7,17 @@
    notebook user who made a ``Client(...)`` -- of a ``LocalCluster``, a dask-jobqueue
    ``SLURMCluster``, a ``dask scheduler`` started by hand, ... -- gets it back unchanged;
 3. with ``gpu`` (the jobs' ``--gpu``): a new ``dask_cuda.LocalCUDACluster``, one single-threaded
-   worker per selected GPU (``CUDA_VISIBLE_DEVICES`` from the list); refused in one line when
-   dask-cuda or the GPUs are missing (dask-cuda is imported only here, lazily: an optional extra);
+   worker per selected GPU (``CUDA_VISIBLE_DEVICES`` from the list, each number mapped through this
+   process's own ``CUDA_VISIBLE_DEVICES``); refused in one line when dask-cuda or the GPUs are
+   missing (dask-cuda is imported only here, lazily: an optional extra);
 4. otherwise a new ``distributed.LocalCluster`` with ``n_workers`` single-threaded worker *processes*
    (default: one per core). Processes, not threads: the E-step is numpy code that holds the GIL
    in places, and a process can die without taking the others with it.
+
+The clusters made in steps 3-4 run without work stealing: the E-step places each batch on the
+worker that holds its particles, and a stolen batch would be loaded again on the thief (its
+device memory beyond the job's memory plan). A user's own cluster keeps its setting;
+:func:`job_client` notes it when stealing is on.
 
 Clients made in steps 3-4 are *owned* by subtomo_nb; :func:`close_if_owned` closes them (and their
 cluster) and leaves any other client alone.
@@ -44,12 +50,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import dask
 import distributed
 
 from subtomo_nb.io.errors import InputError
 
 __all__ = ["get_client", "close_if_owned", "gpu_count", "cuda_cluster_available", "attach_client",
-           "describe_cluster", "job_client", "scheduler_of", "worker_count", "cuda_cluster_kwargs"]
+           "describe_cluster", "job_client", "scheduler_of", "worker_count", "cuda_cluster_kwargs",
+           "work_stealing"]
 
 #: Seconds to wait for an attached scheduler (and for its first worker) before giving up.
 ATTACH_TIMEOUT = 30.0
@@ -62,22 +70,13 @@ _OWNED: "weakref.WeakSet[distributed.Client]" = weakref.WeakSet()
 
 
 def gpu_count() -> int:
-    """Number of CUDA devices visible to this process (0 when none, or no way to ask).
+    """Number of CUDA devices visible to this process (0 when none, or no way to ask); never raises.
 
-    Asks dask-cuda's helper when dask-cuda is installed, else cupy, else reports 0. Never raises.
+    :func:`subtomo_nb.jobs.devices.visible_gpu_count` (cupy's count, else dask-cuda's).
     """
-    try:
-        from dask_cuda.utils import get_n_gpus  # type: ignore[import-not-found]
+    from subtomo_nb.jobs.devices import visible_gpu_count
 
-        return int(get_n_gpus())
-    except Exception:
-        pass
-    try:
-        import cupy  # type: ignore[import-not-found]
-
-        return int(cupy.cuda.runtime.getDeviceCount())
-    except Exception:
-        return 0
+    return visible_gpu_count()
 
 
 def cuda_cluster_available() -> tuple[bool, str]:
@@ -124,9 +123,11 @@ def get_client(
         RELION's one-rank-per-GPU); more threads share one worker's memory.
     gpu
         False or None: a CPU ``LocalCluster``. True: a ``LocalCUDACluster`` with one worker per
-        visible GPU. A sequence of device numbers (the jobs' ``--gpu 0,1``): one worker per
-        device named, ``CUDA_VISIBLE_DEVICES`` set from them (each worker sees its own GPU first,
-        as cupy's device 0). A GPU cluster needs dask-cuda and a visible GPU:
+        visible GPU (dask-cuda reads ``CUDA_VISIBLE_DEVICES`` itself). A sequence of device
+        numbers (the jobs' ``--gpu 0,1``, counting this process's visible devices): one worker
+        per device named, ``CUDA_VISIBLE_DEVICES`` set from them, mapped through this process's
+        own (each worker sees its own GPU first, as cupy's device 0). A GPU cluster needs
+        dask-cuda and a visible GPU:
         :class:`~subtomo_nb.io.errors.InputError` (field ``--gpu``) naming what is missing.
     client
         A client to use as it is (e.g. of a dask-jobqueue ``SLURMCluster``); wins over
@@ -151,12 +152,14 @@ def get_client(
     current = _current_client()
     if current is not None:
         return current
-    if gpu is None or gpu is False:
-        n = n_workers if n_workers is not None else max(os.cpu_count() or 1, 1)
-        cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=threads_per_worker,
-                                           processes=True, **cluster_kwargs)
-    else:
-        cluster = _cuda_cluster(None if gpu is True else [int(g) for g in gpu], threads_per_worker, cluster_kwargs)
+    with dask.config.set({"distributed.scheduler.work-stealing": False}):   # read when the scheduler starts
+        if gpu is None or gpu is False:
+            n = n_workers if n_workers is not None else max(os.cpu_count() or 1, 1)
+            cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=threads_per_worker,
+                                               processes=True, **cluster_kwargs)
+        else:
+            cluster = _cuda_cluster(None if gpu is True else [int(g) for g in gpu], threads_per_worker,
+                                    cluster_kwargs)
     new = distributed.Client(cluster)
     _OWNED.add(new)
     return new
@@ -165,23 +168,24 @@ def get_client(
 def cuda_cluster_kwargs(devices: Sequence[int] | None) -> dict[str, Any]:
     """``LocalCUDACluster`` arguments of one worker per GPU of ``devices`` (None: every visible GPU).
 
+    ``devices`` count this process's visible devices (as ``--gpu``); each is mapped through this
+    process's ``CUDA_VISIBLE_DEVICES`` (:func:`subtomo_nb.jobs.devices.worker_visible_devices`).
+    None leaves ``CUDA_VISIBLE_DEVICES`` to dask-cuda, which reads the environment.
+
     Raises
     ------
     InputError
         dask-cuda missing, no GPU visible, an empty list, or a device number not visible.
     """
+    from subtomo_nb.jobs.devices import select_gpus, worker_visible_devices
+
     ok, why = cuda_cluster_available()
     if not ok:
         raise InputError(None, what=f"a GPU cluster cannot be made: {why}", field="--gpu")
-    n = gpu_count()
     if devices is None:
-        devices = list(range(n))
-    if not devices:
-        raise InputError(None, what="no GPU named", field="--gpu")
-    beyond = [d for d in devices if not 0 <= d < n]
-    if beyond:
-        raise InputError(None, what=f"GPU {beyond[0]} is not visible (this process sees {n})", field="--gpu")
-    return {"CUDA_VISIBLE_DEVICES": ",".join(str(d) for d in devices), "n_workers": len(devices)}
+        return {}
+    gpus = select_gpus(list(devices))
+    return {"CUDA_VISIBLE_DEVICES": worker_visible_devices(gpus), "n_workers": len(gpus)}
 
 
 def _cuda_cluster(devices: list[int] | None, threads_per_worker: int, kwargs: dict[str, Any]) -> Any:
@@ -309,6 +313,25 @@ def _worker_device() -> dict[str, Any]:
             "gpu": bool(visible) and visible not in ("-1", "NoDevFiles")}
 
 
+def _scheduler_steals(dask_scheduler: Any = None) -> bool:
+    """Whether the scheduler runs work stealing (executed on the scheduler)."""
+    return "stealing" in dask_scheduler.extensions
+
+
+def work_stealing(client: distributed.Client) -> bool | None:
+    """Whether the scheduler behind ``client`` steals tasks (None when it cannot be asked)."""
+    try:
+        return bool(client.run_on_scheduler(_scheduler_steals))
+    except Exception:  # noqa: BLE001 - a scheduler that refuses run_on_scheduler, or is gone
+        return None
+
+
+#: The note :func:`job_client` gives for a user's cluster that steals tasks.
+STEALING_NOTE = ("note: this dask cluster steals tasks: a stolen E-step batch loads its particles again on the "
+                 "thief (memory beyond the plan); start its scheduler with "
+                 "DASK_DISTRIBUTED__SCHEDULER__WORK_STEALING=False to keep each batch on one worker")
+
+
 def worker_count(client: distributed.Client) -> int:
     """The number of workers of the cluster behind ``client`` (0 when it cannot be asked)."""
     try:
@@ -380,6 +403,8 @@ def job_client(values: Mapping[str, Any], client: distributed.Client | None = No
             threads = int(values.get("nr_threads", 1) or 1)
             if own is not None and threads > 1:
                 report(f"--j {threads} not used: the attached cluster's workers do the work")
+            if not is_owned(active) and work_stealing(active):
+                report(STEALING_NOTE)
         yield active
     finally:
         if own is not None:

@@ -6,6 +6,8 @@ VDAM); the drivers never import this package.
 
 from __future__ import annotations
 
+import copy
+
 import distributed
 import numpy as np
 
@@ -68,16 +70,24 @@ class DaskExecutor:
     def _host_references(request: EStepRequest, be: Backend) -> list[np.ndarray]:
         """The references as host maps (a device map of the driver comes down once; shared objects stay shared)."""
         seen: dict[int, np.ndarray] = {}
-        return [seen.setdefault(id(r), be.to_host(r, "reference")) for r in request.references]
+        for r in request.references:
+            if id(r) not in seen:
+                seen[id(r)] = be.to_host(r, "reference")
+        return [seen[id(r)] for r in request.references]
 
     @staticmethod
     def _on_device(bp: BackProjector, be: Backend) -> BackProjector:
         """The half-set's reduced sums on the driver's device (one copy of each per iteration)."""
         if be.name == "numpy":
             return bp
-        out = BackProjector(bp.box, pad=bp.pad, r_max=bp.r_max, dtype=bp.rdtype, backend=be)
+        # the host back-projector's geometry with the sums uploaded: no zero-filled full-size
+        # arrays made first (BackProjector(...) would allocate and zero both, then drop them)
+        out = copy.copy(bp)
+        out.backend, out.xp = be, be.xp
         out.data = be.to_device(bp.data, "sums")
         out.weight = be.to_device(bp.weight, "sums")
+        out.rdtype, out.cdtype = out.weight.dtype, out.data.dtype
+        out._scatter = None if bp._scatter is None else be.kernel("scatter_rotated")
         return out
 
     def run(self, request: EStepRequest, progress: BatchProgress | None = None) -> list[HalfSetResult]:

@@ -330,22 +330,20 @@ def test_command_line_errors_are_one_line_exit_2(project, monkeypatch, capsys, a
     assert digest(project) == before
 
 
-def test_gpu_numbers_beyond_the_visible_devices_are_refused(project, monkeypatch):
+def test_gpu_numbers_beyond_the_visible_devices_are_refused(project, monkeypatch, fake_gpus):
     """With two (fake) GPUs visible: --gpu 0:1 passes without a warning, --gpu 0,3 is refused."""
-    import subtomo_nb.backend as backend
+    import importlib.util
+
     import subtomo_nb.jobs.devices as devices
     from subtomo_nb.cli.main import build_parser, refine_values
     from subtomo_nb.io.errors import InputError
     from subtomo_nb.jobs.validate import check_job
 
-    class FakeCupy:
-        name = "cupy"
-
-        def describe(self, n: int = 1) -> str:
-            return f"cupy ({n} GPU{'s' if n != 1 else ''})"
-
-    monkeypatch.setattr(backend, "backend_from_env", lambda gpu=None: FakeCupy())
-    monkeypatch.setattr(devices, "_visible_gpu_count", lambda: 2)
+    fake_gpus(2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "dask_cuda"
+                        else find_spec(name, *a))                       # dask-cuda "installed"
     monkeypatch.chdir(project)
     values = refine_values(build_parser().parse_args(REFINE + ["--gpu", "0:1"]))
     assert values["use_gpu"] is True and values["gpu_ids"] == "0:1"
@@ -355,6 +353,46 @@ def test_gpu_numbers_beyond_the_visible_devices_are_refused(project, monkeypatch
     with pytest.raises(InputError, match=r"field --gpu: Use GPU acceleration\? GPU 3 is not visible: this process "
                                          r"sees 2 CUDA devices \(0 to 1\)"):
         check_job("refine3d", values, project_dir=project)
+
+
+@pytest.mark.parametrize("argv, name", [(REFINE, "Refine3D/job010"), (INIMODEL, "InitialModel/job011")])
+@pytest.mark.parametrize("gpu", ["1", "0,1"])
+def test_gpus_that_need_dask_cuda_are_refused_before_anything_is_written(project, monkeypatch, capsys, fake_gpus,
+                                                                          argv, name, gpu):
+    """Without dask-cuda only --gpu 0 runs (in this process): the others stop in check_job, no job directory."""
+    import importlib.util
+
+    fake_gpus(2)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "dask_cuda" else find_spec(n, *a))
+    monkeypatch.chdir(project)
+    shutil.rmtree(project / name, ignore_errors=True)
+    before = digest(project)
+    assert main(argv + ["--gpu", gpu, "--j", "4"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"subtomo {argv[0]}: error: field --gpu: Use GPU acceleration? GPUs "
+                                               f"{gpu} need one dask-cuda worker each, and dask-cuda is not installed")
+    assert digest(project) == before and not (project / name).exists()
+
+
+def test_options_that_gpu_leaves_unused_are_warnings(project, monkeypatch, fake_gpus):
+    """--j with --gpu (one worker per GPU), and --gpu with an attached cluster: named by check_job."""
+    from subtomo_nb.cli.main import build_parser, refine_values
+    from subtomo_nb.jobs.validate import check_job
+
+    fake_gpus(2)
+    monkeypatch.chdir(project)
+
+    def warnings(*extra: str) -> list[str]:
+        return check_job("refine3d", refine_values(build_parser().parse_args(REFINE + list(extra))),
+                         project_dir=project)
+
+    assert warnings("--gpu", "0", "--j", "4") == [
+        "--j 4 not used with --gpu: one dask worker per GPU (one GPU: the job runs in this process, on it)"]
+    assert warnings("--gpu", "0") == [] and warnings("--j", "4") == []
+    assert warnings("--gpu", "1,0", "--scheduler_address", "tcp://localhost:8786") == [
+        "--gpu 1,0: the attached dask cluster's workers use their own GPUs; the list only puts this process's "
+        "M-step on GPU 1"]
 
 
 def test_relions_disc_and_memory_options_are_named_as_without_effect(project, monkeypatch):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-import subtomo_nb.backend as backend
 import subtomo_nb.jobs.devices as devices
 from subtomo_nb.io.errors import InputError
 from subtomo_nb.jobs.devices import JobDevices, job_devices, parse_gpu_ids
@@ -15,12 +14,13 @@ from subtomo_nb.jobs.progress import RUN_OUT
 @pytest.mark.parametrize("text, ids", [
     (None, None), ("", None), ("  ", None), ("auto", None),     # RELION: no leading digit => every GPU
     ("0", [0]), ("0,1", [0, 1]), ("0:1", [0, 1]), ("1,0:2,3", [1, 0, 2, 3]), ("0:0:1", [0, 1]), (" 2 , 3 ", [2, 3]),
+    ("0,,1", [0, 1]), ("0:", [0]), ("0,:1,", [0, 1]),           # untangleDeviceIDs skips empty entries
 ])
 def test_gpu_ids_as_relions_untangle_device_ids(text, ids):
     assert parse_gpu_ids(text) == ids
 
 
-@pytest.mark.parametrize("text", ["0;1", "0,,1", "1,x", "0:"])
+@pytest.mark.parametrize("text", ["0;1", "1,x", "0:a", "0.1"])
 def test_malformed_gpu_lists_are_refused(text):
     with pytest.raises(InputError, match="is not a list of GPU numbers"):
         parse_gpu_ids(text)
@@ -36,19 +36,55 @@ def test_backend_without_gpu_follows_subtomo_backend(monkeypatch):
         job_devices({})
 
 
-class _FakeCupy:
-    name = "cupy"
-
-    def describe(self, n: int = 1) -> str:
-        return f"cupy ({n} GPU{'s' if n != 1 else ''})"
-
-
-def test_gpu_without_value_is_every_visible_gpu(monkeypatch):
-    monkeypatch.setattr(backend, "backend_from_env", lambda gpu=None: _FakeCupy())
-    monkeypatch.setattr(devices, "_visible_gpu_count", lambda: 3)
+def test_gpu_without_value_is_every_visible_gpu(fake_gpus, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    fake_gpus(3)
     got = job_devices({"use_gpu": True, "gpu_ids": ""})
     assert got == JobDevices("cupy", (0, 1, 2), "cupy (3 GPUs)") and got.cuda_visible_devices == "0,1,2"
     assert job_devices(gpu="2") == JobDevices("cupy", (2,), "cupy (1 GPU)")
+    assert got.needs_cluster and not job_devices(gpu="0").needs_cluster and job_devices(gpu="1").needs_cluster
+
+
+@pytest.mark.parametrize("parent, ids, expected", [
+    ("2,3", (0, 1), "2,3"), ("2,3", (1,), "3"), ("3,1,0", (2, 0), "0,3"),
+    ("GPU-8f0a, MIG-4e1b", (1, 0), "MIG-4e1b,GPU-8f0a"), (None, (1, 0), "1,0"),
+])
+def test_gpu_numbers_count_the_visible_devices(monkeypatch, parent, ids, expected):
+    """--gpu numbers are relion_refine's (this process's visible devices); workers get the physical names."""
+    if parent is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", parent)
+    assert devices.worker_visible_devices(ids) == expected
+
+
+def test_a_gpu_beyond_the_parents_visible_devices_is_refused(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    with pytest.raises(InputError, match=r"field --gpu: GPU 2 is not visible: CUDA_VISIBLE_DEVICES names 2 devices"):
+        devices.worker_visible_devices((0, 2))
+
+
+def test_job_devices_through_the_parents_visible_devices(fake_gpus, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    fake_gpus(2)
+    assert job_devices(gpu="0,1").cuda_visible_devices == "2,3"
+    assert job_devices(gpu="1").cuda_visible_devices == "3"
+    with pytest.raises(InputError, match=r"GPU 2 is not visible: this process sees 2 CUDA devices \(0 to 1\)"):
+        job_devices(gpu="2")
+
+
+def test_cupy_backend_device_is_the_threads_current_device(fake_gpus):
+    """The per-process cupy backend follows the current device the job layer sets (no device fixed at creation)."""
+    from subtomo_nb.backend.base import CupyBackend
+
+    cupy = fake_gpus(4)
+    be = object.__new__(CupyBackend)      # the real constructor needs cupy itself
+    be._cupy = cupy
+    assert be.device.id == 0
+    devices.use_driver_gpu(job_devices(gpu="2,3"))
+    assert cupy.used == [2] and be.device.id == 2
+    devices.use_driver_gpu(job_devices({"use_gpu": False}))       # the CPU: the device is left alone
+    assert cupy.used == [2]
 
 
 def _header(tmp_path, job_type: str, values: dict) -> list[str]:
@@ -59,13 +95,12 @@ def _header(tmp_path, job_type: str, values: dict) -> list[str]:
 
 
 @pytest.mark.parametrize("job_type", ["refine3d", "initial_model", "reconstruct"])
-def test_run_out_names_the_backend(tmp_path, monkeypatch, job_type):
+def test_run_out_names_the_backend(tmp_path, monkeypatch, fake_gpus, job_type):
     monkeypatch.delenv("SUBTOMO_BACKEND", raising=False)
     assert _header(tmp_path / "a", job_type, {}) == [" ++++ backend: numpy (CPU)"]
     monkeypatch.setenv("SUBTOMO_BACKEND", "strict")
     assert _header(tmp_path / "b", job_type, {}) == [" ++++ backend: strict (array-api-strict, device1)"]
-    monkeypatch.setattr(backend, "backend_from_env", lambda gpu=None: _FakeCupy())
-    monkeypatch.setattr(devices, "_visible_gpu_count", lambda: 4)
+    fake_gpus(4)
     assert _header(tmp_path / "c", job_type, {"use_gpu": True, "gpu_ids": "0:1"}) == [" ++++ backend: cupy (2 GPUs)"]
 
 
@@ -83,3 +118,18 @@ def test_gpu_fields_on_every_backend_form():
             ("Use GPU acceleration?", tab), ("Which GPUs to use:", tab)]
         assert jt.param("gpu_ids").active_if == ("use_gpu", True)
     assert get_job_type("reconstruct").param("use_gpu").relion is False
+
+
+@pytest.mark.parametrize("gpu, used, note", [("1", [1], True), ("2,3", [2], True), ("0", [0], False), (None, [], False)])
+def test_the_driver_runs_on_the_jobs_first_gpu(fake_gpus, gpu, used, note):
+    """The job layer makes the first GPU of --gpu the driver's current device (not the process's device 0)."""
+    from subtomo_nb.jobs.runners import job_client
+
+    cupy = fake_gpus(4)
+    lines: list[str] = []
+    values = {"use_gpu": gpu is not None, "gpu_ids": gpu or ""}
+    with job_client(values, None, lambda p: lines.append(p.message)) as client:
+        assert client is None
+    assert cupy.used == used
+    assert lines == ([f"driver (this process): M-step, reduced sums and maps on GPU {used[0]}; its full-size arrays "
+                      "come on top of that GPU's worker's memory plan"] if note else [])

@@ -10,6 +10,18 @@ from subtomo_nb.parallel import close_if_owned, cuda_cluster_available, get_clie
 from subtomo_nb.parallel.client import is_owned  # noqa: E402
 
 
+def test_a_users_cluster_that_steals_is_noted(cluster_client):
+    """job_client names work stealing of a cluster it did not make (the session's keeps dask's default)."""
+    from subtomo_nb.parallel.client import STEALING_NOTE, job_client, work_stealing
+
+    lines: list[str] = []
+    with job_client({}, cluster_client, lines.append):
+        pass
+    steals = work_stealing(cluster_client)
+    assert steals is not None
+    assert (STEALING_NOTE in lines) is steals and lines[0].startswith("dask scheduler ")
+
+
 def test_explicit_and_current_client_are_returned(cluster_client):
     assert get_client(client=cluster_client) is cluster_client
     with cluster_client.as_current():
@@ -30,6 +42,11 @@ def test_local_cluster_when_no_client(cluster_client):
         assert is_owned(client)
         info = client.scheduler_info()["workers"]
         assert len(info) == 1 and all(w["nthreads"] == 1 for w in info.values())
+        # no work stealing: a batch stays on the worker that holds its particles
+        assert client.run_on_scheduler(lambda dask_scheduler: "stealing" in dask_scheduler.extensions) is False
+        from subtomo_nb.parallel.client import work_stealing
+
+        assert work_stealing(client) is False
         assert client.submit(sum, [1, 2, 3]).result() == 6
         assert get_client() is client                          # now it is the current client
     finally:
@@ -52,15 +69,23 @@ def test_gpu_cluster_without_dask_cuda_or_gpu_is_refused_in_one_line():
 
 def test_cuda_cluster_arguments_one_worker_per_named_gpu(monkeypatch):
     """The LocalCUDACluster arguments of a --gpu list (dask-cuda and 4 GPUs faked)."""
+    import subtomo_nb.jobs.devices as devices
     import subtomo_nb.parallel.client as client
     from subtomo_nb.io.errors import InputError
 
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(client, "cuda_cluster_available", lambda: (True, ""))
-    monkeypatch.setattr(client, "gpu_count", lambda: 4)
+    monkeypatch.setattr(devices, "visible_gpu_count", lambda: 4)
+    assert client.gpu_count() == 4
     assert client.cuda_cluster_kwargs([2, 0]) == {"CUDA_VISIBLE_DEVICES": "2,0", "n_workers": 2}
-    assert client.cuda_cluster_kwargs(None) == {"CUDA_VISIBLE_DEVICES": "0,1,2,3", "n_workers": 4}
+    assert client.cuda_cluster_kwargs(None) == {}          # every GPU: dask-cuda reads the environment
     with pytest.raises(InputError, match="GPU 4 is not visible"):
         client.cuda_cluster_kwargs([1, 4])
+    # --gpu counts this process's visible devices: mapped through its CUDA_VISIBLE_DEVICES
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    assert client.cuda_cluster_kwargs([0, 1]) == {"CUDA_VISIBLE_DEVICES": "4,5", "n_workers": 2}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-aa,GPU-bb,MIG-cc,3")
+    assert client.cuda_cluster_kwargs([2, 3]) == {"CUDA_VISIBLE_DEVICES": "MIG-cc,3", "n_workers": 2}
 
 
 def test_local_cuda_cluster_one_worker_per_gpu():
