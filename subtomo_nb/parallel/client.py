@@ -72,9 +72,9 @@ _OWNED: "weakref.WeakSet[distributed.Client]" = weakref.WeakSet()
 def gpu_count() -> int:
     """Number of CUDA devices visible to this process (0 when none, or no way to ask); never raises.
 
-    :func:`subtomo_nb.jobs.devices.visible_gpu_count` (cupy's count, else dask-cuda's).
+    :func:`subtomo_nb.backend.gpus.visible_gpu_count` (cupy's count, else dask-cuda's).
     """
-    from subtomo_nb.jobs.devices import visible_gpu_count
+    from subtomo_nb.backend.gpus import visible_gpu_count
 
     return visible_gpu_count()
 
@@ -169,7 +169,7 @@ def cuda_cluster_kwargs(devices: Sequence[int] | None) -> dict[str, Any]:
     """``LocalCUDACluster`` arguments of one worker per GPU of ``devices`` (None: every visible GPU).
 
     ``devices`` count this process's visible devices (as ``--gpu``); each is mapped through this
-    process's ``CUDA_VISIBLE_DEVICES`` (:func:`subtomo_nb.jobs.devices.worker_visible_devices`).
+    process's ``CUDA_VISIBLE_DEVICES`` (:func:`subtomo_nb.backend.gpus.worker_visible_devices`).
     None leaves ``CUDA_VISIBLE_DEVICES`` to dask-cuda, which reads the environment.
 
     Raises
@@ -177,7 +177,7 @@ def cuda_cluster_kwargs(devices: Sequence[int] | None) -> dict[str, Any]:
     InputError
         dask-cuda missing, no GPU visible, an empty list, or a device number not visible.
     """
-    from subtomo_nb.jobs.devices import select_gpus, worker_visible_devices
+    from subtomo_nb.backend.gpus import select_gpus, worker_visible_devices
 
     ok, why = cuda_cluster_available()
     if not ok:

@@ -69,13 +69,13 @@ def test_gpu_cluster_without_dask_cuda_or_gpu_is_refused_in_one_line():
 
 def test_cuda_cluster_arguments_one_worker_per_named_gpu(monkeypatch):
     """The LocalCUDACluster arguments of a --gpu list (dask-cuda and 4 GPUs faked)."""
-    import subtomo_nb.jobs.devices as devices
+    import subtomo_nb.backend.gpus as gpus
     import subtomo_nb.parallel.client as client
     from subtomo_nb.io.errors import InputError
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(client, "cuda_cluster_available", lambda: (True, ""))
-    monkeypatch.setattr(devices, "visible_gpu_count", lambda: 4)
+    monkeypatch.setattr(gpus, "visible_gpu_count", lambda: 4)
     assert client.gpu_count() == 4
     assert client.cuda_cluster_kwargs([2, 0]) == {"CUDA_VISIBLE_DEVICES": "2,0", "n_workers": 2}
     assert client.cuda_cluster_kwargs(None) == {}          # every GPU: dask-cuda reads the environment
