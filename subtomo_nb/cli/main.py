@@ -199,15 +199,12 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
     _in_job_dir(args, o.parent, "reconstruct", values)
     from subtomo_nb.jobs.options import options_from
     from subtomo_nb.jobs.progress import ProgressPrinter
-    from subtomo_nb.jobs.runners import job_client
+    from subtomo_nb.jobs.runners import job_client, own_client
 
     options = {**options_from("reconstruct", values, o.parent, _HERE), "out_map": o}   # --o names the map
-    own = _local_client(values) if values.get("use_gpu") else None   # --j: threads here; --gpu: one worker per GPU
-    try:
-        with job_client(values, own, ProgressPrinter()) as client:
-            result = reconstruct_particles(**options, client=client)
-    finally:
-        _close(own)
+    # --j: threads here; --gpu: one worker per GPU (the job's own cluster, closed after)
+    with own_client(values, gpu_only=True) as own, job_client(values, own, ProgressPrinter()) as client:
+        result = reconstruct_particles(**options, client=client)
     print(f"merged map: {result.merged_path}")
     if result.fsc is not None:
         print(f"half maps: {result.half_paths[0]} {result.half_paths[1]}")
@@ -228,20 +225,6 @@ def _run_star_handler(args: argparse.Namespace) -> int:
     out = recentre_star(**options)
     print(f"re-centred particles: {out}")
     return 0
-
-
-def _local_client(values: dict) -> object | None:
-    """The job's own local dask cluster (``--j N`` workers, or one per ``--gpu`` GPU), or None (this process)."""
-    from subtomo_nb.jobs.runners import local_client
-
-    return local_client(values)
-
-
-def _close(client: object | None) -> None:
-    if client is not None:
-        from subtomo_nb.parallel import close_if_owned
-
-        close_if_owned(client)
 
 
 def refine_values(args: argparse.Namespace) -> dict:
@@ -281,11 +264,8 @@ def _run_refine(args: argparse.Namespace) -> int:
            or ProgressLog(job_dir, forward=forward))
     for line in getattr(args, "_warnings", []):
         log.write(f"WARNING: {line}")
-    client = _local_client(values)
-    try:
-        outputs = run_refine(values, job_dir, project_dir=Path.cwd(), progress=log, client=client)
-    finally:
-        _close(client)
+    # no client given: the job starts (and closes) its own (--j N workers, or one per --gpu GPU)
+    outputs = run_refine(values, job_dir, project_dir=Path.cwd(), progress=log)
     for key, value in outputs.items():
         print(f"{key}: {value}")
     return 0

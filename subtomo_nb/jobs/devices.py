@@ -18,8 +18,9 @@ picks the backend; unset means ``numpy``. The chosen backend's name goes to the 
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,17 +143,26 @@ def require_cluster(devices: JobDevices) -> None:
                          "(in this process)", field="--gpu")
 
 
-def use_driver_gpu(devices: JobDevices) -> None:
-    """Make the job's first GPU this thread's current CUDA device (the driver's M-step, sums, maps).
+@contextlib.contextmanager
+def use_driver_gpu(devices: JobDevices) -> Iterator[None]:
+    """Within the block, the job's first GPU is this thread's current CUDA device (the driver's
+    M-step, sums, maps); on leaving it, the thread's previous device is current again.
 
-    cupy allocates on the current device, which is per thread; the job layer calls this in the
-    thread that runs the job, before the driver makes its first array. Without GPUs: nothing.
+    cupy allocates on the current device, which is per thread; the job layer enters this in the
+    thread that runs the job, before the driver makes its first array, for the job's duration (a
+    notebook's main thread is back on its own device after a ``--gpu 1`` job). Without GPUs: nothing.
     """
     if devices.driver_gpu is None:
+        yield
         return
     import cupy  # type: ignore[import-not-found]  # noqa: PLC0415
 
+    previous = cupy.cuda.Device().id
     cupy.cuda.Device(devices.driver_gpu).use()
+    try:
+        yield
+    finally:
+        cupy.cuda.Device(previous).use()
 
 
 def job_devices(values: Mapping[str, Any] | None = None, *, gpu: str | None = None) -> JobDevices:

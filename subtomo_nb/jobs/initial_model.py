@@ -98,26 +98,18 @@ def run_initial_model_job(
         progress(Progress(message="additional arguments not used: " + " ".join(unused)))
     relay = _iteration_relay(progress, opts.nr_iter)
 
-    with job_client(values, client, progress, project_dir) as client:
-        own = None
-        if client is None:
-            from .runners import local_client
+    from .runners import own_client
 
-            client = own = local_client(values)   # --j N workers, or one per --gpu GPU
-        try:
-            executor = None
-            if client is not None:
-                from subtomo_nb.parallel import DaskExecutor
+    # the job's own local cluster (--j N workers, or one per --gpu GPU) when no client is given
+    with own_client(values, client) as own, job_client(values, own, progress, project_dir) as client:
+        executor = None
+        if client is not None:
+            from subtomo_nb.parallel import DaskExecutor
 
-                executor = DaskExecutor(client, name="inimodel")
-            job = InitialModel.from_options(opts, progress=relay, executor=executor)
-            memory_plan(job, values, client, progress)     # before iteration 1: refuse what cannot fit
-            job.run()
-        finally:
-            if own is not None:
-                from subtomo_nb.parallel import close_if_owned
-
-                close_if_owned(own)
+            executor = DaskExecutor(client, name="inimodel")
+        job = InitialModel.from_options(opts, progress=relay, executor=executor)
+        memory_plan(job, values, client, progress)     # before iteration 1: refuse what cannot fit
+        job.run()
     return dict(job.outputs)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from .options import input_path, options_from
 from .progress import Progress, ProgressCallback
 
 __all__ = ["run_extract", "run_reconstruct", "run_recentre", "run_refine", "input_path", "preflight", "job_client",
-           "local_client", "memory_plan"]
+           "local_client", "own_client", "memory_plan"]
 
 
 def preflight(
@@ -152,32 +152,57 @@ def memory_plan(job: Any, values: Mapping[str, Any], client: Any, progress: Prog
     return plan
 
 
+@contextlib.contextmanager
+def own_client(values: Mapping[str, Any], client: Any = None, *, gpu_only: bool = False) -> Iterator[Any]:
+    """The client a job runs on: ``client`` if given, else the job's own :func:`local_client`
+    (``--j N`` workers, or one per ``--gpu`` GPU; None: this process), closed on leaving the block.
+
+    ``gpu_only``: start one only for ``--gpu`` (reconstruct: ``--j`` is threads in this process).
+    """
+    if client is not None or (gpu_only and not values.get("use_gpu")):
+        yield client
+        return
+    own = local_client(values)
+    try:
+        yield own
+    finally:
+        if own is not None:
+            from subtomo_nb.parallel import close_if_owned
+
+            close_if_owned(own)
+
+
+@contextlib.contextmanager
 def job_client(values: Mapping[str, Any], client: Any, progress: ProgressCallback,
-               project_dir: str | os.PathLike | None = None) -> Any:
+               project_dir: str | os.PathLike | None = None) -> Iterator[Any]:
     """:func:`subtomo_nb.parallel.client.job_client` reporting to the job's progress log.
 
     A relative scheduler file name is relative to ``project_dir`` (RELION's working directory;
     None: the current directory). Without a scheduler field and without a client, distributed is
-    not imported. With ``--gpu`` the job's first GPU becomes this thread's current CUDA device
-    (:func:`~subtomo_nb.jobs.devices.use_driver_gpu`): every job on a backend opens its client
-    here, in the thread that runs it, before its driver makes an array.
+    not imported. With ``--gpu`` the job's first GPU is this thread's current CUDA device within
+    the block (:func:`~subtomo_nb.jobs.devices.use_driver_gpu`; the previous one after it): every
+    job on a backend opens its client here, in the thread that runs it, before its driver makes
+    an array.
     """
     from .devices import job_devices, use_driver_gpu
 
     devices = job_devices(values)
-    use_driver_gpu(devices)     # the driver's M-step, sums and maps on the job's first GPU (this thread)
-    if devices.needs_cluster and not (values.get("scheduler_file") or values.get("scheduler_address")):
-        progress(Progress(message=f"driver (this process): M-step, reduced sums and maps on GPU {devices.driver_gpu}; "
-                                  f"its full-size arrays come on top of that GPU's worker's memory plan"))
-    if client is None and not (values.get("scheduler_file") or values.get("scheduler_address")):
-        return contextlib.nullcontext(None)
-    from subtomo_nb.parallel import client as clients
+    # the driver's M-step, sums and maps on the job's first GPU (this thread, for the job's duration)
+    with use_driver_gpu(devices):
+        if devices.needs_cluster and not (values.get("scheduler_file") or values.get("scheduler_address")):
+            progress(Progress(message=f"driver (this process): M-step, reduced sums and maps on GPU {devices.driver_gpu}; "
+                                      f"its full-size arrays come on top of that GPU's worker's memory plan"))
+        if client is None and not (values.get("scheduler_file") or values.get("scheduler_address")):
+            yield None
+            return
+        from subtomo_nb.parallel import client as clients
 
-    values = dict(values)
-    if values.get("scheduler_file") and project_dir is not None:
-        values["scheduler_file"] = str(input_path(values["scheduler_file"], project_dir))
-    return clients.job_client(values, client, lambda line: progress(Progress(message=line)),
-                              backend=devices.backend)
+        values = dict(values)
+        if values.get("scheduler_file") and project_dir is not None:
+            values["scheduler_file"] = str(input_path(values["scheduler_file"], project_dir))
+        with clients.job_client(values, client, lambda line: progress(Progress(message=line)),
+                                backend=devices.backend) as attached:
+            yield attached
 
 
 def run_extract(
@@ -218,7 +243,8 @@ def run_reconstruct(
 
     preflight("reconstruct", values, job_dir, project_dir, progress, [Output(Path(job_dir) / "merged", prefix=True)])
     options = options_from("reconstruct", values, job_dir, project_dir)
-    with job_client(values, client, progress, project_dir) as client:
+    # --gpu: the job's own GPU workers when no client is given (--j: threads in this process)
+    with own_client(values, client, gpu_only=True) as own, job_client(values, own, progress, project_dir) as client:
         result = reconstruct_particles(**options, client=client)
     fsc = None if result.fsc is None else [float(x) for x in result.fsc]
     progress(Progress(message=f"wrote {result.merged_path.name}", resolution_A=result.resolution_A, fsc=fsc,
@@ -287,7 +313,8 @@ def run_refine(
                 progress(Progress(message=line))
 
     options = options_from("refine3d", values, job_dir, project_dir)
-    with job_client(values, client, progress, project_dir) as client:
+    # the job's own local cluster (--j N workers, or one per --gpu GPU) when no client is given
+    with own_client(values, client) as own, job_client(values, own, progress, project_dir) as client:
         executor = None
         if client is not None:
             from subtomo_nb.parallel import DaskExecutor

@@ -81,10 +81,13 @@ def test_cupy_backend_device_is_the_threads_current_device(fake_gpus):
     be = object.__new__(CupyBackend)      # the real constructor needs cupy itself
     be._cupy = cupy
     assert be.device.id == 0
-    devices.use_driver_gpu(job_devices(gpu="2,3"))
-    assert cupy.used == [2] and be.device.id == 2
-    devices.use_driver_gpu(job_devices({"use_gpu": False}))       # the CPU: the device is left alone
-    assert cupy.used == [2]
+    cupy.current = 1                      # e.g. a notebook's main thread on GPU 1
+    with devices.use_driver_gpu(job_devices(gpu="2,3")):
+        assert cupy.used == [2] and be.device.id == 2
+    assert cupy.used == [2, 1] and be.device.id == 1          # the thread's own device again
+    with devices.use_driver_gpu(job_devices({"use_gpu": False})):   # the CPU: the device is left alone
+        assert cupy.used == [2, 1]
+    assert be.device.id == 1
 
 
 def _header(tmp_path, job_type: str, values: dict) -> list[str]:
@@ -130,6 +133,42 @@ def test_the_driver_runs_on_the_jobs_first_gpu(fake_gpus, gpu, used, note):
     values = {"use_gpu": gpu is not None, "gpu_ids": gpu or ""}
     with job_client(values, None, lambda p: lines.append(p.message)) as client:
         assert client is None
-    assert cupy.used == used
+        assert cupy.used == used
+    assert cupy.used == (used + [0] if used else [])        # restored after the job
     assert lines == ([f"driver (this process): M-step, reduced sums and maps on GPU {used[0]}; its full-size arrays "
                       "come on top of that GPU's worker's memory plan"] if note else [])
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_run_refine_without_a_client_starts_and_closes_its_own(tmp_path, monkeypatch, given):
+    """--j 2 (or --gpu 0,1) from the forms / Python API: run_refine starts the job's local cluster and closes it."""
+    import contextlib
+
+    import subtomo_nb.parallel as parallel
+    from subtomo_nb.jobs import runners
+    from subtomo_nb.refine.autorefine import AutoRefine
+
+    events: list = []
+    cluster, theirs = object(), object()
+
+    class Stop(Exception):
+        pass
+
+    def from_options(options, progress=None, executor=None):
+        events.append(("executor", executor))
+        raise Stop
+
+    monkeypatch.setattr(runners, "local_client", lambda values: events.append(("start", values["nr_threads"])) or cluster)
+    monkeypatch.setattr(runners, "preflight", lambda *a, **k: None)
+    monkeypatch.setattr(runners, "options_from", lambda *a, **k: {})
+    monkeypatch.setattr(runners, "job_client", lambda values, client, *a: contextlib.nullcontext(client))
+    monkeypatch.setattr(parallel, "DaskExecutor", lambda client, name: ("executor", client))
+    monkeypatch.setattr(parallel, "close_if_owned", lambda client: events.append(("close", client)))
+    monkeypatch.setattr(AutoRefine, "from_options", staticmethod(from_options))
+    with pytest.raises(Stop):
+        runners.run_refine({"nr_threads": 2}, tmp_path, project_dir=tmp_path, progress=lambda p: None,
+                           client=theirs if given else None)
+    if given:       # the caller's client: used, not closed
+        assert events == [("executor", ("executor", theirs))]
+    else:
+        assert events == [("start", 2), ("executor", ("executor", cluster)), ("close", cluster)]
