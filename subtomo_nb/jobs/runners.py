@@ -107,7 +107,9 @@ def memory_plan(job: Any, values: Mapping[str, Any], client: Any, progress: Prog
     :attr:`~subtomo_nb.refine.memory_plan.MemoryPlan.resident_bytes` becomes the job's
     ``device_cache_bytes`` (:meth:`~subtomo_nb.refine.driver.PoseDriver.set_device_cache_bytes`):
     the particles within it stay on each worker's device (in memory on the CPU), the others are
-    re-read and copied every iteration; unknown memory keeps the default.
+    copied again every iteration (in this process: re-read from disk; dask GPU workers: kept in
+    their host memory; dask CPU workers keep all); unknown memory keeps the default. On cupy the
+    driver's M-step arrays are counted in each worker's working set (its GPU is a worker's).
 
     Returns
     -------
@@ -143,7 +145,7 @@ def memory_plan(job: Any, values: Mapping[str, Any], client: Any, progress: Prog
                        batch_size=int(opts.batch_size), particles=len(job.pset.particles), workers=workers,
                        first=state.sampling, auto_local_healpix_order=int(opts.auto_local_healpix_order),
                        pixel_size_A=float(job.pix), first_radius=job.box * job.pix / float(state.current_resolution),
-                       available=available, where=where)
+                       available=available, where=where, driver=backend == "cupy", dask=client is not None)
     for line in plan.lines():
         progress(Progress(message=line))
     plan.check()

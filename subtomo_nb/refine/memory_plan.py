@@ -11,9 +11,11 @@ of particles in flight) and the *resident particles* (the transforms kept on the
 iterations, copied there once). When the available memory is known, a worker keeps
 ``resident = min(its particles, (available - working set - margin) / per particle)`` particles
 on its device (:attr:`MemoryPlan.resident_bytes` is the byte budget the job layer passes to the
-engine) and re-reads and copies the others every iteration, one copy per batch per iteration:
-RELION streams every particle; here they stay when they fit, and the job degrades to streaming
-when they do not. The margin is :data:`SAFETY_FRACTION` of the available memory (allocator
+engine); the others are copied again every iteration, one copy per batch per iteration: in
+this process re-read from disk (and copied to the GPU on cupy); on dask GPU workers kept in the
+worker's host memory (its load futures) and copied to its GPU; dask CPU workers keep every particle
+in their memory (no budget applies). RELION streams every particle; here they stay when they fit,
+and the job degrades to streaming when they do not. The margin is :data:`SAFETY_FRACTION` of the available memory (allocator
 fragmentation, the CUDA context and FFT plans, estimates that are bounds of the main terms only).
 :meth:`MemoryPlan.check` refuses a job, in one line, only when its working set alone cannot fit.
 
@@ -21,7 +23,9 @@ The estimate (bytes; ``f`` the real item size, 4 for float32, ``c = 2 f``; ``N``
 ``m`` the padded box, ``V(n) = n² (n/2 + 1)`` the voxels of a half transform; ``K(r) = 2π r³ / 3``
 the non-redundant Fourier points within radius ``r``; ``P`` the batch size; ``R`` the coarse
 orientations of the grid, ``Rb`` those a batch reaches; ``T`` the coarse translations;
-``h`` the half-sets a worker serves (2))::
+``h`` the half-sets a worker serves (2); ``n_p`` the particles a worker serves: batches are placed
+round-robin, so ``n_p = min(n, ceil(B / W) P)`` with ``B = Σ_halves ceil(n_h / P)`` the batches of
+the ``n`` particles (half-sets of about ``n / 2`` each) and ``W`` the workers)::
 
     working   = projectors     h · 2 V(m) c                        padded transform + extended copy
               + coarse cache   h · 3f K_c R    if R K_c <= COARSE_CACHE_POINTS (else 0)
@@ -40,9 +44,16 @@ orientations of the grid, ``Rb`` those a batch reaches; ``T`` the coarse transla
                                               temporaries
               + back-projection ROTATION_CHUNK K_f (48 + c + f)   rotated points (float64) and
                                               their trilinear weights, per inserted chunk
+    driver    = (cupy only)    2 V(m) (c + f) + 4 V(m) c          the driver's M-step on the job's first
+                                                                  GPU: two half-set back-projectors
+                                                                  and reconstruction temporaries
+                                                                  (padded size); counted in every
+                                                                  worker's working set (conservative:
+                                                                  only the worker sharing the
+                                                                  driver's GPU needs it)
     resident  = particles      n_r V(N) (c + 2f)                  data, CTF², multiplicity of the
                                                                   n_r <= n_p particles kept
-    peak      = working + per task + resident                       (one task at a time per worker)
+    peak      = working + per task + driver + resident              (one task at a time per worker)
 
 with the constants of :mod:`subtomo_nb.refine.expectation` (``FINE_BUDGET``,
 ``COARSE_CACHE_POINTS``, ``FINE_CACHE_POINTS``, ``FINE_PHASE_BYTES``, ``MAX_ROTATION_SUM_IDS``).
@@ -181,7 +192,7 @@ def _reached(sampling: Sampling, batch_size: int) -> tuple[int, int, int]:
 
 def _iteration(label: str, sampling: Sampling, *, box: int, pad: float, itemsize: int, batch_size: int,
                halves: int, pixel_size_A: float, coarse_radius: float,
-               fine_radius: float) -> IterationSize:
+               fine_radius: float, driver: bool = False) -> IterationSize:
     f, c = itemsize, 2 * itemsize
     N, m = int(box), padded_size(int(box), pad)
     half = lambda n: n * n * (n // 2 + 1)  # noqa: E731 - voxels of a half transform
@@ -207,6 +218,7 @@ def _iteration(label: str, sampling: Sampling, *, box: int, pad: float, itemsize
         "rotation sums": R * children * Kf * (c + f) if R * children <= _estep.MAX_ROTATION_SUM_IDS else 0,
         "fine pass": 2 * fine_elements * (5 * f + c),
         "back-projection": _estep.ROTATION_CHUNK * Kf * (3 * 8 + 3 * 8 + c + f),
+        "driver": 2 * half(m) * (c + f) + 4 * half(m) * c if driver else 0,
     }
     return IterationSize(label, int(sampling.healpix_order), angular_step(sampling.healpix_order, sampling.oversampling),
                          R, Rb, T, float(coarse_radius), float(fine_radius), {k: int(v) for k, v in terms.items()})
@@ -226,7 +238,9 @@ class MemoryPlan:
         workers), or None when unknown.
     where : what ``available`` is (``"GPU free"``, ``"host RAM per worker"``).
     resident : particles a worker keeps on its device across iterations (``<= particles``; all of
-        them when ``available`` is unknown); the others are re-read and copied every iteration.
+        them when ``available`` is unknown); the others are copied again every iteration.
+    dask : whether the workers are dask workers (the others are then kept in the workers' host
+        memory; on the CPU all are kept) rather than this process (re-read from disk).
     """
 
     box: int
@@ -240,6 +254,7 @@ class MemoryPlan:
     available: int | None
     where: str
     resident: int
+    dask: bool = False
 
     @property
     def peak(self) -> int:
@@ -297,20 +312,30 @@ class MemoryPlan:
                        f"({format_bytes(self.particles * self.per_particle)})")
         elif not self.fits:
             out.append(f"  available: {avail}; the working set {format_bytes(self.working)} and the margin "
-                       f"{format_bytes(self.margin)} do not fit -- does not fit")
+                       f"{format_bytes(self.margin)} do not fit")
+        elif self.dask and not self.where.startswith("GPU"):
+            out.append(f"  available: {avail}; working set {format_bytes(self.working)}, margin "
+                       f"{format_bytes(self.margin)}: all {self.particles} particles stay in the worker's memory "
+                       f"({format_bytes(self.particles * self.per_particle)}), read once")
         else:
+            if self.dask:
+                again = "are kept in the worker's host memory and copied to its GPU every iteration"
+            elif self.where.startswith("GPU"):
+                again = "are re-read from disk and copied to the GPU every iteration"
+            else:
+                again = "are re-read from disk every iteration"
             out.append(f"  available: {avail}; working set {format_bytes(self.working)}, margin "
                        f"{format_bytes(self.margin)}: {self.resident} of {self.particles} particles stay {place} "
                        f"({format_bytes(self.resident * self.per_particle)}), copied there once"
                        + ("" if not self.streamed else
-                          f"; {self.streamed} are re-read and copied every iteration (one copy per particle per "
+                          f"; {self.streamed} {again} (one copy per particle per "
                           f"iteration, {format_bytes(self.streamed * self.per_particle)})"))
         return out
 
     def check(self) -> None:
         """Refuse a plan whose working set cannot fit, in one line naming what to change.
 
-        Particles that do not fit are streamed (re-read and copied every iteration), never refused.
+        Particles that do not fit are streamed (copied again every iteration), never refused.
 
         Raises
         ------
@@ -331,7 +356,8 @@ class MemoryPlan:
 
 def plan_memory(*, box: int, pad: float, dtype: str | type, batch_size: int, particles: int, workers: int,
                 first: Sampling, auto_local_healpix_order: int, pixel_size_A: float, first_radius: float,
-                halves: int = 2, available: int | None = None, where: str = "") -> MemoryPlan:
+                halves: int = 2, available: int | None = None, where: str = "", driver: bool = False,
+                dask: bool = False) -> MemoryPlan:
     """The memory plan of a job's E-step workers.
 
     Parameters
@@ -339,7 +365,9 @@ def plan_memory(*, box: int, pad: float, dtype: str | type, batch_size: int, par
     box, pad, dtype, batch_size
         Box (pixels), padding factor, real precision and particles per E-step batch.
     particles
-        Particles of the whole job; a worker serves ``ceil(particles / workers)``.
+        Particles of the whole job; a worker serves at most ``ceil(B / workers)`` batches of
+        ``batch_size`` (batches are placed round-robin; ``B`` the batches of the ``halves``
+        half-sets of about ``particles / halves`` each), and never more than ``particles``.
     workers
         E-step workers (one per GPU; CPU worker processes; 1 when the job runs in its process).
     first
@@ -355,11 +383,19 @@ def plan_memory(*, box: int, pad: float, dtype: str | type, batch_size: int, par
     available, where
         Bytes a worker may use and what they are (``Backend.memory()``'s free bytes on a GPU; host
         RAM divided by the workers on the CPU); None: unknown (every particle resident, never refused).
+    driver
+        Count the driver's M-step arrays in the working set (the cupy backend: the driver's GPU is
+        also a worker's, or the only one); see the module docstring.
+    dask
+        The workers are dask workers (the printed line says where the particles beyond the budget are).
     """
     itemsize = int(np.dtype(dtype).itemsize)
-    per_worker = int(math.ceil(int(particles) / max(1, int(workers))))
+    n, h, p = int(particles), max(1, int(halves)), max(1, int(batch_size))
+    sizes = [n // h + (1 if i < n % h else 0) for i in range(h)]          # half-sets of about n / h
+    n_batches = sum(-(-k // p) for k in sizes)
+    per_worker = min(n, -(-n_batches // max(1, int(workers))) * p)
     common = dict(box=box, pad=pad, itemsize=itemsize, batch_size=batch_size, halves=halves,
-                  pixel_size_A=pixel_size_A)
+                  pixel_size_A=pixel_size_A, driver=bool(driver))
     r_first = min(float(first_radius), box / 2)
     it1 = _iteration("first", first, coarse_radius=r_first, fine_radius=r_first, **common)
     itf = _iteration("final", final_sampling(first, auto_local_healpix_order), coarse_radius=box / 2,
@@ -373,4 +409,4 @@ def plan_memory(*, box: int, pad: float, dtype: str | type, batch_size: int, par
     for it in (it1, itf):
         it.terms["particles"] = resident * one
     return MemoryPlan(int(box), float(pad), np.dtype(dtype).name, int(batch_size), per_worker, int(workers), it1, itf,
-                      None if available is None else int(available), where, int(resident))
+                      None if available is None else int(available), where, int(resident), bool(dask))

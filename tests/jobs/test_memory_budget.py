@@ -48,7 +48,7 @@ def test_the_plan_budget_goes_to_the_transform_cache(tiny_project, tiny_extract_
     assert plan.resident == 30 and plan.streamed == 62
     assert plan.resident_bytes == 30 * one
     assert lines[-1].endswith(f": 30 of 92 particles stay in memory ({30 * one / 2**20:.1f} MiB), copied there "
-                              f"once; 62 are re-read and copied every iteration (one copy per particle per "
+                              f"once; 62 are re-read from disk every iteration (one copy per particle per "
                               f"iteration, {62 * one / 2**20:.1f} MiB)")
     # the engine keeps what the plan says (serial path: the job's TransformCache)
     assert job.opts.device_cache_bytes == job.source.cache_bytes == job.source.transforms.max_bytes == 30 * one

@@ -45,9 +45,14 @@ def test_terms_follow_the_formula():
 
 
 def test_more_workers_keep_fewer_particles_each():
+    """Batches are placed round-robin: a worker serves ceil(batches / workers) batches, not ceil(n / workers)."""
     one, four = _plan(particles=1000), _plan(particles=1000, workers=4)
-    assert (one.particles, four.particles) == (1000, 250)
-    assert four.final.terms["particles"] * 4 == one.final.terms["particles"]
+    # half-sets of 500: 2 x ceil(500 / 16) = 64 batches, 16 per worker, 256 particles
+    assert (one.particles, four.particles) == (1000, 256)
+    assert four.final.terms["particles"] * 1000 == one.final.terms["particles"] * 256
+    # 2 x ceil(50 / 16) = 8 batches on 3 workers: one serves 3 batches (48 particles), not ceil(100 / 3) = 34
+    assert _plan(particles=100, workers=3).particles == 48
+    assert _plan(particles=20, workers=1).particles == 20                  # never more than the job's particles
     assert one.resident == 1000 and one.resident_bytes is None         # memory unknown: all resident
 
 
@@ -75,7 +80,7 @@ def test_particles_that_do_not_fit_are_streamed_not_refused():
     assert plan.peak == plan.working + expect * one <= avail           # the plan fits what it says
     last = plan.lines()[-1]
     assert f"{expect} of 20000 particles stay on the GPU" in last
-    assert f"{20_000 - expect} are re-read and copied every iteration (one copy per particle per iteration" in last
+    assert f"{20_000 - expect} are re-read from disk and copied to the GPU every iteration (one copy per particle per iteration" in last
     # all resident when they fit, and when the memory is unknown
     small = _big(96, avail, particles=1000)
     assert small.resident == 1000 and small.streamed == 0 and small.resident_bytes == 1000 * one
@@ -108,7 +113,8 @@ def test_fits_or_refuses_in_one_line(free, fits):
     msg = str(info.value)
     assert "\n" not in msg and msg.startswith("field memory: the final iteration's working set needs about ")
     assert msg.endswith("is available (GPU free); use a smaller batch size or more GPUs")
-    assert "-- does not fit" in plan.lines()[-1]
+    last = plan.lines()[-1]
+    assert last.endswith(" do not fit") and "does not fit" not in last
 
 
 def test_plan_lines_name_box_sampling_batch_and_final_peak():
@@ -130,3 +136,30 @@ def test_plan_bounds_the_measured_peak():
     spec.loader.exec_module(mod)
     measured, planned = mod.measure(box=16, batch=4, particles=8, order=1)
     assert measured <= planned <= 3 * measured
+
+
+def test_the_driver_term_shrinks_the_budget_on_cupy_only():
+    """On cupy the driver's M-step (two padded back-projectors + reconstruction temporaries) is in the working set."""
+    m = 64
+    half_m = m * m * (m // 2 + 1)
+    driver = 2 * half_m * 12 + 4 * half_m * 8
+    probe = _plan()
+    one = particle_bytes(32, "float32")
+    avail = int((probe.working + driver + 1000 * one) / (1 - SAFETY_FRACTION)) + 1
+    host = _plan(particles=10_000, available=avail, where="GPU free")
+    gpu = _plan(particles=10_000, available=avail, where="GPU free", driver=True)
+    assert host.final.terms["driver"] == 0 and gpu.final.terms["driver"] == gpu.first.terms["driver"] == driver
+    assert gpu.working == host.working + driver
+    room = avail - host.working - int(SAFETY_FRACTION * avail)
+    assert host.resident == room // one and gpu.resident == (room - driver) // one >= 1000
+
+@pytest.mark.parametrize("dask, where, says", [
+    (False, "GPU free", "are re-read from disk and copied to the GPU every iteration"),
+    (True, "GPU free", "are kept in the worker's host memory and copied to its GPU every iteration"),
+    (False, "host RAM per worker", "are re-read from disk every iteration"),
+    (True, "host RAM per worker", "all 2000 particles stay in the worker's memory"),
+])
+def test_the_plan_says_where_the_particles_beyond_the_budget_are(dask, where, says):
+    probe = _plan(particles=2000, where=where, dask=dask)
+    avail = int((probe.working + 30 * probe.per_particle) / (1 - SAFETY_FRACTION)) + 1
+    assert says in _plan(particles=2000, available=avail, where=where, dask=dask).lines()[-1]
