@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["visible_gpu_count", "select_gpus", "worker_visible_devices"]
+__all__ = ["visible_gpu_count", "cuda_visible_devices", "select_gpus", "worker_visible_devices"]
 
 
 def visible_gpu_count() -> int:
@@ -33,12 +33,30 @@ def visible_gpu_count() -> int:
         return 0
 
 
-def _parent_visible_devices() -> list[str] | None:
-    """The entries of this process's ``CUDA_VISIBLE_DEVICES`` (None when unset)."""
+#: ``CUDA_VISIBLE_DEVICES`` entries that hide every device from the point they appear (CUDA ignores
+#: an invalid entry and everything after it; ``-1`` and ``NoDevFiles`` are the usual ways to hide all).
+_HIDING = ("-1", "NoDevFiles")
+
+
+def cuda_visible_devices() -> list[str] | None:
+    """The entries of this process's ``CUDA_VISIBLE_DEVICES``, as CUDA reads them (None when unset).
+
+    Entries are numbers, ``GPU-<uuid>`` or ``MIG-<uuid>`` names, stripped of spaces; the list stops
+    at ``-1`` / ``NoDevFiles`` (CUDA sees nothing from there), so ``"-1"`` or ``""`` give ``[]``:
+    set, no device. The one parser of the variable: :func:`worker_visible_devices` maps ``--gpu``
+    numbers through it, and :mod:`subtomo_nb.parallel.client` asks each worker with it whether it
+    runs on a GPU.
+    """
     text = os.environ.get("CUDA_VISIBLE_DEVICES")
     if text is None:
         return None
-    return [e.strip() for e in text.split(",") if e.strip()]
+    entries: list[str] = []
+    for entry in (e.strip() for e in text.split(",")):
+        if entry in _HIDING:
+            break
+        if entry:
+            entries.append(entry)
+    return entries
 
 
 def select_gpus(ids: list[int] | tuple[int, ...] | None) -> tuple[int, ...]:
@@ -88,7 +106,7 @@ def worker_visible_devices(ids: list[int] | tuple[int, ...]) -> str:
     """
     from subtomo_nb.io.errors import InputError  # noqa: PLC0415
 
-    parent = _parent_visible_devices()
+    parent = cuda_visible_devices()
     if parent is None:
         return ",".join(str(int(i)) for i in ids)
     beyond = [i for i in ids if not 0 <= i < len(parent)]

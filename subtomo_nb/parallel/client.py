@@ -308,9 +308,11 @@ def attach_client(scheduler_file: str | os.PathLike | None = None, scheduler_add
 
 def _worker_device() -> dict[str, Any]:
     """What a worker runs on (executed on each worker): its CUDA devices and whether it is dask-cuda's."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
-    return {"cuda_visible_devices": visible, "dask_cuda": "dask_cuda" in sys.modules,
-            "gpu": bool(visible) and visible not in ("-1", "NoDevFiles")}
+    from subtomo_nb.backend.gpus import cuda_visible_devices
+
+    visible = cuda_visible_devices() or []
+    return {"cuda_visible_devices": ",".join(visible), "dask_cuda": "dask_cuda" in sys.modules,
+            "gpu": bool(visible)}
 
 
 def _scheduler_steals(dask_scheduler: Any = None) -> bool:

@@ -203,7 +203,7 @@ def _device_batch(load_key: str, batch: tuple[np.ndarray, np.ndarray, np.ndarray
         held = (be.to_device(data, "particles"), be.to_device(ctf2, "particles"),
                 None if mult is None else be.to_device(mult, "particles"))
         _count_upload("particles")
-        size = sum(int(a.nbytes) for a in batch if a is not None)
+        size = sum(_device_nbytes(a) for a in held if a is not None)   # as _forget_streams subtracts
         kept = _DEVICE_BYTES.get(me, 0)
         if budget is None or kept + size <= budget:
             _DEVICE_BATCHES[(me, load_key)] = held

@@ -6,6 +6,7 @@ own driver (:func:`tests.parallel.test_estep_backend._run`, whose in-process str
 the same rules on the CPU), and:
 
 * the same poses as numpy, scores and half-set sums within 1e-4 (relative to the largest value);
+* the cluster runs without work stealing: get_client turns it off (the test sets no config);
 * the worker's uploads: every batch's particles once, in iteration 1, never again; each half-set's
   reference at most once per iteration.
 
@@ -26,11 +27,9 @@ require_module("dask_cuda")
 require_module("distributed")
 require_module("array_api_strict")      # tests.parallel.test_estep_backend skips without it
 
-import dask  # noqa: E402
-
 import tests.parallel.test_estep_backend as strict_version  # noqa: E402
 from subtomo_nb.parallel import close_if_owned, get_client  # noqa: E402
-from subtomo_nb.parallel.client import is_owned  # noqa: E402
+from subtomo_nb.parallel.client import is_owned, work_stealing  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 ITERATIONS = 2
@@ -39,8 +38,8 @@ RTOL = 1e-4
 
 @pytest.fixture(scope="module")
 def cuda_client():
-    with dask.config.set({"distributed.scheduler.work-stealing": False}):
-        client = get_client(gpu=[0], dashboard_address=":0", silence_logs=40)
+    # no config wrapper: get_client itself must start the LocalCUDACluster without work stealing
+    client = get_client(gpu=[0], dashboard_address=":0", silence_logs=40)
     assert is_owned(client), "a dask client was already current: the test needs its own LocalCUDACluster"
     try:
         yield client
@@ -56,6 +55,7 @@ def _rel(got: np.ndarray, ref: np.ndarray) -> float:
 def test_cuda_cluster_estep_equals_numpy_and_uploads_once(cuda_client, estep_setup):
     workers = cuda_client.scheduler_info()["workers"]
     assert len(workers) == 1                                           # one worker per GPU named
+    assert work_stealing(cuda_client) is False                         # get_client turned it off
     ref_out, _ = strict_version._run(cuda_client, estep_setup, "numpy", iterations=ITERATIONS)
     got_out, counts = strict_version._run(cuda_client, estep_setup, "cupy", iterations=ITERATIONS)
     assert len(got_out) == len(counts) == ITERATIONS

@@ -11,15 +11,49 @@ from subtomo_nb.parallel.client import is_owned  # noqa: E402
 
 
 def test_a_users_cluster_that_steals_is_noted(cluster_client):
-    """job_client names work stealing of a cluster it did not make (the session's keeps dask's default)."""
+    """job_client names work stealing of a cluster it did not make (the session's LocalCluster keeps
+    dask's default: stealing on)."""
     from subtomo_nb.parallel.client import STEALING_NOTE, job_client, work_stealing
 
     lines: list[str] = []
     with job_client({}, cluster_client, lines.append):
         pass
-    steals = work_stealing(cluster_client)
-    assert steals is not None
-    assert (STEALING_NOTE in lines) is steals and lines[0].startswith("dask scheduler ")
+    assert work_stealing(cluster_client) is True
+    assert STEALING_NOTE in lines and lines[0].startswith("dask scheduler ")
+
+
+def test_a_cluster_made_by_get_client_does_not_steal_and_is_not_noted(cluster_client):
+    from subtomo_nb.parallel.client import STEALING_NOTE, job_client, work_stealing
+
+    client = get_client(1, gpu=False, dashboard_address=":0", silence_logs=40)
+    try:
+        assert work_stealing(client) is False
+        lines: list[str] = []
+        with job_client({}, client, lines.append):
+            pass
+        assert lines and lines[0].startswith("dask scheduler ") and STEALING_NOTE not in lines
+    finally:
+        assert close_if_owned(client) is True
+
+
+@pytest.mark.parametrize("value, entries", [
+    (None, None), ("", []), ("-1", []), ("NoDevFiles", []), ("2, 3", ["2", "3"]),
+    ("GPU-8f0a,MIG-4e1b", ["GPU-8f0a", "MIG-4e1b"]), ("1,-1,0", ["1"]),
+])
+def test_cuda_visible_devices_is_parsed_once_for_workers_and_gpu_numbers(monkeypatch, value, entries):
+    """One parser (backend.gpus.cuda_visible_devices) behind a worker's GPU flag and the --gpu mapping."""
+    from subtomo_nb.backend.gpus import cuda_visible_devices, worker_visible_devices
+    from subtomo_nb.parallel.client import _worker_device
+
+    if value is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
+    assert cuda_visible_devices() == entries
+    got = _worker_device()
+    assert got["gpu"] is bool(entries) and got["cuda_visible_devices"] == ",".join(entries or [])
+    if entries:
+        assert worker_visible_devices((len(entries) - 1,)) == entries[-1]
 
 
 def test_explicit_and_current_client_are_returned(cluster_client):

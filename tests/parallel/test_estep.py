@@ -210,3 +210,34 @@ def test_streams_with_equal_references_share_projector_and_cache() -> None:
     finally:
         _forget_streams("tst-share-")
     assert not any(k[1].startswith("tst-share-") for k in _PROJECTORS)
+
+
+class _Cast32Backend:
+    """A device that stores float32 whatever the host dtype (as a GPU backend may): the kept bytes
+    must be counted on the device copies, which is what releasing them subtracts."""
+
+    name = "cast32"
+
+    def to_device(self, a: np.ndarray, kind: str = "data") -> np.ndarray:
+        return np.asarray(a, dtype=np.float32)
+
+
+def test_device_batch_bytes_are_counted_on_the_device_copies_and_return_to_zero() -> None:
+    from subtomo_nb.parallel.estep import _DEVICE_BATCHES, _device_batch, _forget_streams, _worker_device_bytes
+
+    be = _Cast32Backend()
+    host = (np.zeros((3, 4, 5), np.float64), np.zeros((3, 4, 5), np.float64), np.ones(3, np.float64))
+    assert _worker_device_bytes() == 0
+    try:
+        held = _device_batch("load-0-tst-bytes", host, be, budget=None)
+        assert all(a.dtype == np.float32 for a in held)
+        # the device copies' bytes (float32), not the float64 host arrays' (twice as many)
+        assert _worker_device_bytes() == (2 * 60 + 3) * 4
+        assert _device_batch("load-0-tst-bytes", host, be, budget=None) is held      # kept: no new upload
+        # beyond the budget: used once, not kept, nothing counted
+        _device_batch("load-1-tst-bytes", host, be, budget=(2 * 60 + 3) * 4)
+        assert _worker_device_bytes() == (2 * 60 + 3) * 4
+    finally:
+        _forget_streams("tst-bytes-")
+    assert _worker_device_bytes() == 0
+    assert not any(k[1].endswith("-tst-bytes") for k in _DEVICE_BATCHES)
