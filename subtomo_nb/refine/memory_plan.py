@@ -284,7 +284,7 @@ class MemoryPlan:
 
     @property
     def streamed(self) -> int:
-        """Particles of a worker re-read and copied to its device every iteration."""
+        """Particles of a worker copied to its device again every iteration (beyond the budget)."""
         return self.particles - self.resident
 
     @property
