@@ -19,15 +19,12 @@ picks the backend; unset means ``numpy``. The chosen backend's name goes to the 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from subtomo_nb.backend.gpus import select_gpus, visible_gpu_count, worker_visible_devices
-
 __all__ = ["JobDevices", "parse_gpu_ids", "gpu_request", "job_devices", "backend_line", "BACKEND_JOBS",
-           "BACKEND_ENV", "visible_gpu_count", "select_gpus", "worker_visible_devices", "require_cluster",
+           "BACKEND_ENV", "require_cluster",
            "use_driver_gpu"]
 
 #: The jobs whose numerics run on the job's backend (the others always run numpy on the CPU).
@@ -115,7 +112,9 @@ class JobDevices:
 
     @property
     def cuda_visible_devices(self) -> str:
-        """``CUDA_VISIBLE_DEVICES`` of a cluster with one worker per GPU (:func:`worker_visible_devices`)."""
+        """``CUDA_VISIBLE_DEVICES`` of a cluster with one worker per GPU (:func:`subtomo_nb.backend.gpus.worker_visible_devices`)."""
+        from subtomo_nb.backend.gpus import worker_visible_devices  # noqa: PLC0415 - the registry imports nothing heavy
+
         return worker_visible_devices(self.gpus)
 
     @property
@@ -199,6 +198,8 @@ def job_devices(values: Mapping[str, Any] | None = None, *, gpu: str | None = No
         raise InputError(None, what=str(exc).removeprefix("--gpu: ").removeprefix("--gpu "), field=field) from None
     if gpu is None:
         return JobDevices(be.name, (), be.describe(1))
+    from subtomo_nb.backend.gpus import select_gpus  # noqa: PLC0415
+
     gpus = select_gpus(ids)
     return JobDevices(be.name, gpus, be.describe(len(gpus)))
 

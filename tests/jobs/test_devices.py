@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subtomo_nb.backend.gpus as gpus
+
 import pytest
 
 import subtomo_nb.jobs.devices as devices
@@ -55,13 +57,13 @@ def test_gpu_numbers_count_the_visible_devices(monkeypatch, parent, ids, expecte
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     else:
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", parent)
-    assert devices.worker_visible_devices(ids) == expected
+    assert gpus.worker_visible_devices(ids) == expected
 
 
 def test_a_gpu_beyond_the_parents_visible_devices_is_refused(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     with pytest.raises(InputError, match=r"field --gpu: GPU 2 is not visible: CUDA_VISIBLE_DEVICES names 2 devices"):
-        devices.worker_visible_devices((0, 2))
+        gpus.worker_visible_devices((0, 2))
 
 
 def test_job_devices_through_the_parents_visible_devices(fake_gpus, monkeypatch):
