@@ -317,7 +317,8 @@ class CupyBackend(Backend):
 
     The backend is one per process; its :attr:`device` is the calling thread's current CUDA
     device (``cupy.cuda.Device()``), which the job layer sets to the job's first GPU
-    (:func:`subtomo_nb.jobs.devices.use_driver_gpu`) before the driver makes an array.
+    (:func:`subtomo_nb.jobs.devices.use_driver_gpu`, a block around the whole job, restoring the
+    previous device after it).
     """
 
     name = "cupy"
