@@ -18,7 +18,7 @@ from subtomo_nb.io.errors import InputError
 from .additional_args import INITIAL_MODEL_FLAGS, parse_additional_arguments
 from .options import options_from
 from .progress import Progress
-from .runners import job_client, memory_plan, preflight
+from .runners import preflight
 
 __all__ = ["run_initial_model_job", "run_from_args"]
 
@@ -98,18 +98,9 @@ def run_initial_model_job(
         progress(Progress(message="additional arguments not used: " + " ".join(unused)))
     relay = _iteration_relay(progress, opts.nr_iter)
 
-    from .runners import own_client
+    from .runners import run_driver
 
-    # the job's own local cluster (--j N workers, or one per --gpu GPU) when no client is given
-    with own_client(values, client) as own, job_client(values, own, progress, project_dir) as client:
-        executor = None
-        if client is not None:
-            from subtomo_nb.parallel import DaskExecutor
-
-            executor = DaskExecutor(client, name="inimodel")
-        job = InitialModel.from_options(opts, progress=relay, executor=executor)
-        memory_plan(job, values, client, progress)     # before iteration 1: refuse what cannot fit
-        job.run()
+    job = run_driver(InitialModel, opts, values, client, progress, project_dir, relay, name="inimodel")
     return dict(job.outputs)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +174,27 @@ def own_client(values: Mapping[str, Any], client: Any = None, *, gpu_only: bool 
             close_if_owned(own)
 
 
+def run_driver(driver: Any, opts: Any, values: Mapping[str, Any], client: Any, progress: ProgressCallback,
+               project_dir: str | os.PathLike | None, relay: Callable[[dict], None], *, name: str) -> Any:
+    """Run auto-refine or VDAM (``driver``: AutoRefine or InitialModel) from its options.
+
+    The job's own local cluster when no client is given (``--j N`` workers, or one per ``--gpu``
+    GPU; :func:`own_client`), the dask executor on a client (``name`` labels its graphs), the
+    memory plan before iteration 1 (refusing what cannot fit), then the iterations. Returns the
+    driver after its last iteration.
+    """
+    with own_client(values, client) as own, job_client(values, own, progress, project_dir) as client:
+        executor = None
+        if client is not None:
+            from subtomo_nb.parallel import DaskExecutor
+
+            executor = DaskExecutor(client, name=name)
+        job = driver.from_options(opts, progress=relay, executor=executor)
+        memory_plan(job, values, client, progress)     # before iteration 1: refuse what cannot fit
+        job.run()
+    return job
+
+
 @contextlib.contextmanager
 def job_client(values: Mapping[str, Any], client: Any, progress: ProgressCallback,
                project_dir: str | os.PathLike | None = None) -> Iterator[Any]:
@@ -315,16 +336,7 @@ def run_refine(
                 progress(Progress(message=line))
 
     options = options_from("refine3d", values, job_dir, project_dir)
-    # the job's own local cluster (--j N workers, or one per --gpu GPU) when no client is given
-    with own_client(values, client) as own, job_client(values, own, progress, project_dir) as client:
-        executor = None
-        if client is not None:
-            from subtomo_nb.parallel import DaskExecutor
-
-            executor = DaskExecutor(client, name="refine")
-        job = AutoRefine.from_options(options, progress=relay, executor=executor)
-        memory_plan(job, values, client, progress)     # before iteration 1: refuse what cannot fit
-        job.run()
+    run_driver(AutoRefine, options, values, client, progress, project_dir, relay, name="refine")
     root = Path(job_dir)
     return {"map": root / "run_class001.mrc", "data": root / "run_data.star",
             "optimisation_set": root / "run_optimisation_set.star"}
