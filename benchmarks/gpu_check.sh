@@ -52,7 +52,7 @@ START=$(date +%s)
 
 # The tested set the GPU machines' image lacks (it has numpy, scipy, pandas, pyarrow, numba, cupy,
 # pytest, msgpack, cloudpickle, toolz, psutil, click, fsspec, pyyaml, jinja2, sortedcontainers,
-# nvidia-ml-py, cuda-core, ...: /work/.library/device/KINDS.md). dask and distributed are the
+# nvidia-ml-py, cuda-core, ...: the device library's KINDS.md). dask and distributed are the
 # versions the project's CPU machines run; dask-cuda 26.10.0 is the newest release (it declares
 # dask 2026.7.1 through rapids-dask-dependency, which is not installed: its import patches need a
 # site-packages .pth; dask_cuda 26.10.0 imports and makes a LocalCUDACluster class with 2026.8.0).
