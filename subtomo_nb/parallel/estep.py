@@ -49,7 +49,7 @@ import distributed
 import numpy as np
 
 from subtomo_nb._memory import keep_freed_memory
-from subtomo_nb.backend import Backend, get_backend
+from subtomo_nb.backend import Backend, backend_of, get_backend
 from subtomo_nb.fourier.backprojector import BackProjector
 from subtomo_nb.fourier.fft import shift_half
 from subtomo_nb.fourier.projector import Projector
@@ -261,20 +261,13 @@ def _crop_index(padded: int, r: int) -> np.ndarray:
     return np.concatenate([np.arange(r + 1), np.arange(padded - r, padded)])
 
 
-def crop_half(arr: np.ndarray, r: int) -> np.ndarray:
-    """The wrapped-layout corner block ``|ky|, |kz| <= r``, ``kx <= r`` of a padded half array."""
+def crop_half(arr: Any, r: int) -> Any:
+    """The wrapped-layout corner block ``|ky|, |kz| <= r``, ``kx <= r`` of a padded half array,
+    on the array's own backend (``xp.take`` along each axis)."""
     m = arr.shape[0]
     if r >= m // 2:
         return arr
-    i = _crop_index(m, r)
-    return arr[np.ix_(i, i, np.arange(r + 1))]
-
-
-def crop_half_on(be: Backend, arr: Any, r: int) -> Any:
-    """:func:`crop_half` of a device array, on its device (``xp.take`` along each axis)."""
-    m = arr.shape[0]
-    if r >= m // 2:
-        return arr
+    be = backend_of(arr)
     xp = be.xp
     i = be.to_device(_crop_index(m, r), "metadata")
     out = xp.take(xp.take(arr, i, axis=0), i, axis=1)
@@ -337,16 +330,13 @@ def _estep_batch(batch: tuple[np.ndarray, np.ndarray, np.ndarray | None], load_k
     if not p.ctf:
         ctf2 = without_ctf(ctf2, mult)
     box = data.shape[1]
-    bp = BackProjector(box, pad=p.pad, r_max=p.r_max, dtype=p.dtype, **({} if be.name == "numpy" else {"backend": be}))
+    bp = BackProjector(box, pad=p.pad, r_max=p.r_max, dtype=p.dtype, backend=be)
     res = expectation_batch(projector, ParticleBatch.of(data, ctf2, mult), p.sigma2, p.sampling, prior_angles,
                             p.settings, backprojector=bp, cache=cache)
     cache.flush()
     cache.share_into(shared_cache)
     r = crop_radius(bp.padded, bp.r_max, bp.pad)
-    if be.name == "numpy":
-        return crop_half(bp.data, r), crop_half(bp.weight, r), res
-    return (be.to_host(crop_half_on(be, bp.data, r), "sums"), be.to_host(crop_half_on(be, bp.weight, r), "sums"),
-            res.to_host(be))
+    return be.to_host(crop_half(bp.data, r), "sums"), be.to_host(crop_half(bp.weight, r), "sums"), res.to_host(be)
 
 
 def _add_partials(a: tuple, b: tuple) -> tuple[np.ndarray, np.ndarray]:
