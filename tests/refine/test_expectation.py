@@ -70,12 +70,24 @@ def test_local_prior_restricts_the_search():
         assert ok.sum() < 0.05 * len(rot)
 
 
+
+def _random_poses(rng: np.random.Generator, P: int) -> np.ndarray:
+    """``(P, 3)`` rot, tilt, psi (degrees), uniform over orientations."""
+    return np.stack([rng.uniform(-180, 180, P), np.degrees(np.arccos(rng.uniform(-1, 1, P))),
+                     rng.uniform(-180, 180, P)], axis=1)
+
+
+def _noisy_views(proj, ang: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The reference's 3D transforms at ``ang`` with complex Gaussian noise of 0.3 × their mean amplitude."""
+    data = proj.rotate3d(euler_to_matrix(*ang.T), N).astype(np.complex64)
+    data += (rng.normal(size=data.shape) + 1j * rng.normal(size=data.shape)).astype(np.complex64) * 0.3 * np.abs(data).mean()
+    return data
+
 def test_backprojected_sums_reconstruct_the_reference(reference):
     vol, proj = reference
     rng = np.random.default_rng(1)
     P = 60
-    ang = np.stack([rng.uniform(-180, 180, P), np.degrees(np.arccos(rng.uniform(-1, 1, P))),
-                    rng.uniform(-180, 180, P)], axis=1)
+    ang = _random_poses(rng, P)
     A = euler_to_matrix(*ang.T)
     data = proj.rotate3d(A, N).astype(np.complex64)
     ctf2 = np.ones(data.shape, np.float32)
@@ -95,10 +107,8 @@ def test_orientation_sums_back_project_like_direct_insertion(reference):
     vol, proj = reference
     rng = np.random.default_rng(2)
     P = 8
-    ang = np.stack([rng.uniform(-180, 180, P), np.degrees(np.arccos(rng.uniform(-1, 1, P))),
-                    rng.uniform(-180, 180, P)], axis=1)
-    data = proj.rotate3d(euler_to_matrix(*ang.T), N).astype(np.complex64)
-    data += (rng.normal(size=data.shape) + 1j * rng.normal(size=data.shape)).astype(np.complex64) * 0.3 * np.abs(data).mean()
+    ang = _random_poses(rng, P)
+    data = _noisy_views(proj, ang, rng)
     ctf2 = np.ones(data.shape, np.float32)
     s = Sampling(healpix_order=1, offset_range_A=1 * PIX, offset_step_A=1 * PIX, sym="C6")
     sigma2 = _noise_power(data) * 20 + 1e-12  # broad posteriors: many shared orientations
@@ -128,10 +138,8 @@ def test_orientation_sums_of_oversampling_2_hold_every_fine_id(reference, backen
     vol, proj = reference
     rng = np.random.default_rng(7)
     P = 4
-    ang = np.stack([rng.uniform(-180, 180, P), np.degrees(np.arccos(rng.uniform(-1, 1, P))),
-                    rng.uniform(-180, 180, P)], axis=1)
-    data = proj.rotate3d(euler_to_matrix(*ang.T), N).astype(np.complex64)
-    data += (rng.normal(size=data.shape) + 1j * rng.normal(size=data.shape)).astype(np.complex64) * 0.3 * np.abs(data).mean()
+    ang = _random_poses(rng, P)
+    data = _noisy_views(proj, ang, rng)
     ctf2 = np.ones(data.shape, np.float32)
     s = Sampling(healpix_order=1, offset_range_A=1 * PIX, offset_step_A=1 * PIX, sym="C6", oversampling=2)
     n_coarse = len(s.grid())                                     # 72: 72·64 = 4608 fine ids
@@ -313,10 +321,8 @@ def test_expectation_batch_strict(reference, case, use_cache):
     vol, proj = reference
     rng = np.random.default_rng(5)
     P = 6
-    ang = np.stack([rng.uniform(-180, 180, P), np.degrees(np.arccos(rng.uniform(-1, 1, P))),
-                    rng.uniform(-180, 180, P)], axis=1)
-    data = proj.rotate3d(euler_to_matrix(*ang.T), N).astype(np.complex64)
-    data += (rng.normal(size=data.shape) + 1j * rng.normal(size=data.shape)).astype(np.complex64) * 0.3 * np.abs(data).mean()
+    ang = _random_poses(rng, P)
+    data = _noisy_views(proj, ang, rng)
     ctf2 = rng.uniform(0.5, 1.0, data.shape).astype(np.float32)
     mult = rng.uniform(0.5, 2.0, data.shape).astype(np.float32)
     sigma2 = _noise_power(data) * (20 if case == "global" else 1) + 1e-12
