@@ -176,6 +176,23 @@ run_step() {
     fi
 }
 
+# benchmarks/estep_gpu.py on cupy as a step, judged by its ratio line (PASS: >= 0.5 of the replayed
+# cuBLAS rate): estep_figure NAME LIMIT LOG ARGS...
+estep_figure() {
+    local name=$1 limit=$2 log=$3 ratio
+    shift 3
+    run_step "$name vs cuBLAS" "$limit" "$log" "$PY" benchmarks/estep_gpu.py --backend cupy "$@"
+    if [ "$RC" -ne 124 ] && [ "$RC" -ne 125 ]; then
+        grep -E '^(estep whole|replayed|coarse products)' "$log" | sed 's/^/gpu_check:   /'
+        ratio=$(grep -E '^ratio' "$log" | tail -1)
+        if [ "$RC" -eq 0 ] && echo "$ratio" | grep -q PASS; then
+            say "PASS $name: $ratio ($(since "$STEP_T0") s)"
+        else
+            fail "$name (exit $RC): ${ratio:-$(tail -1 "$log")} ($(since "$STEP_T0") s; log: $log)"
+        fi
+    fi
+}
+
 step() { case "$STEPS" in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 # ---- 1. tests/gpu ---------------------------------------------------------------------------------
@@ -213,17 +230,7 @@ fi
 
 # ---- 3. the E-step against cuBLAS for its own shapes ------------------------------------------------
 if step 3; then
-run_step "estep vs cuBLAS" 60 "$LOGS/estep.log" "$PY" benchmarks/estep_gpu.py --backend cupy --repeat 5
-if [ "$RC" -ne 124 ] && [ "$RC" -ne 125 ]; then
-    grep -E '^(estep whole|replayed|coarse products)' "$LOGS/estep.log" | sed 's/^/gpu_check:   /'
-    ratio=$(grep -E '^ratio' "$LOGS/estep.log" | tail -1)
-    if [ "$RC" -eq 0 ] && echo "$ratio" | grep -q PASS; then
-        say "PASS estep: $ratio ($(since "$STEP_T0") s)"
-    else
-        fail "estep (exit $RC): ${ratio:-$(tail -1 "$LOGS/estep.log")} ($(since "$STEP_T0") s; log: $LOGS/estep.log)"
-    fi
-fi
-
+estep_figure "estep" 60 "$LOGS/estep.log" --repeat 5
 fi
 
 # ---- 4. the tiny tutorial with --gpu, timed ----------------------------------------------------------
@@ -288,17 +295,8 @@ if step 6; then
 if [ "$(left)" -lt 60 ]; then
     say "estep, larger batch (92 particles, HEALPix 3): not run, $(left) s of the budget left (needs 60 s)"
 else
-    run_step "estep vs cuBLAS, larger batch" 120 "$LOGS/estep_large.log" \
-        "$PY" benchmarks/estep_gpu.py --backend cupy --repeat 3 --particles 92 --healpix 3 --skip_coarse
-    if [ "$RC" -ne 124 ] && [ "$RC" -ne 125 ]; then
-        grep -E '^(estep whole|replayed)' "$LOGS/estep_large.log" | sed 's/^/gpu_check:   /'
-        ratio=$(grep -E '^ratio' "$LOGS/estep_large.log" | tail -1)
-        if [ "$RC" -eq 0 ] && echo "$ratio" | grep -q PASS; then
-            say "PASS estep, larger batch: $ratio ($(since "$STEP_T0") s)"
-        else
-            fail "estep, larger batch (exit $RC): ${ratio:-$(tail -1 "$LOGS/estep_large.log")} ($(since "$STEP_T0") s; log: $LOGS/estep_large.log)"
-        fi
-    fi
+    estep_figure "estep, larger batch" 120 "$LOGS/estep_large.log" --repeat 3 --particles 92 --healpix 3 \
+        --skip_coarse
 fi
 fi
 
