@@ -78,6 +78,7 @@ def main() -> None:
     ap.add_argument("--no_run_c1", action="store_true", help="impose the symmetry during VDAM instead")
     ap.add_argument("--maxsig", type=int, default=-1, help="significant poses per particle (-1: RELION's 100 K)")
     ap.add_argument("--random_seed", type=int, default=1)
+    ap.add_argument("--fast", action="store_true", help="subtomo_nb's accelerated search (initial_model/fast.py)")
     ap.add_argument("--j", type=int, default=1, help="dask workers for the E-step (1: serial)")
     ap.add_argument("--eval_every", type=int, default=10, help="truth FSC of the map every N iterations (0: end only)")
     ap.add_argument("--time_limit", type=float, default=0.0, help="stop iterating after this many seconds (0: none)")
@@ -91,13 +92,14 @@ def main() -> None:
     oset, truth_path, _ = _prepare(args.project.absolute(), args.tiny, args.seed)
     truth, pix = read_map(truth_path)
     truth = np.asarray(truth, np.float64)
-    tag = f"bench_it{args.iter}_tilt{args.sigma_tilt:g}_{'sym' if args.no_run_c1 else 'c1'}_maxsig{args.maxsig}"
+    tag = f"bench_{'fast_' if args.fast else ''}it{args.iter}_tilt{args.sigma_tilt:g}_{'sym' if args.no_run_c1 else 'c1'}_maxsig{args.maxsig}"
     out = args.out or (args.project.absolute() / "InitialModel" / tag)
     write_every = args.eval_every if args.eval_every > 0 else 10
     opts = VdamOptions(particles=oset, output_root=out / "run", nr_iter=args.iter, tau2_fudge=args.tau2_fudge,
                        particle_diameter=230.0, sym=args.sym, run_in_c1=not args.no_run_c1,
                        sigma_tilt=args.sigma_tilt, random_seed=args.random_seed, max_significant=args.maxsig,
-                       grad_write_iter=write_every, n_workers=args.j, project_dir=args.project.absolute())
+                       grad_write_iter=write_every, n_workers=args.j, project_dir=args.project.absolute(),
+                       fast=args.fast)
     executor = None
     if args.j > 1:
         from subtomo_nb.parallel import DaskExecutor, get_client
@@ -108,6 +110,8 @@ def main() -> None:
     print(f"{job.n} particles, box {job.box}, {job.pix:.2f} Å/px; mini-batches {schedules.subset_sizes(job.n)}; "
           f"{'C1 then ' + args.sym if opts.run_in_c1 else args.sym}; tilt prior {args.sigma_tilt:g}°; "
           f"max significant {job.max_significant}", flush=True)
+    for line in job.fast_changes():
+        print(line, flush=True)
     job.start()
     write_iteration(job)
     rows = []
@@ -137,6 +141,7 @@ def main() -> None:
             break
     t_iter = time.perf_counter() - t_start
     job.outputs = finish_job(job)
+    print(f"finishing (initial_model.mrc, symmetry alignment): {time.perf_counter() - t_start - t_iter:.1f} s")
     t_total = time.perf_counter() - t_start
     if executor is not None:
         from subtomo_nb.parallel import close_if_owned

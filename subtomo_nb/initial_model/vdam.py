@@ -55,6 +55,7 @@ from subtomo_nb.fourier.projector import Projector
 from subtomo_nb.geometry.euler import euler_to_matrix
 from subtomo_nb.geometry.healpix import angular_step
 from subtomo_nb.geometry.symmetry import point_group
+from subtomo_nb.initial_model.fast import FastSearch
 from subtomo_nb.initial_model.gradient import (
     GradientMoments,
     gradient,
@@ -68,6 +69,7 @@ from subtomo_nb.initial_model.schedules import (
     iteration_budget,
     step_size,
     subset_size,
+    subset_sizes,
     tau2_fudge,
 )
 from subtomo_nb.io.errors import InputError
@@ -119,6 +121,7 @@ class VdamOptions(PoseOptions):
     mu: float = 0.9                               # --mu
     max_significant: int = -1                     # --maxsig (-1: 100 K)
     project_dir: str | os.PathLike | None = None  # file names in the STAR outputs are relative to it
+    fast: bool = False                            # --fast (subtomo_nb's own accelerated search, :mod:`.fast`)
 
     @property
     def run_sym(self) -> str:
@@ -193,6 +196,19 @@ class InitialModel(PoseDriver):
         self.sigma2 = np.zeros(self.box // 2 + 1)
         self.avg_ctf2 = 1.0
         self.timings: dict[str, float] = {}
+        #: the rules of --fast (None: RELION's search)
+        self.fast: FastSearch | None = None
+        if opts.fast:
+            ini = min(subset_sizes(n, opts.grad_ini_subset, opts.grad_fin_subset)[0], n)
+            self.fast = FastSearch(subset=ini)
+
+    def fast_changes(self) -> list[str]:
+        """What ``--fast`` changed, one line each (empty without it)."""
+        if self.fast is None:
+            return []
+        o = self.opts
+        ini, fin = (min(x, self.n) for x in subset_sizes(self.n, o.grad_ini_subset, o.grad_fin_subset))
+        return self.fast.describe(relion_subset=(ini, fin), relion_max_order=o.auto_local_healpix_order - 1)
 
     @classmethod
     def from_options(cls, opts: VdamOptions, progress: Callable[[dict], None] | None = None,
@@ -276,6 +292,9 @@ class InitialModel(PoseDriver):
     def _update_size(self) -> None:
         s = self.state
         maxres = shell_of_resolution(s.current_resolution, self.box, self.pix)
+        if self.fast is not None:
+            s.current_size = self.fast.image_size(maxres, self.box, self.pix)
+            return
         s.current_size = int(min(2 * (maxres + INCR_SIZE), self.box))
 
     def _auto_sampling(self) -> None:
@@ -287,7 +306,7 @@ class InitialModel(PoseDriver):
         s, o = self.state, self.opts
         smp = s.sampling
         order = smp.healpix_order + 1
-        if order >= o.auto_local_healpix_order:
+        if order >= o.auto_local_healpix_order or (self.fast is not None and order > self.fast.max_healpix_order):
             order = smp.healpix_order
         # the initial-model job passes no --auto_resol_angles: only a stalled resolution lets it go on
         if s.nr_iter_wo_resol_gain < 1:
@@ -331,7 +350,10 @@ class InitialModel(PoseDriver):
     def _mini_batch(self) -> np.ndarray:
         """Rows of this iteration's mini-batch (all particles, sorted, when the size reaches them)."""
         s, o = self.state, self.opts
-        s.subset = subset_size(s.iteration, self.budget, self.n, o.grad_ini_subset, o.grad_fin_subset)
+        if self.fast is not None:
+            s.subset = self.fast.subset
+        else:
+            s.subset = subset_size(s.iteration, self.budget, self.n, o.grad_ini_subset, o.grad_fin_subset)
         if s.subset >= self.n:
             return np.arange(self.n)
         order = np.random.default_rng(o.random_seed + s.iteration).permutation(self.n)
