@@ -172,6 +172,9 @@ class InitialModel(PoseDriver):
             raise ValueError(f"--iter must be at least 1, got {opts.nr_iter}")
         if opts.nr_classes < 1:
             raise ValueError(f"--K must be at least 1, got {opts.nr_classes}")
+        if opts.fast and opts.grad_fin_subset > 0:
+            raise ValueError("--grad_fin_subset cannot be used with --fast: every --fast mini-batch keeps the "
+                             "initial size (--grad_ini_subset)")
         super().__init__(opts, particles, tomograms, progress, executor)
         self.ops = point_group(opts.run_sym)
         point_group(opts.sym)  # fail early on an unknown target group
