@@ -8,13 +8,14 @@ Two phantoms are registered in :data:`PHANTOMS` (select one by name with :func:`
     blobs; the subunits' blobs spiral with height (chirality, so the hand is determinable) and the
     top and bottom differ (not D6).
 ``"d2"`` (:data:`D2_PARTICLE`)
-    A chiral D2 dimer of dimers, about 85 × 80 Å across and 60 Å tall at ``scale`` 1, its three
-    2-folds along the reference z, x and y axes (RELION's D2, :func:`subtomo_nb.geometry.symmetry.point_group`).
-    One five-blob subunit is copied by the four operators of D2: the two subunits above the
-    ``z = 0`` plane form a dimer about z, the two below are its copy turned by the 2-fold about x.
-    Seen down z the particle is a ring of two lobes along x; its arms are bent and hooked out of
-    every mirror plane (chiral) and its extents along x, y and z differ (no 4-fold, no extra 2-fold,
-    not tetrahedral).
+    A chiral D2 dimer of dimers, its three 2-folds along the reference z, x and y axes (RELION's
+    D2, :func:`subtomo_nb.geometry.symmetry.point_group`); about 100 × 95 Å across and 70 Å tall at
+    ``scale`` 1 (blob centres ± 2σ; 155 × 145 × 105 Å at the dataset scale 1.8, where the hexamer
+    is 150 × 155 × 105 Å). One five-blob subunit is copied by the four operators of D2: subunits
+    0 and 1 (mostly above ``z = 0``) form a dimer about z, subunits 2 and 3 are their copy turned
+    by the 2-fold about x. Seen down z the particle is a ring of two lobes along x; its arms are
+    bent and hooked out of every mirror plane (chiral) and its extents along x, y and z differ (no
+    4-fold, no extra 2-fold, not tetrahedral).
 
 Both are centred at the origin; :func:`blobs` and :func:`render_map` take a ``scale`` that moves
 the blob centres outwards, the blob widths unchanged. The simulated tutorial dataset uses each
