@@ -2,7 +2,7 @@
 
 Sub-commands::
 
-    subtomo simulate      --o DIR [--seed S] [--tiny] [--snr X | --noise_free]
+    subtomo simulate      --o DIR [--seed S] [--tiny] [--snr X | --noise_free] [--particle {hexamer,d2}]
     subtomo extract       --ios optimisation_set.star --o DIR --bin 4 --b 32 [--crop N] [--stack2d|--no_stack2d]
     subtomo reconstruct   --i particles.star --o map.mrc [--sym G] [--ctf] [--j N]
                           [--scheduler_file F | --scheduler_address tcp://HOST:PORT] (also refine,
@@ -122,11 +122,16 @@ def _check_directory(path: str, args: argparse.Namespace) -> None:
 #: not imported here, to keep ``subtomo --help`` fast; tests/cli/test_help.py checks that they agree).
 _SIMULATE_SNR = 1e-3
 
+#: The simulator's phantoms and their point groups (``subtomo_nb.simulate.phantom.PHANTOMS``; not
+#: imported here, to keep ``subtomo --help`` fast; tests/cli/test_help.py checks that they agree).
+_SIMULATE_PARTICLES = {"hexamer": "C6", "d2": "D2"}
+
 
 def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="Write the built-in synthetic tutorial project",
                        description="Write the built-in synthetic tutorial project: tilt series of virions "
-                                   "studded with a C6 particle, their tomogram set, the picked particles, an "
+                                   "studded with a chiral particle (a C6 hexamer, or with --particle d2 a D2 "
+                                   "dimer of dimers), their tomogram set, the picked particles, an "
                                    "optimisation set, the ground-truth map, a mask and the true poses.")
     p.add_argument("--o", required=True, help="Output project directory (required)")
     p.add_argument("--seed", type=int, default=0, help="Random seed of the simulation (default: 0)")
@@ -137,6 +142,10 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
                    help=f"Signal-to-noise ratio per tilt image (default: {_SIMULATE_SNR:g})")
     p.add_argument("--noise_free", action="store_true",
                    help="Add no noise to the tilt images; wins over --snr (default: off)")
+    p.add_argument("--particle", choices=list(_SIMULATE_PARTICLES), default="hexamer",
+                   help="Phantom on the virions: hexamer (a chiral hexamer, symmetry C6) or d2 (a chiral "
+                        "dimer of dimers, symmetry D2); its reference z axis (the C6 axis, or D2's 2-fold "
+                        "about z) lies along the virion's surface normal (default: hexamer)")
     p.set_defaults(func=_run_simulate)
 
 
@@ -144,7 +153,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
     from subtomo_nb.simulate import simulate_project, simulate_tiny_project
 
     _check_directory(args.o, args)
-    kwargs: dict = {"seed": args.seed}
+    kwargs: dict = {"seed": args.seed, "particle": args.particle}
     if args.noise_free:
         kwargs["snr"] = None
     elif args.snr is not None:
@@ -154,7 +163,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
     else:
         paths = simulate_project(args.o, **kwargs)
     for key in ("project_dir", "tomograms", "particles", "optimisation_set", "mask", "map",
-                "particles_true", "n_particles"):
+                "particles_true", "n_particles", "particle", "symmetry"):
         print(f"{key}: {paths[key]}")
     print(f"time (s): {paths['seconds']:.1f}")
     return 0

@@ -1,8 +1,10 @@
 """The built-in synthetic dataset: a small RELION 5 tomography project with ground truth.
 
-C6 hexamer lattices on spherical virions in a few tomograms, dose-symmetric tilt series with
-per-tilt CTF (depth-dependent defocus), dose weighting and noise, sphere-picker picks, and the
-ground truth (map, mask, true orientations and origins). See :func:`simulate_project`.
+Lattices of a phantom particle on spherical virions in a few tomograms (a chiral C6 hexamer by
+default, or a chiral D2 dimer of dimers with ``particle="d2"``; see
+:mod:`subtomo_nb.simulate.phantom`), dose-symmetric tilt series with per-tilt CTF
+(depth-dependent defocus), dose weighting and noise, sphere-picker picks, and the ground truth
+(map, mask, true orientations and origins). See :func:`simulate_project`.
 """
 
 from __future__ import annotations

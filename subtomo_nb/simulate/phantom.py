@@ -1,10 +1,26 @@
-"""The phantom protein of the synthetic dataset: a chiral C6 hexamer of 3D Gaussian blobs.
+"""The phantom proteins of the synthetic dataset: chiral particles made of 3D Gaussian blobs.
 
-The hexamer is about 90 Å across (100 Å at 5 % of the peak density) and 60 Å tall, its C6 axis along the reference z axis, centred
-at the origin (``scale`` 1; :func:`blobs` and :func:`render_map` take a ``scale`` that moves the
-blob centres outwards, the blob widths unchanged: the simulated tutorial dataset uses
-:data:`DATASET_SCALE`). Each of the six subunits has the same five blobs; the subunits' blobs spiral with
-height (chirality, so the hand is determinable) and the top and bottom differ (not D6).
+Two phantoms are registered in :data:`PHANTOMS` (select one by name with :func:`get_phantom`):
+
+``"hexamer"`` (the default, :data:`HEXAMER`)
+    A chiral C6 hexamer, about 90 Å across (100 Å at 5 % of the peak density) and 60 Å tall at
+    ``scale`` 1, its C6 axis along the reference z axis. Each of the six subunits has the same five
+    blobs; the subunits' blobs spiral with height (chirality, so the hand is determinable) and the
+    top and bottom differ (not D6).
+``"d2"`` (:data:`D2_PARTICLE`)
+    A chiral D2 dimer of dimers, its three 2-folds along the reference z, x and y axes (RELION's
+    D2, :func:`subtomo_nb.geometry.symmetry.point_group`); about 100 × 95 Å across and 70 Å tall at
+    ``scale`` 1 (blob centres ± 2σ; 155 × 145 × 105 Å at the dataset scale 1.8, where the hexamer
+    is 150 × 155 × 105 Å). One five-blob subunit is copied by the four operators of D2: subunits
+    0 and 1 (mostly above ``z = 0``) form a dimer about z, subunits 2 and 3 are their copy turned
+    by the 2-fold about x. Seen down z the particle is a ring of two lobes along x; its arms are
+    bent and hooked out of every mirror plane (chiral) and its extents along x, y and z differ (no
+    4-fold, no extra 2-fold, not tetrahedral).
+
+Both are centred at the origin; :func:`blobs` and :func:`render_map` take a ``scale`` that moves
+the blob centres outwards, the blob widths unchanged. The simulated tutorial dataset uses each
+phantom's :attr:`Phantom.dataset_scale` (1.8 for both: about 150 Å across and 100 Å tall, inside
+the tutorial's 230 Å mask and its 346 Å bin-4 box).
 
 A blob is ``amp · exp(−|r − c|² / (2 σ²))`` (density units, peak ``amp``); its continuous Fourier
 transform is ``amp (2π σ²)^{3/2} exp(−2π² σ² |k|²) exp(−2πi k·c)`` and its projection along a
@@ -13,14 +29,18 @@ direction is a 2D Gaussian ``amp √(2π) σ exp(−|ρ − c⊥|² / (2 σ²))`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from subtomo_nb._array import fft_module
+from subtomo_nb.geometry.symmetry import point_group
 
-__all__ = ["SUBUNIT_BLOBS", "DATASET_SCALE", "SYMMETRY", "blobs", "render_map", "project_blobs_2d_amplitude"]
+__all__ = ["SUBUNIT_BLOBS", "D2_SUBUNIT_BLOBS", "DATASET_SCALE", "SYMMETRY", "Phantom", "HEXAMER", "D2_PARTICLE",
+           "PHANTOMS", "get_phantom", "blobs", "render_map", "project_blobs_2d_amplitude"]
 
-#: Blobs of subunit 0 as ``(radius Å, azimuth degrees, z Å, sigma Å, amplitude)``; the other five
-#: subunits are copies rotated by multiples of 60° about z.
+#: Blobs of subunit 0 of the hexamer as ``(radius Å, azimuth degrees, z Å, sigma Å, amplitude)``;
+#: the other five subunits are copies rotated by multiples of 60° about z.
 SUBUNIT_BLOBS: tuple[tuple[float, float, float, float, float], ...] = (
     (30.0, 0.0, -16.0, 8.0, 1.00),   # base, large
     (25.0, 16.0, 2.0, 7.0, 0.90),    # middle, turned counter-clockwise with height
@@ -29,45 +49,169 @@ SUBUNIT_BLOBS: tuple[tuple[float, float, float, float, float], ...] = (
     (8.0, 20.0, 24.0, 6.0, 0.45),    # cap near the axis, on top only
 )
 
+#: Blobs of the D2 particle's subunit 0 as ``(x Å, y Å, z Å, sigma Å, amplitude)``; the other three
+#: subunits are its images under the 2-folds about z, x and y (``point_group("D2")``). No blob lies
+#: on a 2-fold axis or on a coordinate plane, so the 20 blobs are distinct (at ``scale`` 1.8 no two
+#: centres are closer than 26.6 Å).
+D2_SUBUNIT_BLOBS: tuple[tuple[float, float, float, float, float], ...] = (
+    (22.0, 8.0, 13.0, 8.0, 1.00),    # body of the upper dimer, +x lobe
+    (34.0, -5.0, 8.0, 7.0, 0.85),    # outer end of the lobe, bent towards −y
+    (12.0, 20.0, 20.0, 6.5, 0.75),   # hook, up and towards +y: the arm turns with height
+    (27.0, 17.0, -3.0, 6.0, 0.60),   # leg reaching below z = 0, between the lower dimer's arms
+    (5.0, 31.0, 6.0, 6.0, 0.50),     # side knob on +y only: in-plane chirality
+)
+
 #: Scale of the blob centres in the simulated dataset (:func:`subtomo_nb.simulate.simulate_project`):
 #: the hexamer is then about 150 Å across and 100 Å tall, large enough for its six-fold in-plane
 #: features (period ≈ 2π·54 Å / 6 ≈ 57 Å) to show in a reference low-passed to 50 Å, so the in-plane
 #: angle is defined from the first iteration of a refinement started there.
 DATASET_SCALE = 1.8
 
-#: Point-group symbol of the phantom.
+#: Point-group symbol of the default phantom (the hexamer).
 SYMMETRY = "C6"
 
 
-def blobs(scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All blobs of the hexamer in the reference frame (centres × ``scale``).
+@dataclass(frozen=True)
+class Phantom:
+    """A phantom particle: one subunit of Gaussian blobs and the point group that copies it.
+
+    Attributes
+    ----------
+    name
+        Registry key (:data:`PHANTOMS`), e.g. ``"hexamer"``.
+    symmetry
+        RELION point-group symbol (``"C6"``, ``"D2"``); the subunit's copies are generated by
+        its operators.
+    subunit_blobs
+        One row per blob of subunit 0: ``(coord1, coord2, z Å, sigma Å, amplitude)`` in the
+        ``coordinates`` given.
+    coordinates
+        ``"cylindrical"``: rows are ``(radius Å, azimuth degrees, z Å, ...)`` and the copies are
+        turned by ``360° / n`` about z (``Cn`` groups only); ``"cartesian"``: rows are
+        ``(x Å, y Å, z Å, ...)`` and the copies are ``R · c`` for each ``R`` of
+        ``point_group(symmetry)``, in RELION's order.
+    dataset_scale
+        Scale of the blob centres in the simulated dataset (dimensionless).
+    description
+        One line for help texts.
+    """
+
+    name: str
+    symmetry: str
+    subunit_blobs: tuple[tuple[float, float, float, float, float], ...]
+    coordinates: str
+    dataset_scale: float
+    description: str
+
+    @property
+    def n_subunits(self) -> int:
+        """Number of symmetry copies of the subunit (the order of :attr:`symmetry`)."""
+        return int(point_group(self.symmetry).shape[0])
+
+    def blobs(self, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All blobs in the reference frame (centres × ``scale``), subunit by subunit.
+
+        Parameters
+        ----------
+        scale
+            Factor on the blob centres (dimensionless); widths and amplitudes are unchanged.
+
+        Returns
+        -------
+        centres : numpy.ndarray
+            ``(n_blobs, 3)`` blob centres ``(x, y, z)`` in Å, particle centre at the origin.
+        sigmas : numpy.ndarray
+            ``(n_blobs,)`` Gaussian standard deviations (Å).
+        amplitudes : numpy.ndarray
+            ``(n_blobs,)`` peak densities.
+        """
+        sub = np.asarray(self.subunit_blobs, dtype=np.float64)
+        if self.coordinates == "cylindrical":
+            n = _cyclic_order(self.symmetry)
+            k = np.arange(n)[:, None]
+            az = np.deg2rad(sub[None, :, 1] + (360.0 / n) * k)
+            r = sub[None, :, 0] * scale
+            centres = np.stack([r * np.cos(az), r * np.sin(az), np.broadcast_to(sub[None, :, 2] * scale, az.shape)],
+                               axis=-1)
+        elif self.coordinates == "cartesian":
+            ops = point_group(self.symmetry)
+            centres = np.einsum("kij,bj->kbi", ops, sub[:, :3] * scale)
+        else:
+            raise ValueError(f"unknown coordinates {self.coordinates!r} of phantom {self.name!r}")
+        shape = centres.shape[:2]
+        sigmas = np.broadcast_to(sub[None, :, 3], shape)
+        amps = np.broadcast_to(sub[None, :, 4], shape)
+        return centres.reshape(-1, 3), sigmas.reshape(-1).copy(), amps.reshape(-1).copy()
+
+
+def _cyclic_order(symmetry: str) -> int:
+    """``n`` of a ``Cn`` symbol (cylindrical phantoms are cyclic)."""
+    s = symmetry.strip().upper()
+    if not (s.startswith("C") and s[1:].isdigit()):
+        raise ValueError(f"cylindrical phantom coordinates need a Cn symmetry, not {symmetry!r}")
+    return int(s[1:])
+
+
+#: The chiral C6 hexamer (default phantom of the tutorial dataset).
+HEXAMER = Phantom(name="hexamer", symmetry=SYMMETRY, subunit_blobs=SUBUNIT_BLOBS, coordinates="cylindrical",
+                  dataset_scale=DATASET_SCALE, description="chiral C6 hexamer")
+
+#: The chiral D2 dimer of dimers.
+D2_PARTICLE = Phantom(name="d2", symmetry="D2", subunit_blobs=D2_SUBUNIT_BLOBS, coordinates="cartesian",
+                      dataset_scale=1.8, description="chiral D2 dimer of dimers")
+
+#: The phantoms by name.
+PHANTOMS: dict[str, Phantom] = {p.name: p for p in (HEXAMER, D2_PARTICLE)}
+
+
+def get_phantom(particle: str | Phantom = "hexamer") -> Phantom:
+    """The :class:`Phantom` of a name in :data:`PHANTOMS` (a :class:`Phantom` is returned as it is).
+
+    Raises
+    ------
+    ValueError
+        For an unknown name (the message lists the known ones).
+    """
+    if isinstance(particle, Phantom):
+        return particle
+    try:
+        return PHANTOMS[str(particle).lower()]
+    except KeyError:
+        raise ValueError(f"unknown particle {particle!r}; known: {', '.join(sorted(PHANTOMS))}") from None
+
+
+def blobs(scale: float = 1.0, particle: str | Phantom = "hexamer") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All blobs of a phantom in the reference frame (centres × ``scale``).
+
+    Parameters
+    ----------
+    scale
+        Factor on the blob centres (dimensionless; the dataset uses the phantom's
+        :attr:`Phantom.dataset_scale`).
+    particle
+        Phantom name in :data:`PHANTOMS` (``"hexamer"``, ``"d2"``) or a :class:`Phantom`.
 
     Returns
     -------
     centres : numpy.ndarray
-        ``(n_blobs, 3)`` blob centres ``(x, y, z)`` in Å, hexamer centre at the origin.
+        ``(n_blobs, 3)`` blob centres ``(x, y, z)`` in Å, particle centre at the origin.
     sigmas : numpy.ndarray
         ``(n_blobs,)`` Gaussian standard deviations (Å).
     amplitudes : numpy.ndarray
         ``(n_blobs,)`` peak densities.
     """
-    sub = np.asarray(SUBUNIT_BLOBS, dtype=np.float64)
-    k = np.arange(6)[:, None]
-    az = np.deg2rad(sub[None, :, 1] + 60.0 * k)
-    r = sub[None, :, 0] * scale
-    centres = np.stack([r * np.cos(az), r * np.sin(az), np.broadcast_to(sub[None, :, 2] * scale, az.shape)], axis=-1)
-    sigmas = np.broadcast_to(sub[None, :, 3], az.shape)
-    amps = np.broadcast_to(sub[None, :, 4], az.shape)
-    return centres.reshape(-1, 3), sigmas.reshape(-1).copy(), amps.reshape(-1).copy()
+    return get_phantom(particle).blobs(scale)
 
 
-def render_map(box: int, pixel_size_A: float, dtype: type = np.float32, scale: float = 1.0) -> np.ndarray:
-    """The hexamer on a ``box³`` grid, band-limited to the grid (analytic Fourier sampling).
+def render_map(box: int, pixel_size_A: float, dtype: type = np.float32, scale: float = 1.0,
+               particle: str | Phantom = "hexamer") -> np.ndarray:
+    """A phantom on a ``box³`` grid, band-limited to the grid (analytic Fourier sampling).
 
     The continuous transform of the blobs is sampled at the box's Fourier pixels
     (``k = n / (box · pixel)``, all of the cube up to Nyquist) and inverse transformed, which is
-    what an ideal Fourier-cropped (binned) extraction of the object sees. The C6 axis is along z
-    and the hexamer centre at voxel ``box // 2`` on each axis.
+    what an ideal Fourier-cropped (binned) extraction of the object sees. The reference z axis
+    (the hexamer's C6 axis, one of the D2 particle's 2-folds) is along z and the particle centre
+    at voxel ``box // 2`` on each axis.
 
     Parameters
     ----------
@@ -77,13 +221,17 @@ def render_map(box: int, pixel_size_A: float, dtype: type = np.float32, scale: f
         Pixel size (Å).
     dtype
         Output dtype.
+    scale
+        Factor on the blob centres (dimensionless).
+    particle
+        Phantom name in :data:`PHANTOMS` (``"hexamer"``, ``"d2"``) or a :class:`Phantom`.
 
     Returns
     -------
     numpy.ndarray
         ``(box, box, box)`` map indexed ``[z, y, x]``, density units (peak about 1).
     """
-    c, s, a = blobs(scale)
+    c, s, a = blobs(scale, particle)
     n = int(box)
     kx = np.fft.rfftfreq(n) / pixel_size_A
     ky = np.fft.fftfreq(n) / pixel_size_A
@@ -104,5 +252,13 @@ def render_map(box: int, pixel_size_A: float, dtype: type = np.float32, scale: f
 
 
 def project_blobs_2d_amplitude(sigmas: np.ndarray, amplitudes: np.ndarray) -> np.ndarray:
-    """Peak value (density · Å) of each blob's projection: ``amp · √(2π) · σ``."""
+    """Peak value (density · Å) of each blob's projection: ``amp · √(2π) · σ``.
+
+    Parameters
+    ----------
+    sigmas
+        Blob standard deviations (Å, or pixels: the result is then in density · pixel).
+    amplitudes
+        Blob peak densities.
+    """
     return np.asarray(amplitudes) * np.sqrt(2 * np.pi) * np.asarray(sigmas)

@@ -8,10 +8,12 @@ directory)::
     tilt_series/<TS>.mrcs          the tilt images; rlnMicrographName = "<f+1:06d>@tilt_series/<TS>.mrcs"
     particles.star                 picks as RELION 5's sphere picker (general, optics, particles)
     optimisation_set.star          rlnTomoParticlesFile, rlnTomoTomogramsFile
-    masks/mask_align_bin4.mrc      soft mask around the central hexamer (bin 4, box 32): tight
+    masks/mask_align_bin4.mrc      soft mask around the central particle (bin 4, box 32): tight
                                    (map > 10 % of max, 2-pixel cosine edge) because the lattice
-                                   neighbours touch the central hexamer
-    ground_truth/map_bin4.mrc      the phantom at 4 x tilt-series pixel, box 32 (C6 axis along z)
+                                   neighbours come close to the central particle
+    ground_truth/map_bin4.mrc      the phantom at 4 x tilt-series pixel, box 32 (reference z along
+                                   z: the hexamer's C6 axis, or the D2 particle's 2-fold along the
+                                   virion's surface normal)
     ground_truth/particles_true.star  true rlnAngle* and rlnOrigin*Angst for each pick
 
 RELION 5 locates tilt images through ``rlnMicrographName`` of each tilt-series row when
@@ -36,7 +38,7 @@ from subtomo_nb.io.mrc import write_map
 from subtomo_nb.io.optimisation_set import OptimisationSet, write_optimisation_set
 from subtomo_nb.io.star import write_star
 from subtomo_nb.io.tomograms import TomogramSet, write_tomograms
-from subtomo_nb.simulate.phantom import DATASET_SCALE, render_map
+from subtomo_nb.simulate.phantom import get_phantom, render_map
 from subtomo_nb.simulate.scene import PICKER_PRIOR_ANGLES, Tomogram, make_tomogram_scene
 from subtomo_nb.simulate.tilt_series import render_tilt_series, tilt_scheme, tilt_series_table
 
@@ -157,7 +159,8 @@ def simulate_project(
     truth_binning: int = 4,
     truth_box: int = 32,
     slab_A: float = 200.0,
-    phantom_scale: float = DATASET_SCALE,
+    phantom_scale: float | None = None,
+    particle: str = "hexamer",
     float16: bool = True,
     verbose: bool = False,
 ) -> dict[str, Any]:
@@ -181,10 +184,11 @@ def simulate_project(
     radius_range_A
         Virion radius range (Å, snapped to a lattice radius).
     spacing_A
-        Hexamer lattice spacing (Å). The default, 260 Å, keeps the neighbours out of a 32-pixel
-        bin-4 box (346 Å), so that each box holds the one hexamer the ground-truth map has (with
+        Lattice spacing (Å). The default, 260 Å, keeps the neighbours out of a 32-pixel
+        bin-4 box (346 Å), so that each box holds the one particle the ground-truth map has (with
         a dense lattice the neighbours, absent from that map, bias the alignment by several
-        degrees even without noise).
+        degrees even without noise). Each particle's reference z axis is along the virion's outward
+        normal and its reference x axis towards its nearest neighbour, whatever the ``particle``.
     margin_A
         Clearance of virions from the tomogram's x/y faces and from each other (Å).
     max_tilt_deg, tilt_step_deg
@@ -210,8 +214,14 @@ def simulate_project(
     slab_A
         Depth-slab thickness for the depth-dependent CTF (Å).
     phantom_scale
-        Scale of the hexamer's blob centres (:data:`~subtomo_nb.simulate.phantom.DATASET_SCALE`,
-        about 150 Å across); the tilt series and the ground-truth map use the same.
+        Scale of the phantom's blob centres (dimensionless); None: the phantom's
+        :attr:`~subtomo_nb.simulate.phantom.Phantom.dataset_scale` (1.8 for both phantoms, about
+        150 Å across and 100 Å tall). The tilt series and the ground-truth map use the same.
+    particle
+        The phantom on the lattice, a name in :data:`~subtomo_nb.simulate.phantom.PHANTOMS`:
+        ``"hexamer"`` (chiral C6 hexamer, C6 axis along the normal) or ``"d2"`` (chiral D2 dimer of
+        dimers, its 2-fold about reference z along the normal). The ground-truth map, the mask
+        and the true poses are those of this phantom; ``symmetry`` in the result is its point group.
     float16
         Write the tilt-image stacks as float16 (MRC mode 12).
     verbose
@@ -222,9 +232,20 @@ def simulate_project(
     dict
         ``project_dir``, ``tomograms``, ``particles``, ``optimisation_set``, ``mask``, ``map``,
         ``particles_true`` (paths), ``tilt_series`` (list of stack paths), ``n_particles`` (int),
-        ``scenes`` (list of :class:`~subtomo_nb.simulate.scene.Tomogram`), ``seconds``.
+        ``scenes`` (list of :class:`~subtomo_nb.simulate.scene.Tomogram`), ``particle`` (the
+        phantom's name), ``symmetry`` (its RELION point-group symbol: ``"C6"``, ``"D2"``),
+        ``seconds``.
+
+    Raises
+    ------
+    ValueError
+        For a ``particle`` not in :data:`~subtomo_nb.simulate.phantom.PHANTOMS` (before anything
+        is written).
     """
     t0 = time.perf_counter()
+    phantom = get_phantom(particle)  # an unknown name raises here, before anything is written
+    if phantom_scale is None:
+        phantom_scale = phantom.dataset_scale
     out = Path(out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     (out / "tilt_series").mkdir(exist_ok=True)
@@ -251,7 +272,7 @@ def simulate_project(
         images = render_tilt_series(tomo, P, table, (H, W), voltage_kV=voltage_kV, cs_mm=cs_mm,
                                     amplitude_contrast=amplitude_contrast, hand=hand, snr=snr,
                                     rng=rng_noise, slab_A=slab_A,
-                                    phantom_scale=phantom_scale)
+                                    phantom_scale=phantom_scale, particle=phantom)
         write_map(out / stack_rel, images, pixel_size_A, float16=float16, image_stack=True)
         if verbose:
             print(f"{name}: {tomo.n_particles} particles, {len(tilts)} tilts, "
@@ -298,7 +319,7 @@ def simulate_project(
         "rlnTomoTomogramsFile": "tomograms.star",
     }))
     truth_pix = truth_binning * pixel_size_A
-    vol = render_map(truth_box, truth_pix, scale=phantom_scale)
+    vol = render_map(truth_box, truth_pix, scale=phantom_scale, particle=phantom)
     write_map(out / "ground_truth" / "map_bin4.mrc", vol, truth_pix)
     write_map(out / "masks" / "mask_align_bin4.mrc", soft_mask_from_map(vol), truth_pix)
     return {
@@ -312,16 +333,21 @@ def simulate_project(
         "tilt_series": stacks,
         "n_particles": int(sum(s.n_particles for s in scenes)),
         "scenes": scenes,
+        "particle": phantom.name,
+        "symmetry": phantom.symmetry,
         "seconds": time.perf_counter() - t0,
     }
 
 
-def simulate_tiny_project(out_dir: str | os.PathLike, *, tutorial: bool = False, **overrides: Any) -> dict[str, Any]:
+def simulate_tiny_project(out_dir: str | os.PathLike, *, tutorial: bool = False, particle: str = "hexamer",
+                          **overrides: Any) -> dict[str, Any]:
     """:func:`simulate_project` with the :data:`TINY` preset (a few seconds); ``overrides`` win.
 
     ``tutorial=True`` uses :data:`TINY_TUTORIAL` (the full tilt series: what the tiny tutorial
-    refines successfully) instead.
+    refines successfully) instead. ``particle`` picks the phantom as in :func:`simulate_project`
+    (``"hexamer"``, C6, or ``"d2"``, D2), e.g. ``simulate_tiny_project(out_dir, particle="d2")``.
     """
     kwargs = dict(TINY_TUTORIAL if tutorial else TINY)
     kwargs.update(overrides)
+    kwargs["particle"] = particle
     return simulate_project(out_dir, **kwargs)

@@ -1,13 +1,14 @@
-"""Scene of the synthetic dataset: hexamer lattices on spherical virions, picks as RELION makes them.
+"""Scene of the synthetic dataset: particle lattices on spherical virions, picks as RELION makes them.
 
 Coordinates are decentred tomogram pixels (tilt-series pixels, ``(x, y, z)``, origin at the
 tomogram corner) unless said otherwise.
 
 * Virions: spheres of radius ``radius_range_A`` placed without overlap inside the tomogram.
-* Lattice: hexamer centres on each sphere on an icosahedral geodesic lattice (hexagonal except
-  at 12 five-fold points, as real capsids) with ``spacing_A`` between neighbours; each hexamer's C6 axis (reference z) along
-  the outward normal and its reference x axis towards its nearest neighbour (in-plane angle from
-  the local lattice), giving the true orientation ``A_total`` (reference -> tomogram).
+* Lattice: particle centres on each sphere on an icosahedral geodesic lattice (hexagonal except
+  at 12 five-fold points, as real capsids) with ``spacing_A`` between neighbours; each particle's
+  reference z axis (the hexamer's C6 axis, the D2 particle's 2-fold about z) along the outward
+  normal and its reference x axis towards its nearest neighbour (in-plane angle from the local
+  lattice), giving the true orientation ``A_total`` (reference -> tomogram).
 * Picks, as RELION 5's sphere picker writes them (``get_particle_poses/spheres.py``): a pose
   matrix ``M`` with the normal as its z column (arbitrary in-plane axes), rotated by 90° about Y:
   ``A_subtomo = M · Ry(90°)``; ``rlnAngle*`` and the tilt/psi priors are the Euler angles of

@@ -3,7 +3,7 @@
 Image formation for tilt ``f`` (tilt-image pixels, pixel centres at integer coordinates as in
 RELION's extraction):
 
-1. every Gaussian blob of every hexamer is projected with ``P_f`` (RELION 5's projection
+1. every Gaussian blob of every particle (the phantom chosen by ``particle``) is projected with ``P_f`` (RELION 5's projection
    matrix, tomogram pixels -> tilt-image pixels and depth); a 3D Gaussian of width ``σ`` projects
    to a 2D Gaussian of the same width at the projected centre, with peak ``amp √(2π) σ`` (line
    integral in pixels); the blobs are splatted into depth slabs of ``slab_A`` (vectorised over
@@ -26,7 +26,7 @@ import pandas as pd
 import scipy.fft as sfft
 
 from subtomo_nb.fourier.ctf import ctf_2d, dose_weight_2d
-from subtomo_nb.simulate.phantom import blobs, project_blobs_2d_amplitude
+from subtomo_nb.simulate.phantom import Phantom, blobs, project_blobs_2d_amplitude
 from subtomo_nb.simulate.scene import Tomogram
 
 __all__ = ["dose_symmetric_order", "tilt_scheme", "tilt_series_table", "render_tilt_series"]
@@ -198,13 +198,14 @@ def render_tilt_series(
     slab_A: float = 200.0,
     truncate: float = 3.0,
     phantom_scale: float = 1.0,
+    particle: str | Phantom = "hexamer",
 ) -> np.ndarray:
     """Render the tilt images of one tomogram.
 
     Parameters
     ----------
     tomo
-        Scene of the tomogram (true hexamer centres and orientations).
+        Scene of the tomogram (true particle centres and orientations).
     proj
         ``(F, 4, 4)`` RELION 5 projection matrices ``P_f`` (tomogram pixels -> image pixels).
     table
@@ -224,7 +225,10 @@ def render_tilt_series(
     truncate
         Gaussian splat radius in standard deviations.
     phantom_scale
-        Scale of the phantom's blob centres (:func:`subtomo_nb.simulate.phantom.blobs`).
+        Scale of the phantom's blob centres (dimensionless; :func:`subtomo_nb.simulate.phantom.blobs`).
+    particle
+        The phantom placed at each particle: a name in :data:`subtomo_nb.simulate.phantom.PHANTOMS`
+        (``"hexamer"``, ``"d2"``) or a :class:`~subtomo_nb.simulate.phantom.Phantom`.
 
     Returns
     -------
@@ -232,7 +236,7 @@ def render_tilt_series(
         ``(F, H, W)`` float32 tilt images.
     """
     pix = tomo.pixel_size_A
-    c_ref, s_ref, a_ref = blobs(phantom_scale)
+    c_ref, s_ref, a_ref = blobs(phantom_scale, particle)
     # blob centres in tomogram pixels: (P*B, 3)
     pos = (tomo.centres[:, None, :]
            + np.einsum("pij,bj->pbi", tomo.A_total, c_ref) / pix).reshape(-1, 3)

@@ -59,3 +59,25 @@ def test_no_align_ref_sym_reaches_the_refine_options(tmp_path):
                        tmp_path)
     assert on.align_reference_symmetry and not off.align_reference_symmetry
     assert on.sym == off.sym == "C6"
+
+
+def test_simulate_particle_option(tmp_path, capsys):
+    """``--particle`` parses (hexamer by default, d2, nothing else) and reaches the simulator."""
+    import pytest
+
+    from subtomo_nb.cli.main import build_parser
+    from subtomo_nb.simulate.phantom import render_map
+
+    parser = build_parser()
+    assert parser.parse_args(["simulate", "--o", "p"]).particle == "hexamer"
+    assert parser.parse_args(["simulate", "--o", "p", "--particle", "d2"]).particle == "d2"
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["simulate", "--o", "p", "--particle", "d4"])
+    assert exc.value.code == 2
+    capsys.readouterr()
+    project = tmp_path / "d2"
+    assert main(["simulate", "--o", str(project), "--tiny", "--noise_free", "--particle", "d2"]) == 0
+    out = capsys.readouterr().out
+    assert "n_particles: 92" in out and "particle: d2" in out and "symmetry: D2" in out
+    truth, pix = read_map(project / "ground_truth" / "map_bin4.mrc")
+    np.testing.assert_allclose(truth, render_map(32, pix, scale=1.8, particle="d2"), atol=1e-6)

@@ -156,6 +156,19 @@ def test_simulate_snr_default_is_the_simulators():
     assert _help_of(_subparsers()["simulate"], "--snr").endswith(f"(default: {DEFAULT_SNR:g})")
 
 
+def test_simulate_particles_are_the_simulators():
+    from subtomo_nb.cli.main import _SIMULATE_PARTICLES
+    from subtomo_nb.simulate.phantom import PHANTOMS
+
+    assert _SIMULATE_PARTICLES == {name: p.symmetry for name, p in PHANTOMS.items()}
+    simulate = _subparsers()["simulate"]
+    text = _help_of(simulate, "--particle")
+    assert text.endswith("(default: hexamer)") and simulate.get_default("particle") == "hexamer"
+    for name, symmetry in _SIMULATE_PARTICLES.items():
+        assert f"{name} (" in text and f"symmetry {symmetry}" in text
+    assert "C6 hexamer" in simulate.description and "D2" in simulate.description
+
+
 def test_top_level_help_is_plain_text(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--help"])

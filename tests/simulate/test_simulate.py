@@ -179,3 +179,73 @@ def test_noise_changes_images_only(tiny_project, tiny_project_noisy):
     first = int(np.argmin(read_tomograms(a / "tomograms.star").tilt_table("TS_01")["rlnMicrographPreExposure"]))
     snr = np.var(clean[first]) / np.var(noisy[first] - clean[first])
     assert snr == pytest.approx(DEFAULT_SNR, rel=0.1)
+
+
+@pytest.fixture(scope="module")
+def tiny_project_d2(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Noise-free tiny project (:data:`TINY`, seed 0) with the D2 phantom (read-only)."""
+    return simulate_tiny_project(tmp_path_factory.mktemp("tiny_project_d2"), seed=0, snr=None, particle="d2")
+
+
+def _cc(a: np.ndarray, b: np.ndarray) -> float:
+    a = a - a.mean()
+    b = b - b.mean()
+    return float(np.sum(a * b) / np.sqrt(np.sum(a * a) * np.sum(b * b)))
+
+
+def _flip(v: np.ndarray, axis: int) -> np.ndarray:
+    """``v(−r)`` along ``axis`` of an even box centred at ``n // 2`` (index ``i`` -> ``(n − i) mod n``)."""
+    return np.roll(np.flip(v, axis), 1, axis=axis)
+
+
+def test_d2_project_scene_truth_map_and_mask(tiny_project, tiny_project_d2):
+    """The D2 project has the hexamer project's scene, picks and true poses, its own images and a
+    D2-symmetric ground truth and mask; the result names each project's particle and symmetry."""
+    a, b = Path(tiny_project["project_dir"]), Path(tiny_project_d2["project_dir"])
+    assert (tiny_project["particle"], tiny_project["symmetry"]) == ("hexamer", "C6")
+    assert (tiny_project_d2["particle"], tiny_project_d2["symmetry"]) == ("d2", "D2")
+    assert tiny_project_d2["n_particles"] == 92
+    for f in ("tomograms.star", "particles.star", "ground_truth/particles_true.star"):
+        assert filecmp.cmp(a / f, b / f, shallow=False), f
+    # the true orientation maps the reference z axis (a 2-fold of D2) onto the outward normal
+    scene = tiny_project_d2["scenes"][0]
+    np.testing.assert_allclose(scene.A_total[:, :, 2], scene.normals, atol=1e-9)
+    hex_images, _ = read_map(a / "tilt_series" / "TS_01.mrcs")
+    d2_images, _ = read_map(b / "tilt_series" / "TS_01.mrcs")
+    assert hex_images.shape == d2_images.shape and _cc(hex_images, d2_images) < 0.9
+    gt, px = read_map(b / "ground_truth" / "map_bin4.mrc")
+    assert px == pytest.approx(4 * PIX)
+    np.testing.assert_allclose(gt, render_map(32, 4 * PIX, scale=1.8, particle="d2"), atol=1e-6)
+    # D2: the 2-folds about z, x and y ([z, y, x] axes); the Nyquist plane of the even box costs < 1 %
+    for axes in ((1, 2), (0, 1), (0, 2)):
+        assert _cc(gt, _flip(_flip(gt, axes[0]), axes[1])) > 0.99, axes
+    for other in (np.rot90(gt, 1, axes=(1, 2)), _flip(gt, 0), _flip(gt, 2)):  # C4 about z, mirror images
+        assert _cc(gt, other) < 0.5
+    mask, _ = read_map(b / "masks" / "mask_align_bin4.mrc")
+    assert mask.max() == 1.0 and mask.min() == 0.0 and mask.flat[np.argmax(gt)] == 1.0
+    assert 10 * np.count_nonzero(mask) < mask.size
+    assert _cc(mask, _flip(_flip(mask, 0), 1)) > 0.95
+
+
+def test_d2_true_poses_reconstruct_the_d2_truth(tiny_project_d2):
+    """The tilt images hold the D2 particle in the orientations ``particles_true.star`` gives: the
+    reconstruction from the picks with the true poses (C1, noise-free) is the D2 ground truth, not
+    its mirror image, not turned by 90° about z and not the hexamer."""
+    from subtomo_nb.tasks.extract import extract_subtomos
+    from subtomo_nb.tasks.reconstruct import reconstruct_particles
+    from subtomo_nb.tasks.tutorial import particles_with_truth
+
+    proj = Path(tiny_project_d2["project_dir"])
+    extracted = extract_subtomos(tiny_project_d2["optimisation_set"], None, proj / "Extract" / "job002", binning=4,
+                                 box=32, stack2d=False)
+    truth_star = particles_with_truth(extracted, tiny_project_d2["particles_true"],
+                                      proj / "Reconstruct" / "job003" / "particles_true.star")
+    merged = reconstruct_particles(truth_star, proj / "Reconstruct" / "job003" / "merged.mrc", sym="C1",
+                                   ctf=True).merged_path
+    rec, px = read_map(merged)
+    gt, _ = read_map(tiny_project_d2["map"])
+    assert px == pytest.approx(4 * PIX)
+    assert _cc(rec, gt) > 0.9  # 0.95
+    for other in (_flip(gt, 0), _flip(gt, 2), np.rot90(gt, 1, axes=(1, 2)),
+                  render_map(32, 4 * PIX, scale=1.8, particle="hexamer")):
+        assert _cc(rec, other) < 0.5  # 0.11-0.22
