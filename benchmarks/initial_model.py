@@ -34,14 +34,14 @@ from pathlib import Path
 import numpy as np
 
 
-def _prepare(project: Path, tiny: bool, seed: int) -> tuple[Path, Path, Path]:
+def _prepare(project: Path, tiny: bool, seed: int, particle: str = "hexamer") -> tuple[Path, Path, Path]:
     """(optimisation set of the bin-4 3D extraction, truth map, truth mask) of a simulated project."""
     from subtomo_nb.simulate import simulate_project, simulate_tiny_project
     from subtomo_nb.tasks.extract import extract_subtomos
 
     if not (project / "optimisation_set.star").exists():
         t0 = time.perf_counter()
-        paths = (simulate_tiny_project if tiny else simulate_project)(project, seed=seed)
+        paths = (simulate_tiny_project if tiny else simulate_project)(project, seed=seed, particle=particle)
         print(f"simulated {paths['n_particles']} particles in {time.perf_counter() - t0:.0f} s", flush=True)
     extract = project / "Extract" / "job002"
     if not (extract / "optimisation_set.star").exists():
@@ -61,7 +61,7 @@ def _evaluate(path: Path, truth: np.ndarray, pix: float) -> object:
 
 def main() -> None:
     from subtomo_nb.initial_model import schedules
-    from subtomo_nb.initial_model.compare import axis_error_deg
+    from subtomo_nb.initial_model.compare import symmetry_axes_error_deg
     from subtomo_nb.initial_model.outputs import finish_job, write_iteration
     from subtomo_nb.initial_model.vdam import InitialModel, VdamOptions
     from subtomo_nb.io.mrc import read_map
@@ -79,6 +79,9 @@ def main() -> None:
     ap.add_argument("--maxsig", type=int, default=-1, help="significant poses per particle (-1: RELION's 100 K)")
     ap.add_argument("--random_seed", type=int, default=1)
     ap.add_argument("--fast", action="store_true", help="subtomo_nb's accelerated search (initial_model/fast.py)")
+    ap.add_argument("--fast_without", default="", help="with --fast, rules switched off to measure their share: "
+                    "comma-separated of marching, order, subset")
+    ap.add_argument("--particle", default="hexamer", help="phantom of a project simulated here (hexamer, d2)")
     ap.add_argument("--j", type=int, default=1, help="dask workers for the E-step (1: serial)")
     ap.add_argument("--eval_every", type=int, default=10, help="truth FSC of the map every N iterations (0: end only)")
     ap.add_argument("--time_limit", type=float, default=0.0, help="stop iterating after this many seconds (0: none)")
@@ -89,10 +92,11 @@ def main() -> None:
 
     keep_freed_memory()   # as the CLI and job runner do (subtomo_nb._memory)
 
-    oset, truth_path, _ = _prepare(args.project.absolute(), args.tiny, args.seed)
+    oset, truth_path, _ = _prepare(args.project.absolute(), args.tiny, args.seed, args.particle)
     truth, pix = read_map(truth_path)
     truth = np.asarray(truth, np.float64)
-    tag = f"bench_{'fast_' if args.fast else ''}it{args.iter}_tilt{args.sigma_tilt:g}_{'sym' if args.no_run_c1 else 'c1'}_maxsig{args.maxsig}"
+    fast_tag = "fast_" + "".join(f"no{w}_" for w in args.fast_without.split(",") if w) if args.fast else ""
+    tag = f"bench_{fast_tag}it{args.iter}_tilt{args.sigma_tilt:g}_{'sym' if args.no_run_c1 else 'c1'}_maxsig{args.maxsig}"
     out = args.out or (args.project.absolute() / "InitialModel" / tag)
     write_every = args.eval_every if args.eval_every > 0 else 10
     opts = VdamOptions(particles=oset, output_root=out / "run", nr_iter=args.iter, tau2_fudge=args.tau2_fudge,
@@ -110,6 +114,16 @@ def main() -> None:
     print(f"{job.n} particles, box {job.box}, {job.pix:.2f} Å/px; mini-batches {schedules.subset_sizes(job.n)}; "
           f"{'C1 then ' + args.sym if opts.run_in_c1 else args.sym}; tilt prior {args.sigma_tilt:g}°; "
           f"max significant {job.max_significant}", flush=True)
+    without = {w for w in args.fast_without.split(",") if w}
+    if without - {"marching", "order", "subset"} or (without and job.fast is None):
+        ap.error("--fast_without takes marching, order, subset, with --fast")
+    if without:
+        from dataclasses import replace
+
+        off = {"marching": {"incr_size": 10, "max_resolution_A": 0.0}, "order": {"max_healpix_order": 99},
+               "subset": {"subset": None}}
+        job.fast = replace(job.fast, **{k: v for w in without for k, v in off[w].items()})
+        print(f"--fast without: {', '.join(sorted(without))} ({job.fast})", flush=True)
     for line in job.fast_changes():
         print(line, flush=True)
     job.start()
@@ -152,7 +166,7 @@ def main() -> None:
     s = _evaluate(job.outputs["initial_model"], truth, pix)
     print(f"\ninitial_model.mrc: FSC 0.5 at {s.resolution_05_A:.1f} Å, 0.143 at {s.resolution_0143_A:.1f} Å; "
           f"hand {s.hand} (correlation {s.correlation:.3f} vs other hand {s.correlation_other_hand:.3f})")
-    print(f"C6 axis after align_symmetry vs truth: {axis_error_deg(s.matrix):.2f}°")
+    print(f"{args.sym} axes after align_symmetry vs truth: {symmetry_axes_error_deg(s.matrix, args.sym):.2f}° (worst axis)")
     print("FSC:", " ".join(f"{x:.2f}" for x in s.fsc))
     print(f"first mini-batch at 40 Å: truth FSC 0.5 {first_40['truth']} (maps every {write_every}), "
           f"RELION's estimate {first_40['relion']}")
@@ -161,8 +175,7 @@ def main() -> None:
     print(f"wall time: {t_total:.0f} s ({t_iter:.0f} s iterating {len(rows)} mini-batches, "
           f"{sec / max(done, 1):.3f} s per particle)")
     if stopped:
-        budget = schedules.iteration_budget(opts.nr_iter, opts.grad_ini_frac, opts.grad_fin_frac)
-        todo = sum(schedules.subset_size(i, budget, job.n) for i in range(len(rows) + 1, opts.nr_iter + 1))
+        todo = sum(job.subset_of(i) for i in range(len(rows) + 1, opts.nr_iter + 1))
         # the remaining mini-batches run at the last HEALPix order (VDAM's auto-sampling never
         # goes past order 3): their rate, not the mean over the cheaper early orders
         last = [r for r in rows if r[3] == rows[-1][3]]

@@ -228,6 +228,36 @@ def axis_error_deg(matrix: np.ndarray, axis: tuple[float, float, float] = (0.0, 
     return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
 
 
+def symmetry_axes_error_deg(matrix: np.ndarray, sym: str) -> float:
+    """Largest angle (degrees) between the point group's rotation axes carried by ``matrix`` and the truth's.
+
+    Each axis of a non-identity operator of ``sym`` (:func:`~subtomo_nb.geometry.symmetry.point_group`),
+    mapped by ``matrix`` (a :class:`Superposition`'s: the aligned map onto the truth), is compared
+    with the nearest axis of the same fold in the truth's frame (sign ignored); the worst of these.
+    For ``C6`` this is :func:`axis_error_deg` of z; for ``D2`` the three 2-folds, which may land on
+    one another's place (the group does not name them).
+    """
+    from subtomo_nb.geometry.symmetry import point_group
+
+    axes, folds = [], []
+    for op in point_group(sym):
+        angle = np.degrees(np.arccos(np.clip((np.trace(op) - 1.0) / 2.0, -1.0, 1.0)))
+        if angle < 1e-3 or np.linalg.det(op) < 0:
+            continue
+        w, v = np.linalg.eig(op)
+        axes.append(np.real(v[:, int(np.argmin(np.abs(w - 1.0)))]))
+        folds.append(round(360.0 / angle))
+    if not axes:
+        return 0.0
+    M = np.asarray(matrix, float)
+    worst = 0.0
+    for a, k in zip(axes, folds):
+        best = min(axis_error_deg(M, axis=tuple(a), reference_axis=tuple(b))
+                   for b, kb in zip(axes, folds) if kb == k)
+        worst = max(worst, best)
+    return worst
+
+
 def reference_from_poses(particles: str | os.PathLike, poses: str | os.PathLike, out_map: str | os.PathLike, *,
                          sym: str = "C1", tomograms: str | os.PathLike | None = None, pad: int = 2) -> np.ndarray:
     """The best map the particles can give: their reconstruction with known poses (e.g. the truth).

@@ -57,13 +57,16 @@ class FastSearch:
     incr_size : int -- shells added to the current-resolution shell for the image size.
     max_resolution_A : float -- highest resolution searched (Å).
     max_healpix_order : int -- last HEALPix order of auto-sampling.
-    subset : int -- mini-batch size of every iteration (particles).
+    subset : int or None -- mini-batch size of every iteration (particles); None: RELION's schedule.
+
+    ``max_resolution_A <= 0`` sets no resolution cap. The benchmark switches single rules off
+    with these values to measure each one's share (``benchmarks/initial_model.py --fast_without``).
     """
 
     incr_size: int = FAST_INCR_SIZE
     max_resolution_A: float = FAST_MAX_RESOLUTION_A
     max_healpix_order: int = FAST_MAX_HEALPIX_ORDER
-    subset: int = 200
+    subset: int | None = 200
 
     def image_size(self, maxres_shell: int, box: int, pixel_size_A: float) -> int:
         """Current image size (pixels, even) for a current-resolution shell ``maxres_shell``.
@@ -71,17 +74,22 @@ class FastSearch:
         ``2 (maxres + incr_size)``, at most the size whose Nyquist shell is that of
         ``max_resolution_A`` (``2 · ROUND(box · pixel / max_resolution_A)``), at most ``box``.
         """
-        cap = 2 * math.floor(box * pixel_size_A / self.max_resolution_A + 0.5)
-        return int(min(2 * (maxres_shell + self.incr_size), cap, box))
+        size = min(2 * (maxres_shell + self.incr_size), box)
+        if self.max_resolution_A > 0:
+            size = min(size, 2 * math.floor(box * pixel_size_A / self.max_resolution_A + 0.5))
+        return int(size)
 
     def describe(self, *, relion_subset: tuple[int, int], relion_max_order: int) -> list[str]:
         """What ``--fast`` changed, one line each, for ``run.out`` and the form."""
         ini, fin = relion_subset
-        return [
-            "--fast: an accelerated search that is not RELION's (subtomo_nb's own; without --fast the job is RELION's)",
-            f"--fast: image size 2 x (current-resolution shell + {self.incr_size}) instead of + 10, searching "
-            f"no further than {self.max_resolution_A:g} A (frequency marching)",
-            f"--fast: HEALPix order at most {self.max_healpix_order} "
-            f"(RELION's auto-sampling would go to order {relion_max_order})",
-            f"--fast: every mini-batch holds {self.subset} particles (RELION's grow from {ini} to {fin})",
-        ]
+        lines = ["--fast: an accelerated search that is not RELION's (subtomo_nb's own; without --fast the job is RELION's)"]
+        if self.incr_size < 10 or self.max_resolution_A > 0:
+            cap = f", searching no further than {self.max_resolution_A:g} A" if self.max_resolution_A > 0 else ""
+            lines.append(f"--fast: image size 2 x (current-resolution shell + {self.incr_size}) instead of + 10{cap} "
+                         "(frequency marching)")
+        if self.max_healpix_order < relion_max_order:
+            lines.append(f"--fast: HEALPix order at most {self.max_healpix_order} "
+                         f"(RELION's auto-sampling would go to order {relion_max_order})")
+        if self.subset is not None:
+            lines.append(f"--fast: every mini-batch holds {self.subset} particles (RELION's grow from {ini} to {fin})")
+        return lines

@@ -46,8 +46,6 @@ from typing import Any
 
 import numpy as np
 
-from subtomo_nb.io.particles import ParticleSet
-from subtomo_nb.io.tomograms import TomogramSet
 from subtomo_nb.fourier.backprojector import BackProjector
 from subtomo_nb.fourier.filters import low_pass
 from subtomo_nb.fourier.masks import soft_sphere
@@ -73,6 +71,8 @@ from subtomo_nb.initial_model.schedules import (
     tau2_fudge,
 )
 from subtomo_nb.io.errors import InputError
+from subtomo_nb.io.particles import ParticleSet
+from subtomo_nb.io.tomograms import TomogramSet
 from subtomo_nb.refine.driver import PoseDriver, PoseOptions, PoseState
 from subtomo_nb.refine.executor import EStepExecutor, HalfSetResult
 from subtomo_nb.refine.expectation import MULTIPLICITY_THRESHOLD, without_ctf
@@ -350,13 +350,17 @@ class InitialModel(PoseDriver):
                                                  self._r_max(), back_project=back_project))
 
     # ------------------------------------------------------------------ one iteration
+    def subset_of(self, iteration: int) -> int:
+        """Mini-batch size of ``iteration`` (RELION's schedule, or the --fast size; at most every particle)."""
+        o = self.opts
+        if self.fast is not None and self.fast.subset is not None:
+            return min(self.fast.subset, self.n)
+        return subset_size(iteration, self.budget, self.n, o.grad_ini_subset, o.grad_fin_subset)
+
     def _mini_batch(self) -> np.ndarray:
         """Rows of this iteration's mini-batch (all particles, sorted, when the size reaches them)."""
         s, o = self.state, self.opts
-        if self.fast is not None:
-            s.subset = self.fast.subset
-        else:
-            s.subset = subset_size(s.iteration, self.budget, self.n, o.grad_ini_subset, o.grad_fin_subset)
+        s.subset = self.subset_of(s.iteration)
         if s.subset >= self.n:
             return np.arange(self.n)
         order = np.random.default_rng(o.random_seed + s.iteration).permutation(self.n)
