@@ -11,8 +11,8 @@ Sub-commands::
     subtomo refine        --ios optimisation_set.star --ref map.mrc --o Refine3D/job004/run ...
     subtomo initial-model --ios optimisation_set.star --o InitialModel/job005/run --iter 100 ...
     subtomo align-symmetry --i map.mrc --o aligned.mrc --sym C6 [--apply_sym]
-    subtomo tutorial      --o DIR [--j N] [--skip_refine]   (simulate, extract at bin 4, reconstruct with
-                          the truth, initial model, auto-refine; prints the resolutions)
+    subtomo tutorial      --o DIR [--j N] [--skip_refine] [--initial_model [--fast]]   (simulate, extract at
+                          bin 4, reconstruct with the truth, initial model, auto-refine; prints the resolutions)
 """
 
 from __future__ import annotations
@@ -324,6 +324,10 @@ def _add_tutorial(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--initial_model", action="store_true",
                    help="Make the auto-refine reference with the 3D initial reference job (VDAM) first, "
                         "instead of using the ground-truth map (default: off)")
+    p.add_argument("--fast", action="store_true",
+                   help="Not RELION's: run the initial model of --initial_model with subtomo_nb's accelerated "
+                        "search (subtomo initial-model --fast); used only with --initial_model (default: off: "
+                        "RELION's search)")
     p.add_argument("--gpu", nargs="?", const="", default=None, metavar="IDS",
                    help="Run the initial model and the auto-refine on GPUs, as relion_refine's --gpu: no value "
                         "uses every visible GPU, '0,1' names them (default: off)")
@@ -336,8 +340,11 @@ def _run_tutorial(args: argparse.Namespace) -> int:
     from subtomo_nb.tasks.tutorial import summary_lines
 
     _check_directory(args.o, args)
+    if args.fast and not (args.initial_model and not args.skip_refine):
+        print("subtomo tutorial: warning: --fast not used: it is for the initial model of --initial_model "
+              "(without --skip_refine)", file=sys.stderr)
     result = run_tutorial(args.o, seed=args.seed, tiny=args.tiny, n_workers=args.j, refine=not args.skip_refine,
-                          initial_model=args.initial_model, gpu=args.gpu, progress=ProgressPrinter())
+                          initial_model=args.initial_model, gpu=args.gpu, fast=args.fast, progress=ProgressPrinter())
     print("\nsummary")
     for line in summary_lines(result):
         print(f"  {line}")

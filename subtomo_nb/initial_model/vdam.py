@@ -164,6 +164,14 @@ class InitialModel(PoseDriver):
         particles of the mini-batch done so far, ``done`` of ``of``), ``"message"``).
     executor
         Runs the E-steps (:class:`~subtomo_nb.refine.executor.EStepExecutor`); default serial.
+
+    Raises
+    ------
+    ValueError
+        ``--iter`` or ``--K`` below 1, or ``opts.fast`` with a ``grad_fin_subset`` > 0 (``--fast``
+        keeps the mini-batches at their initial size: a final size would be silently ignored).
+    InputError
+        Fewer than 2 particles.
     """
 
     def __init__(self, opts: VdamOptions, particles: ParticleSet, tomograms: TomogramSet | None,
@@ -173,8 +181,9 @@ class InitialModel(PoseDriver):
         if opts.nr_classes < 1:
             raise ValueError(f"--K must be at least 1, got {opts.nr_classes}")
         if opts.fast and opts.grad_fin_subset > 0:
-            raise ValueError("--grad_fin_subset cannot be used with --fast: every --fast mini-batch keeps the "
-                             "initial size (--grad_ini_subset)")
+            raise ValueError(f"--grad_fin_subset {opts.grad_fin_subset} cannot be used with --fast: --fast keeps every "
+                             "mini-batch at its initial size (--grad_ini_subset), so a final size would be ignored; "
+                             "leave out --grad_fin_subset, or run without --fast (RELION's search)")
         super().__init__(opts, particles, tomograms, progress, executor)
         self.ops = point_group(opts.run_sym)
         point_group(opts.sym)  # fail early on an unknown target group

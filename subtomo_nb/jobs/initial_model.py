@@ -3,7 +3,9 @@
 The numerical body is :class:`subtomo_nb.initial_model.vdam.InitialModel`; its options come from
 the job's values through :func:`subtomo_nb.jobs.options.options_from`. This module adds what a
 job needs around it: the one validation step, the progress events of ``run.out``, the dask client
-(a scheduler named in the form, or a local cluster of ``--j`` workers) and the outputs.
+(a scheduler named in the form, or a local cluster of ``--j`` workers) and the outputs. With
+"Fast search" (``--fast``, subtomo_nb's own search, not RELION's) ``run.out`` says so before
+iteration 1, one line per change (:meth:`~subtomo_nb.initial_model.vdam.InitialModel.fast_changes`).
 """
 
 from __future__ import annotations
@@ -100,7 +102,13 @@ def run_initial_model_job(
 
     from .runners import run_driver
 
-    job = run_driver(InitialModel, opts, values, client, progress, project_dir, relay, name="inimodel")
+    def report_fast(job: InitialModel) -> None:
+        # --fast (subtomo_nb's own search): what it changed, before iteration 1 (nothing without it)
+        for line in job.fast_changes():
+            progress(Progress(message=line))
+
+    job = run_driver(InitialModel, opts, values, client, progress, project_dir, relay, name="inimodel",
+                     started=report_fast)
     return dict(job.outputs)
 
 

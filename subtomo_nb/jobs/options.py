@@ -106,7 +106,9 @@ def _initial_model(v: Mapping[str, Any], job_dir: Path, project_dir: Path) -> An
 
     "Additional arguments" may set the relion_refine flags of
     :data:`~subtomo_nb.jobs.additional_args.INITIAL_MODEL_FLAGS` (e.g. ``--maxsig 20
-    --random_seed 7``); the run function reports the other words as not used.
+    --random_seed 7``); the run function reports the other words as not used. "Fast search
+    (subtomo_nb, not RELION)?" (``do_fast``, ``--fast``) is ``VdamOptions.fast``: subtomo_nb's own
+    search (:mod:`subtomo_nb.initial_model.fast`); No leaves the options RELION's.
     """
     from subtomo_nb.initial_model.vdam import VdamOptions
 
@@ -119,7 +121,8 @@ def _initial_model(v: Mapping[str, Any], job_dir: Path, project_dir: Path) -> An
         flatten_solvent=bool(v["do_solvent"]), sym=str(v["sym_name"]),
         run_in_c1=bool(v["do_run_C1"]), sigma_tilt=float(v["sigma_tilt"]),
         ctf=bool(v["do_ctf_correction"]), ctf_intact_first_peak=bool(v["ctf_intact_first_peak"]),
-        n_workers=max(1, int(v["nr_threads"])), project_dir=project_dir, **extra, **_backend_kwarg(VdamOptions, v),
+        n_workers=max(1, int(v["nr_threads"])), fast=bool(v["do_fast"]), project_dir=project_dir, **extra,
+        **_backend_kwarg(VdamOptions, v),
     )
 
 

@@ -29,6 +29,12 @@ type (``get_proc_type`` strips the last component).
 
 from __future__ import annotations
 
+from subtomo_nb.initial_model.fast import (
+    FAST_INCR_SIZE,
+    FAST_MAX_HEALPIX_ORDER,
+    FAST_MAX_RESOLUTION_A,
+)
+
 from .params import JobType, Param
 
 __all__ = [
@@ -251,6 +257,30 @@ def _sigma_tilt(tab: str) -> Param:
                  "(e.g. normal to a membrane); searches span +/- 3 widths. Negative: no prior.",
                  flag="--sigma_tilt", maps="--sigma_tilt S if S > 0", min=-1, max=30, step=1,
                  cli=("--sigma_tilt",))
+
+
+def _fast(tab: str) -> Param:
+    """subtomo_nb's "Fast search" of the initial model (``--fast``, :mod:`subtomo_nb.initial_model.fast`).
+
+    Not RELION's: RELION's form and relion_refine have no such option, so the field is marked
+    ``relion=False`` and :mod:`~subtomo_nb.jobs.commands` never writes it on RELION's command line
+    (only on the ``subtomo`` one). The help states its rules with the numbers of ``fast.py``.
+    """
+    fine = 360.0 / (6 * 2 ** (FAST_MAX_HEALPIX_ORDER + 1))   # its angular step after one oversampling (°)
+    rules = (f"frequency marching (the image size follows the resolution: 2 x (current-resolution shell + "
+             f"{FAST_INCR_SIZE}) instead of RELION's + 10, searching no further than {FAST_MAX_RESOLUTION_A:g} Å); "
+             f"HEALPix order at most {FAST_MAX_HEALPIX_ORDER} ({fine:g}° after oversampling) instead of RELION's 3 "
+             f"({fine / 2:g}°); mini-batches that keep their initial size (--grad_ini_subset) instead of growing "
+             f"to the final one, so --grad_fin_subset cannot be given with it. The gradients, step sizes, T, "
+             f"noise model and outputs stay RELION's; run.out lists what it changed")
+    return Param("do_fast", "Fast search (subtomo_nb, not RELION)?", tab, "bool", False,
+                 "subtomo_nb's own accelerated search for an initial model of about 30 Å, not a RELION option "
+                 f"(No: RELION's job exactly). It changes what each mini-batch searches and holds: {rules}.",
+                 flag="--fast", maps="Yes => --fast (subtomo only; never on RELION's command line)",
+                 relion=False, cli=("--fast",), cli_kind="true",
+                 cli_help="Not RELION's (relion_refine has no --fast): subtomo_nb's own accelerated search for an "
+                          "initial model of about 30 Å; without it the job is RELION's exactly. It changes what "
+                          f"each mini-batch searches and holds: {rules}.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -497,6 +527,7 @@ _INIMODEL_PARAMS = (
           cli_off_help="Impose the point group (--sym) from the start (relion_refine --sym G) instead of "
                        "growing the model in C1 and applying the symmetry afterwards."),
     _sigma_tilt("Optimisation"),
+    _fast("Optimisation"),
     *_compute(pad1=False),
     *_running(mpi=True, threads=True, scheduler=True,
               threads_cli_help="Number of dask worker processes: more than 1 starts a local dask cluster of "

@@ -175,13 +175,20 @@ def own_client(values: Mapping[str, Any], client: Any = None, *, gpu_only: bool 
 
 
 def run_driver(driver: Any, opts: Any, values: Mapping[str, Any], client: Any, progress: ProgressCallback,
-               project_dir: str | os.PathLike | None, relay: Callable[[dict], None], *, name: str) -> Any:
+               project_dir: str | os.PathLike | None, relay: Callable[[dict], None], *, name: str,
+               started: Callable[[Any], None] | None = None) -> Any:
     """Run auto-refine or VDAM (``driver``: AutoRefine or InitialModel) from its options.
 
     The job's own local cluster when no client is given (``--j N`` workers, or one per ``--gpu``
     GPU; :func:`own_client`), the dask executor on a client (``name`` labels its graphs), the
     memory plan before iteration 1 (refusing what cannot fit), then the iterations. Returns the
     driver after its last iteration.
+
+    Parameters
+    ----------
+    started : callable, optional
+        Called with the driver once it is made, before the memory plan and iteration 1 (the
+        initial model writes what ``--fast`` changed to ``run.out`` there).
     """
     with own_client(values, client) as own, job_client(values, own, progress, project_dir) as client:
         executor = None
@@ -190,6 +197,8 @@ def run_driver(driver: Any, opts: Any, values: Mapping[str, Any], client: Any, p
 
             executor = DaskExecutor(client, name=name)
         job = driver.from_options(opts, progress=relay, executor=executor)
+        if started is not None:
+            started(job)
         memory_plan(job, values, client, progress)     # before iteration 1: refuse what cannot fit
         job.run()
     return job

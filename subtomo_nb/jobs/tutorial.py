@@ -53,7 +53,7 @@ def _announce(progress: Any, text: str) -> None:
 def run_tutorial(project_dir: str | os.PathLike = "tutorial", *, seed: int = 0, tiny: bool = False,
                  n_workers: int = 2, snr: float | None | str = "default", binning: int = 4,
                  box: int = 32, refine: bool = True, initial_model: bool = False,
-                 gpu: str | None = None, progress: Any = None) -> dict[str, Any]:
+                 gpu: str | None = None, fast: bool = False, progress: Any = None) -> dict[str, Any]:
     """Simulate the synthetic project, extract at bin 4 and reconstruct with the true poses.
 
     Parameters
@@ -83,6 +83,10 @@ def run_tutorial(project_dir: str | os.PathLike = "tutorial", *, seed: int = 0, 
     initial_model
         Make the reference first with the 3D initial reference job (VDAM, the tutorial's settings:
         100 mini-batches, T = 4, C6, tilt prior 10°) and refine from it.
+    fast
+        Run that initial model with "Fast search" (``--fast``: subtomo_nb's own accelerated search,
+        not RELION's; :mod:`subtomo_nb.initial_model.fast`); False (the default): RELION's job. Used
+        only with ``initial_model`` (and ``refine``).
     progress
         Called with a message as each stage starts and with each job's progress events
         (:class:`subtomo_nb.jobs.progress.Progress`).
@@ -151,14 +155,15 @@ def run_tutorial(project_dir: str | os.PathLike = "tutorial", *, seed: int = 0, 
     }
     if refine:
         out.update(_initial_model_and_refine(project, sim, extract_dir, n_workers, progress, initial_model, times,
-                                             gpu))
+                                             gpu, fast))
     return out
 
 
 def _initial_model_and_refine(project: Path, sim: dict, extract_dir: Path, n_workers: int,
                               progress: Any, initial_model: bool, times: dict[str, float],
-                              gpu: str | None = None) -> dict[str, Any]:
-    """[InitialModel (VDAM, tutorial preset), then] Refine3D (tutorial preset), numbered by the project."""
+                              gpu: str | None = None, fast: bool = False) -> dict[str, Any]:
+    """[InitialModel (VDAM, tutorial preset; ``fast``: with --fast), then] Refine3D (tutorial preset), numbered by
+    the project."""
     from subtomo_nb.parallel import close_if_owned
 
     from .jobdir import run_job
@@ -174,9 +179,10 @@ def _initial_model_and_refine(project: Path, sim: dict, extract_dir: Path, n_wor
     try:
         if initial_model:
             t0 = time.perf_counter()
-            _announce(progress, "3D initial reference (VDAM, the tutorial's 100 mini-batches)")
+            _announce(progress, "3D initial reference (VDAM, the tutorial's 100 mini-batches"
+                                + (", --fast: subtomo_nb's accelerated search, not RELION's)" if fast else ")"))
             im_dir = run_job("initial_model", {**PRESETS["initial_model"]["tutorial"], "in_optimisation": oset,
-                                               **compute},
+                                               "do_fast": bool(fast), **compute},
                              project, client=client, progress=progress)
             ref = project_relative(im_dir / "initial_model.mrc", project)
             out["initial_model"] = ref

@@ -18,7 +18,8 @@ What is checked (each message is keyed by the field's job.star key):
   (a header pixel size of 0 or 1 Å counts as unset, as RELION's ``--trust_ref_size``-less rule
   that the map must match the first optics group); masks lie within [0, 1];
 * options we accept on RELION's form but do not implement (``--blush``, ``--helix``...) are
-  refused, naming them; ``--gpu`` without cupy or a CUDA device, GPU numbers that are not visible,
+  refused, naming them; so is the initial model's ``--fast`` (subtomo_nb's own search) with a
+  ``--grad_fin_subset`` in "Additional arguments" (``--fast`` would ignore it); ``--gpu`` without cupy or a CUDA device, GPU numbers that are not visible,
   and an unknown ``SUBTOMO_BACKEND`` are refused (:func:`subtomo_nb.jobs.devices.job_devices`).
 
 :func:`check_job` is the one step every entry point (``subtomo`` sub-commands, the forms, the
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
@@ -230,6 +231,37 @@ def _refused(rule: Any, value: Any) -> bool:
     return value == rule
 
 
+def _check_fast(v: Mapping[str, Any], err: Callable[[str, str], None]) -> None:
+    """``--fast`` (``do_fast``) with a final mini-batch size (``--grad_fin_subset`` > 0 in "Additional arguments").
+
+    ``--fast`` keeps every mini-batch at its initial size, so a final size would be silently
+    ignored: refused, under the field that holds it (``other_args``), naming both flags. A bad
+    flag value is left to :func:`~subtomo_nb.jobs.options.options_from`, which names it.
+
+    Parameters
+    ----------
+    v : mapping
+        The initial model's values (typed).
+    err : callable
+        ``err(key, text)`` records the problem of a field.
+    """
+    from subtomo_nb.io.errors import InputError
+
+    from .additional_args import INITIAL_MODEL_FLAGS, parse_additional_arguments
+
+    if not v.get("do_fast"):
+        return
+    try:
+        extra, _ = parse_additional_arguments(str(v.get("other_args", "") or ""), INITIAL_MODEL_FLAGS)
+    except InputError:
+        return
+    fin = extra.get("grad_fin_subset", -1)
+    if fin > 0:
+        err("other_args", f"--grad_fin_subset {fin} cannot be used with --fast (Fast search): --fast keeps every "
+                          "mini-batch at its initial size, so a final size would be ignored; leave out "
+                          "--grad_fin_subset, or set 'Fast search' to No (RELION's search)")
+
+
 def _gpu_warnings(devices: JobDevices, v: Mapping[str, Any], attached: bool) -> list[str]:
     """What ``--gpu`` leaves unused, one warning each: ``--j`` (one worker per GPU), or the GPU list
     itself on an attached dask cluster (its workers use their own GPUs)."""
@@ -387,6 +419,8 @@ def _collect(
     for key, (rule, flag, off) in _UNSUPPORTED.get(jt.name, {}).items():
         if key in jt and key not in errors and _refused(rule, v[key]):
             err(key, f"is refused: {flag} is not implemented by subtomo_nb; set it to {off}")
+    if jt.name == "initial_model" and "other_args" not in errors and "do_fast" not in errors:
+        _check_fast(v, err)
     if jt.name in ("refine3d", "initial_model"):
         for key, (flag, why) in _NO_EFFECT.items():
             if key in jt and key not in errors and v[key] != jt.param(key).default_value():

@@ -55,15 +55,6 @@ def test_auto_sampling_stops_at_the_fast_order_but_refines_translations(tiny_ext
     assert orders[True] == [(2, 0.5), (2, 0.25), (2, 0.125)]
 
 
-def test_fast_refuses_nothing_silently_and_rejects_a_final_subset(tiny_extract_3d, tmp_path):
-    """--grad_fin_subset has no meaning under --fast (every mini-batch keeps the initial size)."""
-    from subtomo_nb.initial_model.vdam import InitialModel, VdamOptions
-
-    with pytest.raises(ValueError, match="grad_fin_subset"):
-        InitialModel.from_options(VdamOptions(particles=tiny_extract_3d, output_root=tmp_path / "run", nr_iter=3,
-                                              particle_diameter=230.0, fast=True, grad_fin_subset=500))
-
-
 @pytest.fixture(scope="module")
 def fast_run(tiny_extract_3d, tiny_project, tmp_path_factory):
     """Ten --fast mini-batches of 40 of the tiny set's 92 particles, with the C6 tutorial settings."""

@@ -435,3 +435,14 @@ def test_job_directory_given_relative_to_the_current_directory_outside_the_proje
     assert (tmp_path / "im" / "initial_model.mrc").is_file()
     name = read_star(tmp_path / "im" / "run_it001_model.star")["model_classes"]["rlnReferenceImage"].iloc[0]
     assert Path(name) == tmp_path / "im" / "run_it001_class001.mrc"
+
+
+@pytest.mark.parametrize("fin", [500, 1])
+def test_fast_refuses_a_final_mini_batch_size(tmp_path, fin):
+    """--fast keeps the mini-batches at their initial size: the Python API refuses a --grad_fin_subset it would
+    ignore, first thing in InitialModel() (the job layer refuses it in its validation step, naming the field)."""
+    from subtomo_nb.initial_model.vdam import InitialModel, VdamOptions
+
+    opts = VdamOptions(particles=tmp_path / "none.star", output_root=tmp_path / "run", fast=True, grad_fin_subset=fin)
+    with pytest.raises(ValueError, match=rf"^--grad_fin_subset {fin} cannot be used with --fast"):
+        InitialModel(opts, None, None)

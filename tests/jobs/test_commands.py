@@ -129,6 +129,18 @@ def test_initial_model_commands_follow_relion():
     assert refine2[refine2.index("--sym") + 1] == "C6" and align2[align2.index("--sym") + 1] == "C1"
 
 
+def test_fast_is_not_on_relions_command_line():
+    """--fast is subtomo_nb's: RELION's commands are the same with and without it; the subtomo line has it."""
+    values = {"in_optimisation": "Extract/job010/optimisation_set.star", "sym_name": "C6"}
+    fast = dict(values, do_fast=True)
+    assert relion_commands("initial_model", fast, "InitialModel/job011/") == \
+        relion_commands("initial_model", values, "InitialModel/job011/")
+    assert not any("fast" in word for argv in relion_commands("initial_model", fast) for word in argv)
+    assert "--fast" in subtomo_command("initial_model", fast)
+    assert "--fast" not in subtomo_command("initial_model", values)
+    assert get_job_type("initial_model").param("do_fast").relion is False
+
+
 def test_other_relion_commands():
     extract = command_line("extract", {"in_optimisation": "Picks/job009/optimisation_set.star", "binning": 6,
                                        "box_size": 96, "crop_size": 64, "max_dose": 50}, job_dir="Extract/job010/")

@@ -70,6 +70,34 @@ def test_command_line(tiny_extract_3d, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "initial_model:" in printed
     assert (tmp_path / "initial_model.mrc").exists() and (tmp_path / "run.out").exists()
+    assert not any("--fast" in line for line in (tmp_path / "run.out").read_text().splitlines())  # RELION's job
     a, _ = read_map(tmp_path / "initial_model.mrc")
     b, _ = read_map(tmp_path / "run_it001_class001.mrc")
     np.testing.assert_allclose(a, b)                   # C1: the class map as it is
+
+
+def test_fast_run_says_what_it_changed_in_run_out(tiny_extract_3d, tmp_path, monkeypatch, capsys):
+    """``subtomo initial-model --fast``: run.out says, before iteration 1, that the search is subtomo_nb's and what
+    it changed; RELION's command line in note.txt stays without --fast, the subtomo one keeps it."""
+    from subtomo_nb.cli.main import main
+    from subtomo_nb.jobs.jobdir import read_job
+
+    monkeypatch.chdir(tmp_path)                        # the project: the job directory goes inside it
+    oset = Path(tiny_extract_3d).parent / "optimisation_set.star"
+    assert main(["initial-model", "--ios", str(oset), "--o", "InitialModel/job001/run", "--iter", "1", "--K", "1",
+                 "--sym", "C1", "--particle_diameter", "230", "--ctf", "--flatten_solvent", "--fast"]) == 0
+    d = tmp_path / "InitialModel" / "job001"
+    assert (d / "initial_model.mrc").is_file() and (d / "RELION_JOB_EXIT_SUCCESS").is_file()
+    lines = (d / "run.out").read_text().splitlines()
+    expected = ["--fast: an accelerated search that is not RELION's",
+                "--fast: image size 2 x (current-resolution shell + 2) instead of + 10",
+                "--fast: HEALPix order at most 2 (RELION's auto-sampling would go to order 3)",
+                "--fast: every mini-batch holds 92 particles"]
+    where = [next(i for i, line in enumerate(lines) if text in line) for text in expected]
+    first_iteration = next(i for i, line in enumerate(lines) if "] iteration 1 |" in line)
+    assert where == sorted(where) and where[-1] < first_iteration
+    assert read_job(d).values["do_fast"] is True
+    note = (d / "note.txt").read_text().splitlines()
+    relion = [line for line in note if line.startswith(("relion_refine", "relion_align_symmetry"))]
+    assert len(relion) == 2 and not any("fast" in line for line in relion)
+    assert any(line.startswith("subtomo initial-model") and line.endswith(" --fast") for line in note)

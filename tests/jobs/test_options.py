@@ -75,3 +75,15 @@ def test_task_options_are_the_task_functions_keywords(tmp_path):
     named = set(inspect.signature(align_symmetry_file).parameters)
     passed_on = {k: v for k, v in options.items() if k not in named}
     inspect.signature(align_symmetry).bind(None, "C1", 1.0, **passed_on)   # the rest is align_symmetry's
+
+
+@pytest.mark.parametrize("argv, fast", [(["--ios", "o.star"], False), (["--ios", "o.star", "--fast"], True)])
+def test_fast_flag_reaches_vdam_options(tmp_path, argv, fast):
+    """``subtomo initial-model --fast`` (subtomo_nb's own search) is ``VdamOptions.fast``; absent: RELION's."""
+    from subtomo_nb.jobs import parse_job_args
+
+    values, _ = parse_job_args("initial_model", argv)
+    assert values["do_fast"] is fast
+    assert options_from("initial_model", values, tmp_path, tmp_path).fast is fast
+    # a job.star written before the field existed (no do_fast) runs RELION's search
+    assert options_from("initial_model", {"in_optimisation": "o.star"}, tmp_path, tmp_path).fast is False

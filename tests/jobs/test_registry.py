@@ -278,3 +278,26 @@ def test_run_functions_of_existing_tasks_resolve():
         assert callable(resolve_run_function(REGISTRY[name].run))
     module = importlib.import_module("subtomo_nb.jobs.runners")
     assert module.run_extract.__name__ == "run_extract"
+
+
+def test_fast_search_field_is_ours_and_states_its_rules():
+    """"Fast search" (``--fast``): not on RELION's form; a Yes/No field, No by default, whose help gives fast.py's
+    rules."""
+    from subtomo_nb.initial_model.fast import (
+        FAST_INCR_SIZE,
+        FAST_MAX_HEALPIX_ORDER,
+        FAST_MAX_RESOLUTION_A,
+    )
+
+    jt = get_job_type("initial_model")
+    p = jt.param("do_fast")
+    assert (p.type, p.default, p.tab, p.relion, p.cli, p.cli_kind) == ("bool", False, "Optimisation", False,
+                                                                        ("--fast",), "true")
+    assert "not RELION" in p.label
+    for text in (p.help, p.cli_help):
+        assert "not a RELION option" in text or "Not RELION's" in text
+        assert "frequency marching" in text and f"+ {FAST_INCR_SIZE})" in text
+        assert f"{FAST_MAX_RESOLUTION_A:g} Å" in text
+        assert f"HEALPix order at most {FAST_MAX_HEALPIX_ORDER}" in text
+        assert "initial size" in text and "--grad_fin_subset" in text
+    assert "do_fast" not in get_job_type("refine3d")

@@ -122,3 +122,27 @@ def test_job_specific_rules(project):
     assert "fn_cont" in errors
     errors = validate("refine3d", {"bogus": 1, **_refine()}, project_dir=project)
     assert list(errors) == ["bogus"]
+
+
+@pytest.mark.parametrize("other_args, refused", [("--grad_fin_subset 500", True), ("--grad_fin_subset -1", False),
+                                                 ("--grad_ini_subset 300", False)])
+def test_fast_with_a_final_mini_batch_size_is_refused(project, other_args, refused):
+    """--fast keeps every mini-batch at its initial size: an explicit --grad_fin_subset would be ignored."""
+    from subtomo_nb.io.errors import InputError
+    from subtomo_nb.jobs.validate import check_job
+
+    values = {"in_optimisation": "Extract/job002/optimisation_set.star", "particle_diameter": 180,
+              "scratch_dir": "", "other_args": other_args}
+    assert validate("initial_model", values, project_dir=project) == {}          # RELION's job takes it
+    errors = validate("initial_model", dict(values, do_fast=True), project_dir=project)
+    if not refused:
+        assert errors == {}
+        return
+    assert list(errors) == ["other_args"]
+    assert errors["other_args"].startswith("Additional arguments: --grad_fin_subset 500 cannot be used with --fast")
+    # the one validation step of every entry point: one line naming the field
+    with pytest.raises(InputError) as info:
+        check_job("initial_model", dict(values, do_fast=True), project_dir=project)
+    line = str(info.value)
+    assert info.value.field == "other_args" and "\n" not in line
+    assert line.startswith("field other_args: Additional arguments: --grad_fin_subset 500 cannot be used with --fast")

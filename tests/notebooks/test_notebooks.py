@@ -55,6 +55,21 @@ def test_notebooks_are_stored_clean() -> None:
         assert any("SUBTOMO_NB_TINY" in cell.source for cell in nb.cells), name
 
 
+def test_notebook_02_ticks_fast_search(tmp_path: Path) -> None:
+    """Notebook 02 runs the initial model with "Fast search" (--fast) ticked, and says that it is subtomo_nb's
+    accelerated search and that unticking it gives RELION's job (its form cell run here, without the job)."""
+    nb = nbformat.read(NOTEBOOKS / "02_initial_model.ipynb", as_version=4)
+    text = " ".join(" ".join(c.source.split()) for c in nb.cells if c.cell_type == "markdown")
+    assert "Fast search (subtomo_nb, not RELION)?" in text and "--fast" in text
+    assert "accelerated search, not RELION's" in text and "Untick it to run RELION's job" in text
+    (form_cell,) = [c for c in nb.cells if c.cell_type == "code" and 'JobForm("initial_model"' in c.source]
+    scope = {"PROJECT": tmp_path, "TINY": True, "extract_job": tmp_path / "Extract" / "job001",
+             "rel": lambda p: Path(p).relative_to(tmp_path).as_posix()}
+    exec(compile(form_cell.source, "02_initial_model.ipynb", "exec"), scope)  # noqa: S102 - our own notebook
+    values = scope["initial"].values
+    assert values["do_fast"] is True and values["in_optimisation"] == "Extract/job001/optimisation_set.star"
+
+
 @pytest.mark.timeout(CELL_TIMEOUT_S + 60)
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith("02") else n
                                   for n in ORDER])   # 02 (VDAM, ~60 s on 2 cores): nightly path

@@ -64,6 +64,47 @@ def test_summary_without_refinement_reports_no_step_that_did_not_run():
     assert not any("auto-refine" in x or "initial model" in x for x in lines)
 
 
+@pytest.mark.parametrize("argv, fast, warned", [(["--initial_model"], False, False),
+                                                (["--initial_model", "--fast"], True, False),
+                                                (["--fast"], True, True)])
+def test_tutorial_fast_option(monkeypatch, tmp_path, capsys, argv, fast, warned):
+    """``subtomo tutorial --initial_model --fast``: the tutorial's initial model with "Fast search" (off by default);
+    --fast without an initial model to run says it is not used."""
+    from subtomo_nb.cli.main import main
+    from subtomo_nb.jobs import tutorial
+
+    seen = {}
+    monkeypatch.setattr(tutorial, "run_tutorial", lambda project, **kw: seen.update(kw) or _result())
+    assert main(["tutorial", "--o", str(tmp_path / "tut"), *argv]) == 0
+    assert seen["fast"] is fast and seen["initial_model"] is ("--initial_model" in argv)
+    assert ("--fast not used" in capsys.readouterr().err) is warned
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_tutorial_initial_model_job_gets_the_fast_field(monkeypatch, tmp_path, fast):
+    """run_tutorial(initial_model=True, fast=...) runs the initial-model job with do_fast = fast (the preset else)."""
+    from subtomo_nb.jobs import jobdir
+    from subtomo_nb.jobs.presets import PRESETS
+    from subtomo_nb.jobs.tutorial import _initial_model_and_refine
+
+    class Ran(Exception):
+        pass
+
+    jobs = []
+
+    def run_job(job_type, values, project, **kw):
+        jobs.append((job_type, dict(values)))
+        raise Ran
+
+    monkeypatch.setattr(jobdir, "run_job", run_job)
+    with pytest.raises(Ran):
+        _initial_model_and_refine(tmp_path, {"map": tmp_path / "map.mrc"}, tmp_path / "Extract" / "job002", 1, None,
+                                  True, {}, None, fast)
+    (job_type, values), = jobs
+    assert job_type == "initial_model" and values["do_fast"] is fast
+    assert {k: values[k] for k in PRESETS["initial_model"]["tutorial"]} == PRESETS["initial_model"]["tutorial"]
+
+
 @pytest.mark.slow
 def test_tiny_tutorial_succeeds(tmp_path):
     """Acceptance of issue 19: the refined poses' median angular error within 2x that of the best poses

@@ -122,6 +122,22 @@ def test_tutorial_presets(project: Path) -> None:
         ini.load_preset("nonsense")
 
 
+def test_initial_model_form_has_the_fast_search_field(project: Path) -> None:
+    """subtomo_nb's "Fast search" (--fast): a checkbox on the Optimisation tab, No by default, its help the tooltip."""
+    jt = get_job_type("initial_model")
+    form = JobForm("initial_model", project)
+    box = form.fields["do_fast"]
+    assert isinstance(box, W.Checkbox) and box.value is False and form.values["do_fast"] is False
+    assert box.description == "Fast search (subtomo_nb, not RELION)?"
+    assert "not a RELION option" in box.tooltip and "frequency marching" in box.tooltip
+    page = form.tab.children[jt.tabs.index("Optimisation")]
+    assert any(box in row.children for row in page.children)
+    form.load_preset("tutorial")                       # the tutorial's preset is RELION's job
+    assert form.values["do_fast"] is False
+    form.set_values({"do_fast": True})
+    assert form.values["do_fast"] is True
+
+
 def test_invalid_values_are_shown_and_start_nothing(project: Path) -> None:
     form = JobForm("refine3d", project)
     form.load_preset("tutorial")  # 230 Å mask > box of 32 px x 5 Å = 160 Å
