@@ -15,13 +15,16 @@ searches and how many particles it holds, by these stated rules:
    asked for, with a margin). As in RELION, the map is updated only inside the image size, so
    the resolution can still grow by ``FAST_INCR_SIZE`` shells per mini-batch.
 2. **Angular sampling.** Auto-sampling stops at HEALPix order :data:`FAST_MAX_HEALPIX_ORDER`
-   (7.5° coarse, 3.75° after oversampling) instead of RELION's order 3 (3.75°, 1.875°): a
-   3.75° error moves a point 75 Å from the centre by 4.9 Å, well inside a 25–30 Å resolution
-   element, and order 3 costs eight times as many orientations.
+   (15° coarse, 7.5° after oversampling) instead of RELION's order 3 (7.5°, 3.75°), which costs
+   eight times as many orientations. A 7.5° error moves a point 75 Å from the centre by 9.8 Å,
+   a third of a 30 Å resolution element, and the posterior-weighted back-projection averages
+   over the neighbouring samples; auto-refine goes finer from there.
 3. **Mini-batch sizes.** The mini-batches keep their initial size (``--grad_ini_subset``, 200 by
    RELION's rule for fewer than 40,000 particles) to the end, instead of growing to
    ``--grad_fin_subset`` (1000, or all particles): the larger final mini-batches only lower the
-   gradient's noise at resolutions beyond an initial model's.
+   gradient's noise at resolutions beyond an initial model's. As the mini-batches stay a subset,
+   the noise spectrum, offset width and class shares keep their momentum ``mu`` (0.9) to the end
+   (RELION sets it to 0 once a mini-batch holds every particle).
 
 Everything else (iteration count, schedules, the tilt prior, the significant-sample cap, the
 outputs and ``initial_model.mrc``'s symmetry alignment) is RELION's. :meth:`FastSearch.describe`
@@ -44,7 +47,7 @@ __all__ = [
 FAST_INCR_SIZE = 2
 #: The search goes no further than this resolution (Å); an initial model is asked for ~30 Å.
 FAST_MAX_RESOLUTION_A = 25.0
-#: Auto-sampling stops at this HEALPix order (7.5° coarse, 3.75° oversampled).
+#: Auto-sampling stops at this HEALPix order (15° coarse, 7.5° oversampled).
 FAST_MAX_HEALPIX_ORDER = 2
 
 
@@ -81,15 +84,18 @@ class FastSearch:
 
     def describe(self, *, relion_subset: tuple[int, int], relion_max_order: int) -> list[str]:
         """What ``--fast`` changed, one line each, for ``run.out`` and the form."""
+        from subtomo_nb.geometry.healpix import angular_step   # numpy: not at import (the job registry reads this module)
+
         ini, fin = relion_subset
         lines = ["--fast: an accelerated search that is not RELION's (subtomo_nb's own; without --fast the job is RELION's)"]
         if self.incr_size < 10 or self.max_resolution_A > 0:
-            cap = f", searching no further than {self.max_resolution_A:g} A" if self.max_resolution_A > 0 else ""
+            cap = f", searching no further than {self.max_resolution_A:g} Å" if self.max_resolution_A > 0 else ""
             lines.append(f"--fast: image size 2 x (current-resolution shell + {self.incr_size}) instead of + 10{cap} "
                          "(frequency marching)")
         if self.max_healpix_order < relion_max_order:
-            lines.append(f"--fast: HEALPix order at most {self.max_healpix_order} "
-                         f"(RELION's auto-sampling would go to order {relion_max_order})")
-        if self.subset is not None:
+            lines.append(f"--fast: HEALPix order at most {self.max_healpix_order} ({angular_step(self.max_healpix_order):g}°, "
+                         f"{angular_step(self.max_healpix_order, 1):g}° oversampled; RELION's auto-sampling would go "
+                         f"to order {relion_max_order})")
+        if self.subset is not None and fin > ini:
             lines.append(f"--fast: every mini-batch holds {self.subset} particles (RELION's grow from {ini} to {fin})")
         return lines

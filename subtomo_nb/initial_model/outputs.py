@@ -109,6 +109,10 @@ def optimiser_block(job: InitialModel, names: dict[str, Path]) -> dict:
 
     s, o = job.state, job.opts
     ini, fin = subset_sizes(job.n, o.grad_ini_subset, o.grad_fin_subset)
+    incr = 10
+    if job.fast is not None:   # what the run did: --fast's image-size increment and constant mini-batch
+        incr = job.fast.incr_size
+        fin = job.fast.subset if job.fast.subset is not None else fin
     return {
         "rlnOutputRootName": project_relative(job.root, o.project_dir),
         "rlnModelStarFile": project_relative(names["model"], o.project_dir),
@@ -120,7 +124,7 @@ def optimiser_block(job: InitialModel, names: dict[str, Path]) -> dict:
         "rlnAdaptiveOversampleOrder": int(s.sampling.oversampling), "rlnAdaptiveOversampleFraction": 0.999,
         "rlnRandomSeed": int(o.random_seed), "rlnParticleDiameter": float(o.particle_diameter),
         "rlnWidthMaskEdge": 5, "rlnDoZeroMask": int(o.zero_mask), "rlnDoSolventFlattening": int(o.flatten_solvent),
-        "rlnSolventMaskName": "None", "rlnIncrementImageSize": 10, "rlnDoMapEstimation": 1, "rlnDoAutoRefine": 0,
+        "rlnSolventMaskName": "None", "rlnIncrementImageSize": int(incr), "rlnDoMapEstimation": 1, "rlnDoAutoRefine": 0,
         "rlnDoAutoSampling": 1, "rlnAutoLocalSearchesHealpixOrder": int(o.auto_local_healpix_order),
         "rlnNumberOfIterWithoutResolutionGain": int(s.nr_iter_wo_resol_gain),
         "rlnBestResolutionThusFar": float(1.0 / s.best_resolution),

@@ -28,7 +28,7 @@ def test_describe_names_every_change():
     text = "\n".join(lines)
     assert all(line.startswith("--fast:") for line in lines)
     assert "not RELION's" in text
-    assert f"shell + {FAST_INCR_SIZE})" in text and f"{FAST_MAX_RESOLUTION_A:g} A" in text
+    assert f"shell + {FAST_INCR_SIZE})" in text and f"{FAST_MAX_RESOLUTION_A:g} Å" in text
     assert f"order at most {FAST_MAX_HEALPIX_ORDER}" in text and "order 3" in text
     assert "holds 200 particles" in text and "from 200 to 632" in text
 
