@@ -2,7 +2,7 @@
 
 RELION's 3D initial reference (:mod:`.vdam`) searches every orientation at the current image
 size, which on a Nyquist-limited dataset is the whole box from the first mini-batches, and ends
-with an exhaustive HEALPix order 3 search (1.875° oversampled) over mini-batches that grow to
+with an exhaustive HEALPix order 3 search (7.5°, 3.75° oversampled) over mini-batches that grow to
 every particle. An initial model only needs about 30 Å: auto-refine takes it from there,
 low-passed (``--ini_high``, 40–60 Å). ``--fast`` keeps VDAM's algorithm (the same gradients,
 moments, step size and T schedules, noise model and outputs) and changes what each mini-batch

@@ -181,24 +181,10 @@ def get_phantom(particle: str | Phantom = "hexamer") -> Phantom:
 
 
 def blobs(scale: float = 1.0, particle: str | Phantom = "hexamer") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All blobs of a phantom in the reference frame (centres × ``scale``).
+    """All blobs of a phantom: :meth:`Phantom.blobs` of :func:`get_phantom` ``(particle)``.
 
-    Parameters
-    ----------
-    scale
-        Factor on the blob centres (dimensionless; the dataset uses the phantom's
-        :attr:`Phantom.dataset_scale`).
-    particle
-        Phantom name in :data:`PHANTOMS` (``"hexamer"``, ``"d2"``) or a :class:`Phantom`.
-
-    Returns
-    -------
-    centres : numpy.ndarray
-        ``(n_blobs, 3)`` blob centres ``(x, y, z)`` in Å, particle centre at the origin.
-    sigmas : numpy.ndarray
-        ``(n_blobs,)`` Gaussian standard deviations (Å).
-    amplitudes : numpy.ndarray
-        ``(n_blobs,)`` peak densities.
+    ``particle`` is a name in :data:`PHANTOMS` (``"hexamer"``, ``"d2"``) or a :class:`Phantom`;
+    ``scale`` multiplies the blob centres (the dataset uses :attr:`Phantom.dataset_scale`).
     """
     return get_phantom(particle).blobs(scale)
 
