@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -458,8 +458,11 @@ def subtomogram_binning(pset: ParticleSet, optics_group: int | None = None) -> f
     """Binning of the extracted particles relative to the tilt series (``rlnTomoSubtomogramBinning``).
 
     Where the column is absent, ``rlnImagePixelSize / rlnTomoTiltSeriesPixelSize`` (both are
-    written by relion_tomo_subtomo), else 1.
+    written by relion_tomo_subtomo), else 1. Without ``optics_group``, the binning every optics
+    group shares (a tomogram set extracted in one job: one optics group per tomogram).
     """
+    if optics_group is None and len(pset.optics) > 1:
+        return _common_to_all_groups(pset, subtomogram_binning, "rlnTomoSubtomogramBinning")
     row = optics_row(pset, optics_group)
     if "rlnTomoSubtomogramBinning" in row.index:
         b = float(row["rlnTomoSubtomogramBinning"])
@@ -473,8 +476,22 @@ def subtomogram_binning(pset: ParticleSet, optics_group: int | None = None) -> f
 
 
 def box_size(pset: ParticleSet, optics_group: int | None = None) -> int:
-    """Box size (pixels, ``rlnImageSize``) of the particle images of an optics group."""
+    """Box size (pixels, ``rlnImageSize``) of the particle images of an optics group (without
+    ``optics_group``: the box every optics group shares)."""
+    if optics_group is None and len(pset.optics) > 1:
+        return _common_to_all_groups(pset, box_size, "rlnImageSize")
     return int(optics_row(pset, optics_group)["rlnImageSize"])
+
+
+def _common_to_all_groups(pset: ParticleSet, per_group: Callable[[ParticleSet, int], Any], label: str) -> Any:
+    """``per_group`` of every optics group, which must agree (else one line naming the file and ``label``)."""
+    groups = pd.to_numeric(pset.optics["rlnOpticsGroup"], errors="coerce").to_numpy()
+    values = {int(g): per_group(pset, int(g)) for g in groups}
+    if len(set(values.values())) > 1:
+        raise InputError(pset.path, "the optics groups differ (" + ", ".join(f"group {g}: {v:g}" for g, v in
+                                                                            values.items()) + "); give one optics group",
+                         field=label)
+    return next(iter(values.values()))
 
 
 def resolve_path(pset: ParticleSet, name: str) -> Path:

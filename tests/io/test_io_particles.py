@@ -17,6 +17,7 @@ from subtomo_nb.io.particles import (
     pixel_size,
     read_particles,
     resolve_path,
+    subtomogram_binning,
     visible_frames,
     write_particles,
 )
@@ -85,6 +86,22 @@ def test_write_read_round_trip(tmp_path):
     assert_tables_identical(back.particles, pset.particles)
     assert back.project_dir == pset.project_dir  # names stay project-relative
     assert list(read_star(out)) == ["general", "optics", "particles"]
+
+
+def test_box_and_binning_shared_by_several_optics_groups(tmp_path):
+    """One optics group per tomogram (relion_tomo_subtomo's way): without a group, the box and
+    binning all groups share; groups that differ are refused in one line naming the field."""
+    pset = read_particles(make_pseudo_project(tmp_path / "p"))
+    row = pset.optics.iloc[[0]]
+    optics = pd.concat([row.assign(rlnOpticsGroup=g, rlnOpticsGroupName=f"opticsGroup{g}") for g in (1, 2, 3)],
+                       ignore_index=True)
+    many = ParticleSet(pset.general, optics, pset.particles, path=pset.path, project_dir=pset.project_dir)
+    assert box_size(many) == box_size(pset) and subtomogram_binning(many) == subtomogram_binning(pset)
+    box = box_size(pset)
+    optics.loc[1, "rlnImageSize"] = 2 * box
+    with pytest.raises(InputError, match=f"rlnImageSize.*group 1: {box}, group 2: {2 * box}, group 3: {box}"):
+        box_size(many)
+    assert box_size(many, 2) == 2 * box
 
 
 def test_general_block_written_as_loop_is_accepted(tmp_path):
