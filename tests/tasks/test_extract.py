@@ -112,7 +112,7 @@ def test_2d_stack_centre_of_mass(tmp_path, monkeypatch):
     """
     from subtomo_nb.simulate import tilt_series as ts_mod
 
-    monkeypatch.setattr(ts_mod, "blobs", lambda scale=1.0: (np.zeros((1, 3)), np.array([10.0]), np.array([1.0])))
+    monkeypatch.setattr(ts_mod, "blobs", lambda scale=1.0, particle="hexamer": (np.zeros((1, 3)), np.array([10.0]), np.array([1.0])))
     proj = simulate_tiny_project(tmp_path / "sparse", snr=None, spacing_A=330.0, radius_range_A=(300.0, 300.0),
                                  margin_A=20.0)
     out = extract_subtomos(proj["particles_true"], proj["tomograms"], tmp_path / "sparse" / "Extract" / "com",
