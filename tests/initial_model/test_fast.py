@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from subtomo_nb.initial_model import schedules as S
-from subtomo_nb.initial_model.compare import axis_error_deg, superpose
+from subtomo_nb.initial_model.compare import axis_error_deg, superpose, symmetry_axes_error_deg
 from subtomo_nb.initial_model.fast import FAST_INCR_SIZE, FAST_MAX_HEALPIX_ORDER, FAST_MAX_RESOLUTION_A, FastSearch
 from subtomo_nb.io.mrc import read_map
 from subtomo_nb.refine.poses import shell_of_resolution
@@ -55,19 +55,23 @@ def test_auto_sampling_stops_at_the_fast_order_but_refines_translations(tiny_ext
     assert orders[True] == [(2, 0.5), (2, 0.25), (2, 0.125)]
 
 
-@pytest.fixture(scope="module")
-def fast_run(tiny_extract_3d, tiny_project, tmp_path_factory):
-    """Ten --fast mini-batches of 40 of the tiny set's 92 particles, with the C6 tutorial settings."""
+def _fast_vdam(extract, project_dir, out, sym, nr_iter=10):
+    """``nr_iter`` --fast mini-batches of 40 of a tiny set's particles, with the tutorial settings."""
     from subtomo_nb.initial_model.vdam import InitialModel, VdamOptions
 
-    out = tmp_path_factory.mktemp("vdam_fast")
-    opts = VdamOptions(particles=tiny_extract_3d, output_root=out / "run", nr_iter=10, particle_diameter=230.0,
-                       sym="C6", run_in_c1=False, sigma_tilt=10.0, random_seed=1, max_significant=5,
-                       grad_write_iter=5, grad_ini_subset=40, project_dir=tiny_project["project_dir"], fast=True)
+    opts = VdamOptions(particles=extract, output_root=out / "run", nr_iter=nr_iter, particle_diameter=230.0,
+                       sym=sym, run_in_c1=False, sigma_tilt=10.0, random_seed=1, max_significant=5,
+                       grad_write_iter=5, grad_ini_subset=40, project_dir=project_dir, fast=True)
     events = []
     job = InitialModel.from_options(opts, progress=events.append)
     job.run()
     return out, job, [e for e in events if e["kind"] == "iteration"]
+
+
+@pytest.fixture(scope="module")
+def fast_run(tiny_extract_3d, tiny_project, tmp_path_factory):
+    """Ten --fast mini-batches of 40 of the tiny set's 92 particles, with the C6 tutorial settings."""
+    return _fast_vdam(tiny_extract_3d, tiny_project["project_dir"], tmp_path_factory.mktemp("vdam_fast"), "C6")
 
 
 @pytest.mark.slow
@@ -98,3 +102,24 @@ def test_fast_run_recovers_the_particle(fast_run, tiny_project):
     s0 = superpose(read_map(out / "run_it000_class001.mrc")[0], ref, pix)
     assert s0.resolution_05_A > 60.0
     assert np.isfinite(s.correlation)
+
+
+@pytest.mark.slow
+def test_fast_run_recovers_a_d2_particle(tmp_path_factory):
+    """Not tuned to the hexamer: the tiny noise-free D2 project, with D2 imposed (as the C6 run
+    above), gives the D2 map at <= 40 Å, its three 2-folds within 5°, the right hand, after 20
+    --fast mini-batches of 40 (measured 31.4 Å, 1.05°, correlation 0.71 against 0.61 mirrored;
+    after 10: 38.4 Å, 2.7°, a margin too thin to test)."""
+    from subtomo_nb.simulate import simulate_tiny_project
+    from subtomo_nb.tasks.extract import extract_subtomos
+
+    project = simulate_tiny_project(tmp_path_factory.mktemp("tiny_d2"), seed=0, snr=None, particle="d2")
+    extract = extract_subtomos(project["optimisation_set"], None, project["project_dir"] / "Extract" / "job002",
+                               binning=4, box=32, stack2d=False)
+    out, _, _ = _fast_vdam(extract, project["project_dir"], tmp_path_factory.mktemp("vdam_fast_d2"), "D2",
+                           nr_iter=20)
+    ref, pix = read_map(project["map"])
+    s = superpose(read_map(out / "initial_model.mrc")[0], ref, pix)
+    assert s.resolution_05_A <= 40.0, s.fsc
+    assert symmetry_axes_error_deg(s.matrix, "D2") < 5.0
+    assert s.hand == "same" and s.correlation > s.correlation_other_hand
