@@ -341,8 +341,9 @@ def _run_tutorial(args: argparse.Namespace) -> int:
 
     _check_directory(args.o, args)
     if args.fast and not (args.initial_model and not args.skip_refine):
-        print("subtomo tutorial: warning: --fast not used: it is for the initial model of --initial_model "
-              "(without --skip_refine)", file=sys.stderr)
+        print("subtomo tutorial: --fast is for the initial model of --initial_model (without --skip_refine); "
+              "give --initial_model, or leave out --fast", file=sys.stderr)
+        return 2
     result = run_tutorial(args.o, seed=args.seed, tiny=args.tiny, n_workers=args.j, refine=not args.skip_refine,
                           initial_model=args.initial_model, gpu=args.gpu, fast=args.fast, progress=ProgressPrinter())
     print("\nsummary")

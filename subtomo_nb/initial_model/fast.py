@@ -3,7 +3,7 @@
 RELION's 3D initial reference (:mod:`.vdam`) searches every orientation at the current image
 size, which on a Nyquist-limited dataset is the whole box from the first mini-batches, and ends
 with an exhaustive HEALPix order 3 search (7.5°, 3.75° oversampled) over mini-batches that grow to
-every particle. An initial model only needs about 30 Å: auto-refine takes it from there,
+``max(min(0.1 N, 50000), 1000)`` particles (every particle when there are at most 1000). An initial model only needs about 30 Å: auto-refine takes it from there,
 low-passed (``--ini_high``, 40–60 Å). ``--fast`` keeps VDAM's algorithm (the same gradients,
 moments, step size and T schedules, noise model and outputs) and changes what each mini-batch
 searches and how many particles it holds, by these stated rules:
@@ -21,8 +21,10 @@ searches and how many particles it holds, by these stated rules:
    over the neighbouring samples; auto-refine goes finer from there.
 3. **Mini-batch sizes.** The mini-batches keep their initial size (``--grad_ini_subset``, 200 by
    RELION's rule for fewer than 40,000 particles) to the end, instead of growing to
-   ``--grad_fin_subset`` (1000, or all particles): the larger final mini-batches only lower the
-   gradient's noise at resolutions beyond an initial model's. As the mini-batches stay a subset,
+   ``--grad_fin_subset`` (RELION's rule above): the larger final mini-batches only lower the
+   gradient's noise at resolutions beyond an initial model's. (The issue that asked for
+   ``--fast`` suggested fewer but larger mini-batches; measured on the tutorial project, keeping
+   the 100 mini-batches at their initial size is what pays: ``benchmarks/RESULTS.md``.) As the mini-batches stay a subset,
    the noise spectrum, offset width and class shares keep their momentum ``mu`` (0.9) to the end
    (RELION sets it to 0 once a mini-batch holds every particle).
 
@@ -72,24 +74,34 @@ class FastSearch:
     subset: int | None = 200
 
     def image_size(self, maxres_shell: int, box: int, pixel_size_A: float) -> int:
-        """Current image size (pixels, even) for a current-resolution shell ``maxres_shell``.
+        """Current image size (pixels: even, or the box) for a current-resolution shell ``maxres_shell``.
 
-        ``2 (maxres + incr_size)``, at most the size whose Nyquist shell is that of
-        ``max_resolution_A`` (``2 · ROUND(box · pixel / max_resolution_A)``), at most ``box``.
+        ``2 (maxres + incr_size)``, at most :meth:`cap_size` (the size whose Nyquist shell is the
+        shell of ``max_resolution_A``), at most ``box``.
         """
-        size = min(2 * (maxres_shell + self.incr_size), box)
-        if self.max_resolution_A > 0:
-            size = min(size, 2 * math.floor(box * pixel_size_A / self.max_resolution_A + 0.5))
-        return int(size)
+        return int(min(2 * (maxres_shell + self.incr_size), self.cap_size(box, pixel_size_A)))
 
-    def describe(self, *, relion_subset: tuple[int, int], relion_max_order: int) -> list[str]:
-        """What ``--fast`` changed, one line each, for ``run.out`` and the form."""
+    def cap_size(self, box: int, pixel_size_A: float) -> int:
+        """Largest image size (pixels) the search uses: ``2 · ROUND(box · pixel / max_resolution_A)``, at most ``box``.
+
+        Its Nyquist, ``box · pixel / ROUND(...)``, is the shell's resolution, which may be a little
+        finer than ``max_resolution_A`` (24.7 Å for 25 Å on the tutorial's 10.8 Å pixel, box 32).
+        """
+        if self.max_resolution_A <= 0:
+            return int(box)
+        return int(min(2 * math.floor(box * pixel_size_A / self.max_resolution_A + 0.5), box))
+
+    def describe(self, *, relion_subset: tuple[int, int], relion_max_order: int, box: int,
+                 pixel_size_A: float) -> list[str]:
+        """What ``--fast`` changes in a job of this box (pixels) and pixel size (Å), one line each."""
         from subtomo_nb.geometry.healpix import angular_step   # numpy: not at import (the job registry reads this module)
 
         ini, fin = relion_subset
         lines = ["--fast: an accelerated search that is not RELION's (subtomo_nb's own; without --fast the job is RELION's)"]
         if self.incr_size < 10 or self.max_resolution_A > 0:
-            cap = f", searching no further than {self.max_resolution_A:g} Å" if self.max_resolution_A > 0 else ""
+            cap_size = self.cap_size(box, pixel_size_A)
+            cap = (f", searching no further than {box * pixel_size_A / (cap_size // 2):.1f} Å (shell {cap_size // 2}, "
+                   f"for {self.max_resolution_A:g} Å)" if cap_size < box else "")
             lines.append(f"--fast: image size 2 x (current-resolution shell + {self.incr_size}) instead of + 10{cap} "
                          "(frequency marching)")
         if self.max_healpix_order < relion_max_order:

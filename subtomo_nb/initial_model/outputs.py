@@ -109,10 +109,12 @@ def optimiser_block(job: InitialModel, names: dict[str, Path]) -> dict:
 
     s, o = job.state, job.opts
     ini, fin = subset_sizes(job.n, o.grad_ini_subset, o.grad_fin_subset)
-    incr = 10
+    from subtomo_nb.initial_model.vdam import INCR_SIZE
+
+    incr = INCR_SIZE
     if job.fast is not None:   # what the run did: --fast's image-size increment and constant mini-batch
         incr = job.fast.incr_size
-        fin = job.fast.subset if job.fast.subset is not None else fin
+        fin = ini if job.fast.subset is not None else fin
     return {
         "rlnOutputRootName": project_relative(job.root, o.project_dir),
         "rlnModelStarFile": project_relative(names["model"], o.project_dir),

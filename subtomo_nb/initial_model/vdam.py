@@ -184,6 +184,9 @@ class InitialModel(PoseDriver):
             raise ValueError(f"--grad_fin_subset {opts.grad_fin_subset} cannot be used with --fast: --fast keeps every "
                              "mini-batch at its initial size (--grad_ini_subset), so a final size would be ignored; "
                              "leave out --grad_fin_subset, or run without --fast (RELION's search)")
+        if opts.fast and opts.healpix_order > FastSearch.max_healpix_order:
+            raise ValueError(f"--healpix_order {opts.healpix_order} cannot be used with --fast: --fast searches at "
+                             f"HEALPix order {FastSearch.max_healpix_order} at most")
         super().__init__(opts, particles, tomograms, progress, executor)
         self.ops = point_group(opts.run_sym)
         point_group(opts.sym)  # fail early on an unknown target group
@@ -220,7 +223,8 @@ class InitialModel(PoseDriver):
             return []
         o = self.opts
         ini, fin = (min(x, self.n) for x in subset_sizes(self.n, o.grad_ini_subset, o.grad_fin_subset))
-        return self.fast.describe(relion_subset=(ini, fin), relion_max_order=o.auto_local_healpix_order - 1)
+        return self.fast.describe(relion_subset=(ini, fin), relion_max_order=o.auto_local_healpix_order - 1,
+                                  box=self.box, pixel_size_A=self.pix)
 
     @classmethod
     def from_options(cls, opts: VdamOptions, progress: Callable[[dict], None] | None = None,

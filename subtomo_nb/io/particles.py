@@ -487,11 +487,13 @@ def _common_to_all_groups(pset: ParticleSet, per_group: Callable[[ParticleSet, i
     """``per_group`` of every optics group, which must agree (else one line naming the file and ``label``)."""
     groups = pd.to_numeric(pset.optics["rlnOpticsGroup"], errors="coerce").to_numpy()
     values = {int(g): per_group(pset, int(g)) for g in groups}
-    if len(set(values.values())) > 1:
+    first = next(iter(values.values()))
+    # binnings are often ratios of pixel sizes: equal to 1e-4, as common_box_and_pixel takes pixel sizes
+    if any(abs(v - first) > 1e-4 * abs(first) for v in values.values()):
         raise InputError(pset.path, "the optics groups differ (" + ", ".join(f"group {g}: {v:g}" for g, v in
                                                                             values.items()) + "); give one optics group",
                          field=label)
-    return next(iter(values.values()))
+    return first
 
 
 def resolve_path(pset: ParticleSet, name: str) -> Path:

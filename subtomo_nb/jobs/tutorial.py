@@ -98,6 +98,8 @@ def run_tutorial(project_dir: str | os.PathLike = "tutorial", *, seed: int = 0, 
     """
     from subtomo_nb.simulate import simulate_project, simulate_tiny_project
 
+    if fast and not (initial_model and refine):
+        raise ValueError("fast is for the initial model: it needs initial_model=True and refine=True")
     project = Path(project_dir)
     if gpu is not None and refine:
         from .devices import job_devices, require_cluster

@@ -64,20 +64,34 @@ def test_summary_without_refinement_reports_no_step_that_did_not_run():
     assert not any("auto-refine" in x or "initial model" in x for x in lines)
 
 
-@pytest.mark.parametrize("argv, fast, warned", [(["--initial_model"], False, False),
-                                                (["--initial_model", "--fast"], True, False),
-                                                (["--fast"], True, True)])
-def test_tutorial_fast_option(monkeypatch, tmp_path, capsys, argv, fast, warned):
-    """``subtomo tutorial --initial_model --fast``: the tutorial's initial model with "Fast search" (off by default);
-    --fast without an initial model to run says it is not used."""
+@pytest.mark.parametrize("argv, fast", [(["--initial_model"], False), (["--initial_model", "--fast"], True)])
+def test_tutorial_fast_option(monkeypatch, tmp_path, argv, fast):
+    """``subtomo tutorial --initial_model --fast``: the tutorial's initial model with "Fast search" (off by default)."""
     from subtomo_nb.cli.main import main
     from subtomo_nb.jobs import tutorial
 
     seen = {}
     monkeypatch.setattr(tutorial, "run_tutorial", lambda project, **kw: seen.update(kw) or _result())
     assert main(["tutorial", "--o", str(tmp_path / "tut"), *argv]) == 0
-    assert seen["fast"] is fast and seen["initial_model"] is ("--initial_model" in argv)
-    assert ("--fast not used" in capsys.readouterr().err) is warned
+    assert seen["fast"] is fast and seen["initial_model"] is True
+
+
+@pytest.mark.parametrize("argv", [["--fast"], ["--initial_model", "--fast", "--skip_refine"]])
+def test_tutorial_fast_without_an_initial_model_is_refused(monkeypatch, tmp_path, capsys, argv):
+    """--fast with no initial model to run is refused in one line (never silently ignored), before anything runs;
+    run_tutorial(fast=True) without initial_model=True refuses it too."""
+    from subtomo_nb.cli.main import main
+    from subtomo_nb.jobs import tutorial
+
+    ran = []
+    monkeypatch.setattr(tutorial, "run_tutorial", lambda project, **kw: ran.append(kw) or _result())
+    assert main(["tutorial", "--o", str(tmp_path / "tut"), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert ran == [] and len(err) == 1 and "--fast is for the initial model of --initial_model" in err[0]
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="needs initial_model=True"):
+        tutorial.run_tutorial(tmp_path / "api", fast=True)
+    assert not (tmp_path / "api").exists()
 
 
 @pytest.mark.parametrize("fast", [False, True])
