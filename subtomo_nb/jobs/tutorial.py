@@ -202,7 +202,17 @@ def _initial_model_and_refine(project: Path, sim: dict, extract_dir: Path, n_wor
     model = read_star(rf_dir / "run_model.star")
     general = model["model_general"]
     final_map, pix = read_map(rf_dir / "run_class001.mrc")
-    ang, trans = pose_errors(rf_dir / "run_data.star", sim["particles_true"], "C6", float(pix))
+    frame = None
+    if initial_model:
+        # a de novo model has a frame of its own: the poses compare with the truth's once it is superposed
+        from subtomo_nb.initial_model.compare import superpose
+
+        s = superpose(np.asarray(final_map, np.float64), np.asarray(read_map(sim["map"])[0], np.float64), float(pix))
+        out["refined_hand"] = "same" if not s.mirrored else "mirrored"
+        frame = np.asarray(s.matrix)
+    ang, trans = pose_errors(rf_dir / "run_data.star", sim["particles_true"], "C6", float(pix), frame=frame)
+    if frame is not None and out["refined_hand"] == "mirrored":
+        ang = np.full_like(ang, np.nan)   # the other hand: no rotation takes these poses onto the truth's
     iterations = [e for e in read_progress(rf_dir) if e.iteration is not None and e.resolution_A is not None]
     sampling = read_star(rf_dir / "run_sampling.star")
     out["reference"] = ref

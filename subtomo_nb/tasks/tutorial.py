@@ -78,7 +78,9 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         lines.append(f"auto-refine ({result['refined_map']}): {res:.2f} Å gold-standard after "
                      f"{result['iterations']} iterations"
                      + (" (at Nyquist)" if at_nyquist(res, result["pixel_size_A"]) else ""))
-        lines.append(f"refined poses against the truth: median angular error {ang:.2f}° (modulo C6), median "
+        frame = (" (the model's frame superposed onto the truth's; centre offset removed)"
+                 if "initial_model" in result else "")
+        lines.append(f"refined poses against the truth{frame}: median angular error {ang:.2f}° (modulo C6), median "
                      f"translation error {result['median_translation_error_px']:.2f} px; RELION's accuracy "
                      f"estimate {acc:.2f}°")
         ok = True
@@ -91,7 +93,11 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
             lines.append(f"WARNING: the refined map ({res:.2f} Å) is no better than the reference's starting "
                          f"low-pass ({result['ini_high_A']:g} Å)")
         limit = 2.0 * max(acc, result["fine_step_deg"])
-        if ang > limit:
+        if result.get("refined_hand") == "mirrored":
+            ok = False
+            lines.append("WARNING: the refined map has the other hand than the truth (its mirror image fits it "
+                         "better), so its poses cannot be compared with the true ones")
+        elif ang > limit:
             ok = False
             lines.append(f"WARNING: the refined orientations are far from the truth: median error {ang:.2f}° is more "
                          f"than twice the angular accuracy or sampling ({limit / 2:.2f}°)")
@@ -108,11 +114,18 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
 
 
 def pose_errors(data_star: str | os.PathLike, truth_star: str | os.PathLike, sym: str,
-                pixel_size_A: float) -> tuple[np.ndarray, np.ndarray]:
+                pixel_size_A: float, frame: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-particle angular error (degrees, modulo ``sym``) and translation error (pixels).
 
     Particles are matched on ``rlnTomoParticleName``; both files' origins are relative to the
     same picked positions.
+
+    ``frame``: for poses refined against a map in a frame of its own (a de novo initial model),
+    the rotation that superposes that map onto the truth (:attr:`Superposition.matrix
+    <subtomo_nb.initial_model.compare.Superposition>`). The refined rotations are then taken to
+    the truth's frame (``A M^T``), and the origins are compared after removing the model's own
+    centre offset: one vector in the reference frame, the least-squares fit over all particles of
+    ``origin - true origin = A_true c``.
     """
     from subtomo_nb.geometry.euler import angular_distance, euler_to_matrix
     from subtomo_nb.geometry.symmetry import point_group
@@ -122,7 +135,13 @@ def pose_errors(data_star: str | os.PathLike, truth_star: str | os.PathLike, sym
     angles = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]
     A = euler_to_matrix(*d[angles].to_numpy(np.float64).T)
     At = euler_to_matrix(*t[angles].to_numpy(np.float64).T)
+    if frame is not None:
+        A = A @ np.asarray(frame, np.float64).T
     ang = np.min([angular_distance(A, At @ S.T) for S in point_group(sym)], axis=0)
     cols = ["rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst"]
-    trans = np.linalg.norm(d[cols].to_numpy(np.float64) - t[cols].to_numpy(np.float64), axis=1) / pixel_size_A
+    diff = (d[cols].to_numpy(np.float64) - t[cols].to_numpy(np.float64)) / pixel_size_A
+    if frame is not None:
+        c, *_ = np.linalg.lstsq(At.reshape(-1, 3), diff.reshape(-1), rcond=None)
+        diff = diff - At @ c
+    trans = np.linalg.norm(diff, axis=1)
     return ang, trans

@@ -145,3 +145,38 @@ def test_tiny_tutorial_succeeds(tmp_path):
         assert stage in out
     assert re.search(r"iteration 1 \| [\d.]+ Å \| angular accuracy [\d.]+° \| translational accuracy", out)
     assert "stopped: converged after iteration" in out
+
+
+def test_pose_errors_in_the_frame_of_a_de_novo_model(tiny_project, tmp_path):
+    """Poses refined against a model in a frame of its own (rotated by E, centred elsewhere) compare with the truth
+    once the superposition's rotation is given: the refined rotations are A_true E^T (what a refinement against the
+    rotated map finds) and the origins move by A_true c; superpose gives M = E^T, and the errors vanish."""
+    import numpy as np
+
+    from subtomo_nb.geometry.euler import euler_to_matrix, matrix_to_euler
+    from subtomo_nb.initial_model.compare import superpose
+    from subtomo_nb.initial_model.map_geometry import rotate_map
+    from subtomo_nb.io.mrc import read_map
+    from subtomo_nb.io.star import read_star, write_star
+    from subtomo_nb.tasks.tutorial import pose_errors
+
+    ref, pix = read_map(tiny_project["map"])
+    ref = np.asarray(ref, np.float64)
+    E = euler_to_matrix(40.0, 70.0, 120.0)
+    s = superpose(rotate_map(ref, 40.0, 70.0, 120.0).astype(np.float64), ref, pix, healpix_order=1, n_candidates=1)
+    truth_star = tiny_project["particles_true"]
+    blocks = read_star(truth_star)
+    t = blocks["particles"]
+    angles = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]
+    At = euler_to_matrix(*t[angles].to_numpy(np.float64).T)
+    refined = t.copy()
+    refined[angles] = np.stack(matrix_to_euler(At @ E.T), axis=1)
+    c = np.array([0.4, -0.7, 1.1])                       # the model's own centre offset (pixels)
+    cols = ["rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst"]
+    refined[cols] = t[cols].to_numpy(np.float64) + (At @ c) * pix
+    data = tmp_path / "run_data.star"
+    write_star(data, {**blocks, "particles": refined})
+    ang0, trans0 = pose_errors(data, truth_star, "C6", pix)
+    ang, trans = pose_errors(data, truth_star, "C6", pix, frame=s.matrix)
+    assert np.median(ang0) > 20.0 and np.median(trans0) > 1.0
+    assert np.median(ang) < 1.0 and np.max(trans) < 1e-6
