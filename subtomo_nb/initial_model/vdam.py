@@ -30,6 +30,9 @@ job's backend (``opts.backend``: numpy, cupy or the strict test device) and stay
 mini-batches; the M-step runs there. Only per-shell curves and scalars (the FSC estimate, τ²,
 SSNR, the average CTF²), per-particle results and the maps written to disk come to the host.
 
+``opts.fast`` (``--fast``, not RELION's) changes the image size, the last HEALPix order and the
+mini-batch sizes by the rules of :mod:`.fast`; without it every step above is RELION's.
+
 With K > 1 classes each particle of the mini-batch is scored against every class and
 back-projected into the most likely one (hard assignment weighted by the class shares; RELION
 uses the soft class posteriors, which the shared E-step cannot yet weight per particle).
@@ -168,8 +171,9 @@ class InitialModel(PoseDriver):
     Raises
     ------
     ValueError
-        ``--iter`` or ``--K`` below 1, or ``opts.fast`` with a ``grad_fin_subset`` > 0 (``--fast``
-        keeps the mini-batches at their initial size: a final size would be silently ignored).
+        ``--iter`` or ``--K`` below 1; ``opts.fast`` with a ``grad_fin_subset`` > 0 (``--fast``
+        keeps the mini-batches at their initial size: a final size would be silently ignored) or
+        with a starting ``healpix_order`` above ``--fast``'s last order (2).
     InputError
         Fewer than 2 particles.
     """
