@@ -444,13 +444,15 @@ def pixel_size(pset: ParticleSet, optics_group: int | None = None) -> float:
     ----------
     pset : ParticleSet
     optics_group : int, optional
-        ``rlnOpticsGroup``; may be omitted when there is a single group.
+        ``rlnOpticsGroup``; without it, the pixel size every optics group shares (to 1e-4).
 
     Returns
     -------
     float
         Å per pixel.
     """
+    if optics_group is None and len(pset.optics) > 1:
+        return _common_to_all_groups(pset, pixel_size, "rlnImagePixelSize")
     return _optics_pixel_size(pset.path, pset.optics, _optics_position(pset, optics_group))
 
 
@@ -484,15 +486,19 @@ def box_size(pset: ParticleSet, optics_group: int | None = None) -> int:
 
 
 def _common_to_all_groups(pset: ParticleSet, per_group: Callable[[ParticleSet, int], Any], label: str) -> Any:
-    """``per_group`` of every optics group, which must agree (else one line naming the file and ``label``)."""
+    """``per_group`` of every optics group, which must agree to 1e-4 (relative).
+
+    Else one line naming the file, the ``data_optics`` row of the first group that differs and
+    ``label``, with every group's value. Binnings are often ratios of pixel sizes, hence the tolerance.
+    """
     groups = pd.to_numeric(pset.optics["rlnOpticsGroup"], errors="coerce").to_numpy()
     values = {int(g): per_group(pset, int(g)) for g in groups}
     first = next(iter(values.values()))
-    # binnings are often ratios of pixel sizes: equal to 1e-4, as common_box_and_pixel takes pixel sizes
-    if any(abs(v - first) > 1e-4 * abs(first) for v in values.values()):
+    differs = [i for i, v in enumerate(values.values()) if abs(v - first) > 1e-4 * abs(first)]
+    if differs:
         raise InputError(pset.path, "the optics groups differ (" + ", ".join(f"group {g}: {v:g}" for g, v in
                                                                             values.items()) + "); give one optics group",
-                         field=label)
+                         row=differs[0] + 1, field=label)
     return first
 
 

@@ -69,18 +69,7 @@ def common_box_and_pixel(pset: ParticleSet) -> tuple[int, float]:
     InputError
         If the optics groups differ in box or pixel size (one map needs one grid).
     """
-    groups = [int(g) for g in pset.optics["rlnOpticsGroup"]]
-    boxes = {g: box_size(pset, g) for g in groups}
-    pixels = {g: pixel_size(pset, g) for g in groups}
-    g0 = groups[0]
-    for i, g in enumerate(groups):
-        if boxes[g] != boxes[g0]:
-            raise InputError(what=f"optics group {g} has box {boxes[g]}, group {g0} has {boxes[g0]}",
-                             path=pset.path, row=i + 1, field="rlnImageSize")
-        if abs(pixels[g] - pixels[g0]) > 1e-4 * pixels[g0]:
-            raise InputError(what=f"optics group {g} has pixel size {pixels[g]}, group {g0} has {pixels[g0]}",
-                             path=pset.path, row=i + 1, field="rlnImagePixelSize")
-    return boxes[g0], pixels[g0]
+    return box_size(pset), pixel_size(pset)   # without a group: the value every group shares, else refused
 
 
 def _batch_backprojection(pset: ParticleSet, rows: np.ndarray, box: int, pad: int, ctf: bool,

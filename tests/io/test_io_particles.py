@@ -97,11 +97,20 @@ def test_box_and_binning_shared_by_several_optics_groups(tmp_path):
                        ignore_index=True)
     many = ParticleSet(pset.general, optics, pset.particles, path=pset.path, project_dir=pset.project_dir)
     assert box_size(many) == box_size(pset) and subtomogram_binning(many) == subtomogram_binning(pset)
+    assert pixel_size(many) == pixel_size(pset)
     box = box_size(pset)
     optics.loc[1, "rlnImageSize"] = 2 * box
-    with pytest.raises(InputError, match=f"rlnImageSize.*group 1: {box}, group 2: {2 * box}, group 3: {box}"):
+    with pytest.raises(InputError, match=f"rlnImageSize.*group 1: {box}, group 2: {2 * box}, group 3: {box}") as err:
         box_size(many)
+    assert err.value.row == 2                              # data_optics row of the first group that differs
     assert box_size(many, 2) == 2 * box
+    # the reconstruction's grid takes the same check (one map needs one box and pixel size)
+    from subtomo_nb.tasks.reconstruct import common_box_and_pixel
+
+    with pytest.raises(InputError, match="rlnImageSize"):
+        common_box_and_pixel(many)
+    optics.loc[1, "rlnImageSize"] = box
+    assert common_box_and_pixel(many) == (box, pixel_size(pset))
 
 
 def test_general_block_written_as_loop_is_accepted(tmp_path):
